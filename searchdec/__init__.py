@@ -1,0 +1,31 @@
+"""searchdec: constrained and search-based decoding for language models.
+
+    import searchdec as sd
+    model = sd.load("smollm2-135m")
+    out = sd.generate(model, "The capital of France is", max_tokens=20)
+    print(out.text)
+"""
+
+from searchdec.errors import ModelLoadError, ModelNotFoundError, PromptTooLongError, SearchdecError
+from searchdec.generate import Generation, Hypothesis, generate
+from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
+from searchdec.models.model import Model
+from searchdec.search.sampling import Greedy, Sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_MODEL",
+    "Generation",
+    "Greedy",
+    "Hypothesis",
+    "Model",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "PromptTooLongError",
+    "Sample",
+    "SearchdecError",
+    "generate",
+    "load",
+]

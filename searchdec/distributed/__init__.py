@@ -1,0 +1,1 @@
+"""Executors: where expansions and reward calls run (in-process by default, Ray actors)."""

@@ -1,0 +1,131 @@
+"""`generate`: one call from a prompt (text or chat messages, or a list of them) to finished text.
+
+Prompts are validated and tokenized before any forward pass; a list of prompts runs as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from searchdec.models.model import Model
+from searchdec.search.decode import Stopping, decode
+from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.tree import Node
+
+Messages = list[dict]
+Prompt = str | Messages
+
+
+@dataclass
+class Hypothesis:
+    """One finished output: its text, generated token ids (with a final end-of-sequence token, which
+    the text leaves out), the log-probability of each token under the model and their sum."""
+
+    text: str
+    tokens: list[int]
+    token_logprobs: list[float]
+    logprob: float
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class Generation(Hypothesis):
+    """The best hypothesis for one prompt, plus all hypotheses in rank order (`n` of them)."""
+
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+
+def generate(
+    model: Model,
+    prompt: Prompt | Sequence[Prompt],
+    *,
+    max_tokens: int = 256,
+    search: Greedy | Sample | None = None,
+    stop: str | Sequence[str] | None = None,
+    tools: list[dict] | None = None,
+    on_token: Callable[[int, Node], None] | None = None,
+) -> Generation | list[Generation]:
+    """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
+
+    `search` is `Greedy()` (default) or `Sample(...)`. `stop` strings end a hypothesis and are cut from
+    its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
+    every new token (the CLI streams with it).
+    """
+    search = search or Greedy()
+    if not isinstance(search, (Greedy, Sample)):
+        raise TypeError(f"search must be Greedy() or Sample(...), got {type(search).__name__}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    stops = _stop_strings(stop)
+    batched = _is_batch(prompt)
+    prompts = list(prompt) if batched else [prompt]
+    if not prompts:
+        raise ValueError("prompt list is empty")
+    roots = [Node(tuple(_tokenize(model, p, tools))) for p in prompts]
+    for root in roots:
+        model.check_prompt_length(len(root.new_tokens))
+
+    stopping = Stopping(max_tokens, model.eos_token_ids, stops, model.context_window)
+    leaves = decode(model, roots, search, stopping, on_token)
+    results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
+    return results if batched else results[0]
+
+
+def _is_batch(prompt) -> bool:
+    if isinstance(prompt, str):
+        return False
+    if isinstance(prompt, Sequence) and prompt and isinstance(prompt[0], dict):
+        return False  # one chat conversation
+    if isinstance(prompt, Sequence):
+        return True
+    raise TypeError(f"prompt must be a string, chat messages, or a list of those; got {type(prompt).__name__}")
+
+
+def _tokenize(model: Model, prompt: Prompt, tools: list[dict] | None) -> list[int]:
+    if isinstance(prompt, str):
+        if tools:
+            raise ValueError("tools= needs chat messages: a plain string prompt has no template to put them in")
+        tokens = model.encode(prompt)
+    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        for i, message in enumerate(prompt):
+            if "role" not in message:
+                raise ValueError(f"chat message {i} has no 'role'")
+        tokens = model.apply_chat_template(prompt, tools=tools)
+    else:
+        raise TypeError(f"each prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
+    if not tokens:
+        raise ValueError("prompt is empty: it encodes to no tokens")
+    return tokens
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+    return stops
+
+
+def _result(model: Model, root: Node, leaves: list[Node], stops: tuple[str, ...]) -> Generation:
+    hypotheses = [_hypothesis(model, leaf, stops) for leaf in leaves]
+    best = hypotheses[0]
+    return Generation(
+        best.text, best.tokens, best.token_logprobs, best.logprob, best.finish_reason,
+        hypotheses=hypotheses, prompt_tokens=len(root.new_tokens),
+    )
+
+
+def _hypothesis(model: Model, leaf: Node, stops: tuple[str, ...]) -> Hypothesis:
+    tokens, logprobs = leaf.generated()
+    visible = tokens[:-1] if tokens and tokens[-1] in model.eos_token_ids else tokens
+    text = model.decode(visible)
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        text = text[:cut]
+    return Hypothesis(text, tokens, logprobs, leaf.logprob, leaf.finish_reason or "length")

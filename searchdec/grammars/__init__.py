@@ -1,0 +1,1 @@
+"""Grammar constraints: specs compiled per tokenizer into forkable per-hypothesis states (issue 3)."""

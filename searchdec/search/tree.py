@@ -1,0 +1,53 @@
+"""Nodes of the search tree: each holds the tokens it appends to its parent, its log-probabilities
+and why it finished. A root holds its prompt. The model layer reads `parent` and `new_tokens` to
+find a node's cached prefix; everything else here belongs to the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Node:
+    new_tokens: tuple[int, ...]
+    parent: Node | None = None
+    token_logprobs: tuple[float, ...] = ()
+    finish_reason: str | None = None
+    logprob: float = field(init=False)
+    depth: int = field(init=False)  # generated tokens from the root to here
+
+    def __post_init__(self) -> None:
+        if self.parent is None:
+            self.logprob, self.depth = 0.0, 0
+        else:
+            self.logprob = self.parent.logprob + sum(self.token_logprobs)
+            self.depth = self.parent.depth + len(self.new_tokens)
+
+    def child(self, tokens: tuple[int, ...], logprobs: tuple[float, ...]) -> Node:
+        return Node(tokens, self, logprobs)
+
+    @property
+    def root(self) -> Node:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def path(self) -> list[Node]:
+        """Nodes from the root's first child down to this one."""
+        nodes = []
+        node = self
+        while node.parent is not None:
+            nodes.append(node)
+            node = node.parent
+        return nodes[::-1]
+
+    def generated(self) -> tuple[list[int], list[float]]:
+        """Tokens and per-token log-probabilities from the root to here (the prompt excluded)."""
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        for node in self.path():
+            tokens.extend(node.new_tokens)
+            logprobs.extend(node.token_logprobs)
+        return tokens, logprobs
