@@ -1,9 +1,9 @@
 """searchdec: constrained and search-based decoding for language models.
 
-    import searchdec as sd
-    model = sd.load("smollm2-135m")
-    out = sd.generate(model, "The capital of France is", max_tokens=20)
-    print(out.text)
+import searchdec as sd
+model = sd.load("smollm2-135m")
+out = sd.generate(model, "The capital of France is", max_tokens=20)
+print(out.text)
 """
 
 from searchdec.errors import ModelLoadError, ModelNotFoundError, PromptTooLongError, SearchdecError

@@ -116,8 +116,13 @@ def _result(model: Model, root: Node, leaves: list[Node], stops: tuple[str, ...]
     hypotheses = [_hypothesis(model, leaf, stops) for leaf in leaves]
     best = hypotheses[0]
     return Generation(
-        best.text, best.tokens, best.token_logprobs, best.logprob, best.finish_reason,
-        hypotheses=hypotheses, prompt_tokens=len(root.new_tokens),
+        best.text,
+        best.tokens,
+        best.token_logprobs,
+        best.logprob,
+        best.finish_reason,
+        hypotheses=hypotheses,
+        prompt_tokens=len(root.new_tokens),
     )
 
 

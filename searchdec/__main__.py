@@ -1,0 +1,5 @@
+import sys
+
+from searchdec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""Command line: `searchdec generate "prompt"` (also `python -m searchdec generate ...`).
+
+Text streams to stdout as it is generated; model conversion reports its progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from searchdec.errors import SearchdecError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="searchdec", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate text from a prompt or chat messages")
+    gen.add_argument("prompt", nargs="?", help="the prompt text (or use --messages)")
+    gen.add_argument("--messages", help="chat messages as JSON, or @file.json")
+    gen.add_argument(
+        "--raw",
+        action="store_true",
+        help="complete the prompt as plain text instead of sending it as a chat user message",
+    )
+    gen.add_argument("--model", default="smollm2-135m", help="alias, local path, .gguf file or HF id")
+    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
+    args = parser.parse_args(argv)
+    try:
+        return _generate(args)
+    except (SearchdecError, ValueError, TypeError) as error:
+        print(f"searchdec: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _generate(args) -> int:
+    import searchdec as sd
+
+    if (args.prompt is None) == (args.messages is None):
+        raise ValueError("give either a prompt or --messages (one of them)")
+    prompt = _messages(args.messages) if args.messages is not None else args.prompt
+    if args.max_tokens < 0:
+        raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    search = (
+        sd.Greedy()
+        if args.temperature == 0
+        else sd.Sample(args.temperature, args.top_k, args.top_p, args.min_p, seed=args.seed)
+    )
+    model = sd.load(args.model, dtype=args.dtype)
+    if isinstance(prompt, str) and not args.raw and getattr(model.tokenizer, "chat_template", None):
+        prompt = [{"role": "user", "content": prompt}]
+    stream = _Stream(model) if not args.json else None
+    out = sd.generate(
+        model,
+        prompt,
+        max_tokens=args.max_tokens,
+        search=search,
+        stop=args.stop,
+        on_token=stream.on_token if stream else None,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": out.text,
+                    "tokens": out.tokens,
+                    "logprob": out.logprob,
+                    "finish_reason": out.finish_reason,
+                    "prompt_tokens": out.prompt_tokens,
+                }
+            )
+        )
+    else:
+        stream.finish(out.text)
+        print(f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _messages(raw: str) -> list[dict]:
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--messages is not valid JSON: {error}") from error
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("--messages must be a JSON list of objects with 'role' and 'content'")
+    return messages
+
+
+class _Stream:
+    """Prints text as tokens arrive, holding back what a stop string could still remove."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.printed = 0
+
+    def on_token(self, _prompt_index: int, node) -> None:
+        tokens, _ = node.generated()
+        if tokens and tokens[-1] in self.model.eos_token_ids:
+            return
+        text = self.model.decode(tokens)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the rest
+            return
+        self._emit(text)
+
+    def finish(self, text: str) -> None:
+        self._emit(text)
+        print(flush=True)
+
+    def _emit(self, text: str) -> None:
+        if len(text) > self.printed and text.startswith(text[: self.printed]):
+            sys.stdout.write(text[self.printed :])
+            sys.stdout.flush()
+            self.printed = len(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The prefix KV cache: children forward only their new tokens, and results equal full recomputes."""
+
+import torch
+from tiny import tiny_model
+
+from searchdec.search import Node
+
+
+def full_logits(model, tokens):
+    """Logits after `tokens` computed from scratch by the plain transformers forward."""
+    with torch.inference_mode():
+        return model.hf(torch.tensor([tokens])).logits[0, -1].float()
+
+
+def chain(tokens_per_node):
+    node = None
+    for tokens in tokens_per_node:
+        node = Node(tuple(tokens), node)
+    return node
+
+
+def test_child_forwards_only_its_new_tokens_and_matches_full_recompute(tiny):
+    root = Node(tuple(range(40, 80)))
+    tiny.logits([root])
+    before = tiny.stats.tokens
+    child = Node((5, 6, 7), root)
+    logits = tiny.logits([child])[0]
+    assert tiny.stats.tokens - before == 3
+    torch.testing.assert_close(logits, full_logits(tiny, list(range(40, 80)) + [5, 6, 7]), rtol=1e-4, atol=1e-4)
+
+
+def test_node_expanded_long_after_its_parent_reuses_the_parent_prefix(tiny):
+    root = Node(tuple(range(30, 90)))
+    a = Node((1,), root)
+    b = Node((2,), root)
+    tiny.logits([root])
+    tiny.logits([a])
+    # Many unrelated forwards happen in between (other branches, other prompts).
+    other = Node(tuple(range(100, 130)))
+    tiny.logits([other])
+    for t in range(10):
+        other = Node((t,), other)
+        tiny.logits([other])
+    before = tiny.stats.tokens
+    grandchild = Node((3, 4), a)
+    late = tiny.logits([grandchild, b])
+    assert tiny.stats.tokens - before == 3  # two new tokens under a, one under b
+    torch.testing.assert_close(late[0], full_logits(tiny, list(range(30, 90)) + [1, 3, 4]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(late[1], full_logits(tiny, list(range(30, 90)) + [2]), rtol=1e-4, atol=1e-4)
+
+
+def test_beam_reordering_gathers_rows_without_recomputing(tiny):
+    roots = [Node(tuple(range(50, 60))), Node(tuple(range(60, 70))), Node(tuple(range(70, 80)))]
+    tiny.logits(roots)
+    before = tiny.stats.tokens
+    # Beams reorder: row 2 survives twice, row 1 once, row 0 is dropped.
+    children = [Node((9,), roots[2]), Node((8,), roots[2]), Node((7,), roots[1])]
+    logits = tiny.logits(children)
+    assert tiny.stats.tokens - before == 3
+    expected = [list(range(70, 80)) + [9], list(range(70, 80)) + [8], list(range(60, 70)) + [7]]
+    for row, tokens in zip(logits, expected):
+        torch.testing.assert_close(row, full_logits(tiny, tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_of_mixed_lengths_equals_each_hypothesis_alone(tiny):
+    a = chain([range(40, 45), [1, 2, 3, 4, 5, 6]])
+    b = chain([range(50, 70), [7]])
+    c = Node(tuple(range(80, 83)))
+    tiny.logits([a.parent, b.parent])
+    logits = tiny.logits([a, b, c])
+    expected = [list(range(40, 45)) + [1, 2, 3, 4, 5, 6], list(range(50, 70)) + [7], list(range(80, 83))]
+    for row, tokens in zip(logits, expected):
+        torch.testing.assert_close(row, full_logits(tiny, tokens), rtol=1e-4, atol=1e-4)
+    # The compacted entry of the short-new-tokens row serves its own child correctly.
+    child = Node((11,), b)
+    torch.testing.assert_close(tiny.logits([child])[0], full_logits(tiny, expected[1] + [11]), rtol=1e-4, atol=1e-4)
+
+
+def test_cached_node_asked_again_recomputes_only_its_last_token(tiny):
+    root = Node(tuple(range(40, 60)))
+    first = tiny.logits([root])[0]
+    before = tiny.stats.tokens
+    again = tiny.logits([root])[0]
+    assert tiny.stats.tokens - before == 1
+    torch.testing.assert_close(again, first, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_memory_is_bounded_and_evicted_nodes_recompute_from_their_nearest_ancestor():
+    model = tiny_model(cache_bytes=200_000)
+    root = Node(tuple(range(40, 100)))
+    model.logits([root])
+    node = root
+    kept = []
+    for t in range(60):
+        node = Node((t % 50 + 1,), node)
+        model.logits([node])
+        kept.append(node)
+        latest = node
+        assert model.cache.bytes <= model.cache.max_bytes or len(model.cache) == 1
+    assert model.cache.evictions > 0
+    assert latest in model.cache
+    # An early node whose entry was evicted still gives the right logits.
+    early = kept[3]
+    assert early not in model.cache
+    tokens = list(range(40, 100)) + [t % 50 + 1 for t in range(4)]
+    torch.testing.assert_close(
+        model.logits([Node((7,), early)])[0], full_logits(model, tokens + [7]), rtol=1e-4, atol=1e-4
+    )

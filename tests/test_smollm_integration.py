@@ -1,0 +1,141 @@
+"""The real default model (SmolLM2-135M-Instruct from its PyPI package): greedy output equals
+transformers' generate token for token, batching changes nothing, loading is fast once cached."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import searchdec as sd
+
+pytestmark = pytest.mark.integration
+
+PLAIN = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three laws of thermodynamics are",
+    "import numpy as np\nx = np.arange(10)\n",
+    "Q: What is 17 times 3?\nA:",
+    "The best way to learn a new language is",
+    "SELECT name FROM users WHERE",
+    "Photosynthesis converts",
+    "Here is a haiku about autumn:\n",
+    "1, 2, 3, 5, 8, 13,",
+    '{"name": "Alice", "age":',
+]
+CHAT = [
+    [{"role": "user", "content": "What is the capital of Japan?"}],
+    [{"role": "user", "content": "Write a Python function that reverses a string."}],
+    [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "Define entropy."}],
+    [{"role": "user", "content": "List three fruits."}],
+    [{"role": "user", "content": "Translate 'good morning' to Spanish."}],
+    [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+    ],
+    [{"role": "user", "content": "What is 2 + 2?"}],
+    [{"role": "user", "content": "Summarize the plot of Romeo and Juliet in one sentence."}],
+    [{"role": "user", "content": "Give me a JSON object with keys a and b."}],
+    [{"role": "user", "content": "Why is the sky blue?"}],
+]
+PROMPTS = PLAIN + CHAT
+
+
+def prompt_ids(model, prompt):
+    return model.encode(prompt) if isinstance(prompt, str) else model.apply_chat_template(prompt)
+
+
+def transformers_greedy(model, ids, max_new_tokens):
+    with torch.inference_mode():
+        out = model.hf.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("index", range(len(PROMPTS)), ids=lambda i: f"{'plain' if i < len(PLAIN) else 'chat'}{i}")
+def test_greedy_is_token_identical_to_transformers_generate(smollm, index):
+    prompt = PROMPTS[index]
+    ours = sd.generate(smollm, prompt, max_tokens=64)
+    theirs = transformers_greedy(smollm, prompt_ids(smollm, prompt), 64)
+    assert ours.tokens == theirs
+    assert ours.finish_reason == ("stop" if theirs[-1] in smollm.eos_token_ids else "length")
+
+
+def test_batched_prompts_give_the_same_tokens_as_one_by_one(smollm):
+    batched = sd.generate(smollm, PROMPTS, max_tokens=64)
+    for prompt, out in zip(PROMPTS, batched):
+        assert out.tokens == sd.generate(smollm, prompt, max_tokens=64).tokens, prompt
+
+
+def test_chat_answer_is_sensible(smollm):
+    out = sd.generate(smollm, [{"role": "user", "content": "What is the capital of France?"}], max_tokens=30)
+    assert "Paris" in out.text
+    assert out.finish_reason == "stop"
+
+
+def test_sampling_with_n_returns_n_seeded_hypotheses(smollm):
+    search = sd.Sample(temperature=0.8, top_p=0.95, n=4, seed=7)
+    out = sd.generate(smollm, "My favourite animal is", max_tokens=16, search=search)
+    again = sd.generate(smollm, "My favourite animal is", max_tokens=16, search=search)
+    assert len(out.hypotheses) == 4
+    assert [h.tokens for h in out.hypotheses] == [h.tokens for h in again.hypotheses]
+
+
+def test_vocab_bytes_match_the_tokenizer(smollm):
+    text = "Hello, wörld! naïve café ✓ 42\n\tdef f(): pass"
+    tokens = smollm.encode(text)
+    assert b"".join(smollm.vocab_bytes[t] for t in tokens) == text.encode()
+    assert len(smollm.vocab_bytes) == smollm.vocab_size
+
+
+def test_cached_model_loads_in_under_a_second(smollm):
+    start = time.perf_counter()
+    sd.load("smollm2-135m")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_cli_generates_json_with_the_default_model():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "searchdec",
+            "generate",
+            "What is the capital of France?",
+            "--max-tokens",
+            "20",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert "Paris" in out["text"]
+    assert out["finish_reason"] in ("stop", "length")
+
+
+def test_cli_reports_a_bad_model_name_without_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "searchdec", "generate", "hi", "--model", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "unknown model 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr
