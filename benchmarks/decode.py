@@ -51,9 +51,11 @@ def run_theirs(model, prompt, max_tokens):
         out = model.hf.generate(
             torch.tensor([ids], device=model.device),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-            max_new_tokens=max_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
         )
-    return time.perf_counter() - start, out[0, len(ids):].tolist()
+    return time.perf_counter() - start, out[0, len(ids) :].tolist()
 
 
 def run_batch_ours(model, prompts, max_tokens):
@@ -65,14 +67,16 @@ def run_batch_ours(model, prompts, max_tokens):
 def run_batch_theirs(model, prompts, max_tokens):
     tok = model.tokenizer
     tok.padding_side = "left"
-    texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    texts = [
+        p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.hf.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     elapsed = time.perf_counter() - start
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     eos = tuple(model.eos_token_ids)
     produced = 0
     for row in new.tolist():  # count up to and including the first EOS, as ours reports
@@ -94,8 +98,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model = sd.load(args.model)
-    print(f"model {args.model} | {model.dtype} | {model.device} | torch {torch.__version__} "
-          f"threads={torch.get_num_threads()} | {platform.processor() or platform.machine()}")
+    print(
+        f"model {args.model} | {model.dtype} | {model.device} | torch {torch.__version__} "
+        f"threads={torch.get_num_threads()} | {platform.processor() or platform.machine()}"
+    )
     run_ours(model, PROMPTS[0], 8)
     run_theirs(model, PROMPTS[0], 8)
 
@@ -126,21 +132,29 @@ def main() -> None:
     total_tokens = sum(n for _, n, _, _ in rows)
     ours_tps = total_tokens / sum(o for _, _, o, _ in rows)
     theirs_tps = total_tokens / sum(t for _, _, _, t in rows)
-    print(f"\noverall: ours {ours_tps:.1f} tok/s, transformers {theirs_tps:.1f} tok/s, "
-          f"ratio {ours_tps / theirs_tps:.3f} (target >= 0.95)")
+    print(
+        f"\noverall: ours {ours_tps:.1f} tok/s, transformers {theirs_tps:.1f} tok/s, "
+        f"ratio {ours_tps / theirs_tps:.3f} (target >= 0.95)"
+    )
     print(f"per-prompt ratio: p50 {pct(ratios, 50):.3f}  p99 {pct(ratios, 99):.3f}  min {min(ratios):.3f}")
-    print(f"ms/token ours: p50 {pct(ours_lat, 50):.2f} p99 {pct(ours_lat, 99):.2f} | "
-          f"transformers: p50 {pct(theirs_lat, 50):.2f} p99 {pct(theirs_lat, 99):.2f}")
+    print(
+        f"ms/token ours: p50 {pct(ours_lat, 50):.2f} p99 {pct(ours_lat, 99):.2f} | "
+        f"transformers: p50 {pct(theirs_lat, 50):.2f} p99 {pct(theirs_lat, 99):.2f}"
+    )
 
     batch = PROMPTS[: args.batch]
     ours_b = min(run_batch_ours(model, batch, args.max_tokens)[0] for _ in range(args.repeats))
     theirs_runs = [run_batch_theirs(model, batch, args.max_tokens) for _ in range(args.repeats)]
     theirs_b = min(t for t, _ in theirs_runs)
     produced = run_batch_ours(model, batch, args.max_tokens)[1]
-    print(f"\nbatch of {len(batch)} prompts: ours {produced / ours_b:.1f} tok/s, transformers "
-          f"{produced / theirs_b:.1f} tok/s (same useful tokens), ratio {theirs_b / ours_b:.3f}")
-    print(f"forward calls so far: {model.stats.calls}, tokens forwarded: {model.stats.tokens}; "
-          f"median single-prompt ratio {statistics.median(ratios):.3f}")
+    print(
+        f"\nbatch of {len(batch)} prompts: ours {produced / ours_b:.1f} tok/s, transformers "
+        f"{produced / theirs_b:.1f} tok/s (same useful tokens), ratio {theirs_b / ours_b:.3f}"
+    )
+    print(
+        f"forward calls so far: {model.stats.calls}, tokens forwarded: {model.stats.tokens}; "
+        f"median single-prompt ratio {statistics.median(ratios):.3f}"
+    )
 
 
 if __name__ == "__main__":

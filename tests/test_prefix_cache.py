@@ -106,3 +106,20 @@ def test_cache_memory_is_bounded_and_evicted_nodes_recompute_from_their_nearest_
     torch.testing.assert_close(
         model.logits([Node((7,), early)])[0], full_logits(model, tokens + [7]), rtol=1e-4, atol=1e-4
     )
+
+
+def test_rows_of_one_padded_batch_continue_without_copies_or_recompute(tiny):
+    prompts = [list(range(40, 43)), list(range(50, 70)), list(range(80, 90))]
+    roots = [Node(tuple(p)) for p in prompts]
+    tiny.logits(roots)
+    children = [Node((5,), r) for r in roots]
+    before = tiny.stats.tokens
+    logits = tiny.logits(children)
+    assert tiny.stats.tokens - before == 3
+    for row, prompt in zip(logits, prompts):
+        torch.testing.assert_close(row, full_logits(tiny, prompt + [5]), rtol=1e-4, atol=1e-4)
+    # The longest row leaves the batch: the rest still read their padded rows correctly.
+    grandchildren = [Node((6,), children[2]), Node((7,), children[0])]
+    logits = tiny.logits(grandchildren)
+    torch.testing.assert_close(logits[0], full_logits(tiny, prompts[2] + [5, 6]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1], full_logits(tiny, prompts[0] + [5, 7]), rtol=1e-4, atol=1e-4)

@@ -42,8 +42,9 @@ class KVEntry:
     length: int
 
     @property
-    def is_whole_row(self) -> bool:
-        return self.start == 0 and self.length == self.block.width
+    def is_right_aligned(self) -> bool:
+        """True when the row's valid positions run to the block's end (only padding before them)."""
+        return self.start + self.length == self.block.width
 
     def truncated(self, length: int) -> KVEntry:
         return KVEntry(self.block, self.row, self.start, length)

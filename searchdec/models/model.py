@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from searchdec.errors import PromptTooLongError
 from searchdec.models.cache import KVBlock, KVEntry, PrefixCache
@@ -142,7 +143,7 @@ class Model:
         Each node's KV entry is stored in `self.cache`, so its children forward only their new tokens.
         """
         rows = [self._row(node) for node in nodes]
-        width_past = max(row.past_length for row in rows)
+        past, width_past = self._gather_past(rows)
         width_new = max(len(row.new) for row in rows)
         batch = len(rows)
         device = self.device
@@ -157,7 +158,6 @@ class Model:
             mask[i, width_past - p : width_past] = 1
             mask[i, width_past + width_new - n :] = 1
 
-        past = self._gather_past(rows, width_past) if width_past else None
         out = self.hf(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
@@ -193,44 +193,46 @@ class Model:
             raise ValueError("a hypothesis must hold at least one token")
         return _Row(node, entry, pending)
 
-    def _gather_past(self, rows: list[_Row], width: int) -> DynamicCache:
+    def _gather_past(self, rows: list[_Row]) -> tuple[DynamicCache | None, int]:
+        """The batch's past keys/values, each row right-aligned to the returned width."""
+        width = max(row.past_length for row in rows)
+        if width == 0:
+            return None, 0
         blocks = {id(row.past.block) for row in rows if row.past is not None}
         first = rows[0].past
-        aligned = (
-            len(blocks) == 1
-            and all(row.past is not None and row.past.is_whole_row for row in rows)
-            and first.block.width == width
-        )
-        if aligned:
+        if len(blocks) == 1 and all(row.past is not None and row.past.is_right_aligned for row in rows):
+            # Rows of one earlier forward (decoding, beam reordering): reuse its tensors, padding included.
             source = [row.past.row for row in rows]
             if source == list(range(first.block.layers[0][0].shape[0])):
-                return _cache(first.block.layers)
+                return _cache(first.block.layers), first.block.width
             index = torch.tensor(source, device=self.device)
             layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in first.block.layers]
-            return _cache(layers)
+            return _cache(layers), first.block.width
 
         some_past = next(row.past for row in rows if row.past is not None)
         k0 = some_past.block.layers[0][0]
         shape = (len(rows), k0.shape[1], width, k0.shape[3])
         layers = [(k0.new_zeros(shape), k0.new_zeros(shape)) for _ in range(len(some_past.block.layers))]
-        # Rows that read the same span of the same block are copied together.
-        groups: dict[tuple[int, int, int], tuple[KVEntry, list[int], list[int]]] = {}
+        # Rows whose spans end at the same place in the same block are copied together, each group in
+        # one indexed copy per layer (the positions before a row's span are masked as padding).
+        groups: dict[tuple[int, int], tuple[KVBlock, list[int], list[int], list[int]]] = {}
         for i, row in enumerate(rows):
-            if row.past is None:
-                continue
-            e = row.past
-            key = (id(e.block), e.start, e.length)
-            groups.setdefault(key, (e, [], []))
-            groups[key][1].append(i)
-            groups[key][2].append(e.row)
-        for entry, targets, sources in groups.values():
+            if row.past is not None:
+                e = row.past
+                block, targets, sources, lengths = groups.setdefault(
+                    (id(e.block), e.start + e.length), (e.block, [], [], [])
+                )
+                targets.append(i)
+                sources.append(e.row)
+                lengths.append(e.length)
+        for (_, end), (block, targets, sources, lengths) in groups.items():
             dst = torch.tensor(targets, device=k0.device)
             src = torch.tensor(sources, device=k0.device)
-            span = slice(entry.start, entry.start + entry.length)
-            for (k_out, v_out), (k_in, v_in) in zip(layers, entry.block.layers):
-                k_out[dst, :, width - entry.length :] = k_in[src, :, span]
-                v_out[dst, :, width - entry.length :] = v_in[src, :, span]
-        return _cache(layers)
+            span = max(lengths)
+            for (k_out, v_out), (k_in, v_in) in zip(layers, block.layers):
+                k_out[dst, :, width - span :] = k_in[src, :, end - span : end]
+                v_out[dst, :, width - span :] = v_in[src, :, end - span : end]
+        return _cache(layers), width
 
     @staticmethod
     def _entry_for(block: KVBlock, i: int, row: _Row, width_past: int, width_new: int) -> KVEntry:
@@ -250,9 +252,16 @@ class Model:
 
 
 def _cache(layers) -> DynamicCache:
+    """A DynamicCache holding `layers` as they are (its constructor would copy every tensor once)."""
     # Full (non-sliding) layers for every model: entries are views that must keep every position;
     # sliding-window attention is still applied, by the model's own masks.
-    return DynamicCache(ddp_cache_data=layers or None)
+    cache = DynamicCache()
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
 
 
 def _last_token(node: Hypothesis) -> int:
