@@ -123,3 +123,15 @@ def test_rows_of_one_padded_batch_continue_without_copies_or_recompute(tiny):
     logits = tiny.logits(grandchildren)
     torch.testing.assert_close(logits[0], full_logits(tiny, prompts[2] + [5, 6]), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits[1], full_logits(tiny, prompts[0] + [5, 7]), rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_model_returns_float32_logits_equal_to_its_own_full_forward():
+    model = tiny_model()
+    model.hf.to(torch.bfloat16)
+    root = Node(tuple(range(40, 60)))
+    model.logits([root])
+    logits = model.logits([Node((3, 4), root)])
+    assert logits.dtype == torch.float32
+    with torch.inference_mode():
+        full = model.hf(torch.tensor([list(range(40, 60)) + [3, 4]])).logits[0, -1].float()
+    torch.testing.assert_close(logits[0], full, rtol=2e-2, atol=2e-2)

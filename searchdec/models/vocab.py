@@ -40,12 +40,13 @@ def token_bytes(tokenizer, vocab_size: int) -> list[bytes]:
     """Bytes of every id in [0, vocab_size)."""
     out = [b""] * vocab_size
     special = set(getattr(tokenizer, "all_special_ids", []))
+    special.update(getattr(tokenizer, "added_tokens_decoder", {}))  # computed per access: read it once
     byte_level = _is_byte_level(tokenizer)
     table = _unicode_to_byte()
     for piece, token_id in tokenizer.get_vocab().items():
         if token_id >= vocab_size:
             continue
-        if token_id in special or piece in getattr(tokenizer, "added_tokens_encoder", {}):
+        if token_id in special:
             out[token_id] = piece.encode("utf-8")
         elif byte_level:
             try:
