@@ -58,28 +58,25 @@ def _generate(args) -> int:
     model = sd.load(args.model, dtype=args.dtype)
     if isinstance(prompt, str) and not args.raw and getattr(model.tokenizer, "chat_template", None):
         prompt = [{"role": "user", "content": prompt}]
-    stream = _Stream(model) if not args.json else None
-    out = sd.generate(
-        model,
-        prompt,
-        max_tokens=args.max_tokens,
-        search=search,
-        stop=args.stop,
-        on_token=stream.on_token if stream else None,
-    )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "text": out.text,
-                    "tokens": out.tokens,
-                    "logprob": out.logprob,
-                    "finish_reason": out.finish_reason,
-                    "prompt_tokens": out.prompt_tokens,
-                }
-            )
+        counter = _TokenCounter(args.max_tokens) if sys.stderr.isatty() else None
+        out = sd.generate(
+            model,
+            prompt,
+            max_tokens=args.max_tokens,
+            search=search,
+            stop=args.stop,
+            on_token=counter.on_token if counter else None,
         )
+        if counter:
+            print(file=sys.stderr)
+        fields = ("text", "tokens", "logprob", "finish_reason", "prompt_tokens")
+        print(json.dumps({name: getattr(out, name) for name in fields}))
     else:
+        stream = _Stream(model)
+        out = sd.generate(
+            model, prompt, max_tokens=args.max_tokens, search=search, stop=args.stop, on_token=stream.on_token
+        )
         stream.finish(out.text)
         print(f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}]", file=sys.stderr)
     return 0
@@ -94,6 +91,16 @@ def _messages(raw: str) -> list[dict]:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ValueError("--messages must be a JSON list of objects with 'role' and 'content'")
     return messages
+
+
+class _TokenCounter:
+    """Progress on stderr while the output itself waits to be printed whole (--json)."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+
+    def on_token(self, _prompt_index: int, node) -> None:
+        print(f"\rsearchdec: {node.depth}/{self.max_tokens} tokens", end="", file=sys.stderr, flush=True)
 
 
 class _Stream:

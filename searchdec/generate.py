@@ -41,7 +41,7 @@ def generate(
     model: Model,
     prompt: Prompt | Sequence[Prompt],
     *,
-    max_tokens: int = 256,
+    max_tokens: int | None = 256,
     search: Greedy | Sample | None = None,
     stop: str | Sequence[str] | None = None,
     tools: list[dict] | None = None,
@@ -49,6 +49,7 @@ def generate(
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
+    `max_tokens=None` generates until the end-of-sequence token or the context window.
     `search` is `Greedy()` (default) or `Sample(...)`. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
     every new token (the CLI streams with it).
@@ -56,9 +57,9 @@ def generate(
     search = search or Greedy()
     if not isinstance(search, (Greedy, Sample)):
         raise TypeError(f"search must be Greedy() or Sample(...), got {type(search).__name__}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
-    if max_tokens < 0:
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise TypeError(f"max_tokens must be an int or None, got {type(max_tokens).__name__}")
+    if max_tokens is not None and max_tokens < 0:
         raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
     stops = _stop_strings(stop)
     batched = _is_batch(prompt)
@@ -69,7 +70,8 @@ def generate(
     for root in roots:
         model.check_prompt_length(len(root.new_tokens))
 
-    stopping = Stopping(max_tokens, model.eos_token_ids, stops, model.context_window)
+    budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
+    stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
     leaves = decode(model, roots, search, stopping, on_token)
     results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
     return results if batched else results[0]

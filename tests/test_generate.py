@@ -1,6 +1,6 @@
 """generate() on the tiny model: stopping rules, batching, chat templates, results."""
 
-from tiny import bias_token
+from tiny import bias_token, tiny_model
 
 import searchdec as sd
 from searchdec.search import Node
@@ -81,3 +81,11 @@ def test_decode_leaves_no_cache_entries_behind(tiny):
 def test_vocab_bytes_spell_the_decoded_text(tiny):
     tokens = tiny.encode("héllo wörld ✓")
     assert b"".join(tiny.vocab_bytes[t] for t in tokens) == "héllo wörld ✓".encode()
+
+
+def test_max_tokens_none_runs_to_the_context_window():
+    model = tiny_model(max_positions=48)
+    bias_token(model, model.tokenizer.eos_token_id, -1e4)
+    out = sd.generate(model, "abcdefgh", max_tokens=None)
+    assert out.finish_reason == "length"
+    assert out.prompt_tokens + len(out.tokens) == 48

