@@ -86,26 +86,58 @@ def test_cached_node_asked_again_recomputes_only_its_last_token(tiny):
 
 
 def test_cache_memory_is_bounded_and_evicted_nodes_recompute_from_their_nearest_ancestor():
-    model = tiny_model(cache_bytes=200_000)
-    root = Node(tuple(range(40, 100)))
+    model = tiny_model(cache_bytes=300_000)
+    prompt = list(range(40, 100))
+    root = Node(tuple(prompt))
     model.logits([root])
-    node = root
-    kept = []
-    for t in range(60):
-        node = Node((t % 50 + 1,), node)
-        model.logits([node])
-        kept.append(node)
-        latest = node
-        assert model.cache.bytes <= model.cache.max_bytes or len(model.cache) == 1
+    node, chain = root, []
+    for t in range(40):
+        # Two children expanded one after the other: the first appends to the parent's buffers in
+        # place, the second must copy them, so memory grows with every step.
+        child = Node((t % 50 + 1,), node)
+        model.logits([child])
+        model.logits([Node((t % 50 + 2,), node)])
+        chain.append(child)
+        node = child
+        held_by_latest = len(model.cache) <= 2
+        assert model.cache.bytes <= model.cache.max_bytes or held_by_latest
     assert model.cache.evictions > 0
-    assert latest in model.cache
-    # An early node whose entry was evicted still gives the right logits.
-    early = kept[3]
-    assert early not in model.cache
-    tokens = list(range(40, 100)) + [t % 50 + 1 for t in range(4)]
-    torch.testing.assert_close(
-        model.logits([Node((7,), early)])[0], full_logits(model, tokens + [7]), rtol=1e-4, atol=1e-4
-    )
+    evicted = [i for i, n in enumerate(chain) if n not in model.cache]
+    assert evicted
+    # An evicted node's child is still right: it is recomputed from the nearest cached ancestor.
+    i = evicted[0]
+    tokens = prompt + [t % 50 + 1 for t in range(i + 1)]
+    before = model.stats.tokens
+    logits = model.logits([Node((7,), chain[i])])[0]
+    assert model.stats.tokens - before > 1
+    torch.testing.assert_close(logits, full_logits(model, tokens + [7]), rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_appends_in_place_without_new_buffers(tiny):
+    root = Node(tuple(range(40, 60)))
+    tiny.logits([root])
+    storage = tiny.cache.get(root).block.buffers
+    node = root
+    for t in range(10):
+        node = Node((t + 1,), node)
+        tiny.logits([node])
+    assert tiny.cache.get(node).block.buffers is storage
+
+
+def test_sibling_expanded_after_an_in_place_append_gets_its_own_copy(tiny):
+    root = Node(tuple(range(40, 60)))
+    tiny.logits([root])
+    first = Node((1,), root)
+    tiny.logits([first])
+    second = Node((2,), root)  # the root's buffers already hold `first` at this position
+    tiny.logits([second])
+    for node, last in ((first, 1), (second, 2)):
+        torch.testing.assert_close(
+            tiny.logits([Node((3,), node)])[0],
+            full_logits(tiny, list(range(40, 60)) + [last, 3]),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def test_rows_of_one_padded_batch_continue_without_copies_or_recompute(tiny):

@@ -2,10 +2,11 @@
 costs a forward over its own new tokens only.
 
 An entry belongs to one hypothesis (any object with `parent` and `new_tokens`, compared by identity)
-and covers that hypothesis's whole sequence. Entries are views into the key/value tensors of the
-batch forward that produced them (a `KVBlock`), so storing one costs nothing; a block is freed when
-its last entry goes. The cache is bounded in bytes and evicts least-recently-used entries; the block
-of the latest forward is never evicted, so the running decode always finds its parents. A hypothesis
+and covers that hypothesis's whole sequence. Entries point into the key/value buffers of the batch
+forward that produced them (a `KVBlock` of `KVBuffers`), so storing one costs nothing; buffers are
+freed when their last entry goes. The cache is bounded in bytes (buffers counted once, spare
+capacity included) and evicts least-recently-used entries; the buffers of the latest forward are
+never evicted, so the running decode always finds its parents. A hypothesis
 whose entry was evicted is not lost: the model recomputes from its nearest cached ancestor.
 """
 
@@ -18,18 +19,56 @@ import torch
 
 
 @dataclass(eq=False)
-class KVBlock:
-    """Per-layer (keys, values) of one batch forward, each shaped [batch, kv_heads, T, head_dim]."""
+class KVBuffers:
+    """Per-layer key/value storage [rows, kv_heads, capacity, head_dim] with room to grow.
 
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    Positions [0, used) are written once and never change; a forward that continues exactly these
+    rows appends at `used` in place, so decoding does not copy the cache at every step (transformers'
+    DynamicCache concatenates, copying all of it). Only one forward may extend a given `used`: any
+    other reader of the same rows copies them first. The tensors are allocated by the first forward
+    that writes them when `keys` is empty.
+    """
+
+    capacity: int
+    used: int = 0
+    keys: tuple[torch.Tensor, ...] = ()
+    values: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
+
+    @classmethod
+    def zeros(cls, like: torch.Tensor, rows: int, capacity: int, n_layers: int) -> KVBuffers:
+        shape = (rows, like.shape[1], capacity, like.shape[3])
+        return cls(
+            capacity,
+            0,
+            tuple(like.new_zeros(shape) for _ in range(n_layers)),
+            tuple(like.new_zeros(shape) for _ in range(n_layers)),
+        )
+
+
+@dataclass(eq=False)
+class KVBlock:
+    """The first `width` positions of `buffers` as one batch forward left them."""
+
+    buffers: KVBuffers
+    width: int
 
     @property
-    def width(self) -> int:
-        return self.layers[0][0].shape[-2]
+    def layers(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        w = self.width
+        return tuple((k[:, :, :w], v[:, :, :w]) for k, v in zip(self.buffers.keys, self.buffers.values))
+
+    @property
+    def extendable(self) -> bool:
+        """True when nothing has been appended after this block's positions yet."""
+        return self.buffers.used == self.width
 
 
 @dataclass(frozen=True)
@@ -58,8 +97,8 @@ class PrefixCache:
             raise ValueError(f"cache max_bytes must be positive, got {max_bytes}")
         self.max_bytes = max_bytes
         self._entries: OrderedDict[object, KVEntry] = OrderedDict()
-        self._block_refs: dict[int, int] = {}
-        self._latest: KVBlock | None = None
+        self._refs: dict[int, int] = {}  # entries per KVBuffers
+        self._latest: KVBuffers | None = None
         self.bytes = 0
         self.evictions = 0
 
@@ -78,12 +117,12 @@ class PrefixCache:
     def put(self, key: object, entry: KVEntry) -> None:
         self.discard(key)
         self._entries[key] = entry
-        block_id = id(entry.block)
-        if block_id not in self._block_refs:
-            self.bytes += entry.block.nbytes
-            self._block_refs[block_id] = 0
-        self._block_refs[block_id] += 1
-        self._latest = entry.block
+        storage = entry.block.buffers
+        if id(storage) not in self._refs:
+            self.bytes += storage.nbytes
+            self._refs[id(storage)] = 0
+        self._refs[id(storage)] += 1
+        self._latest = storage
         self._evict()
 
     def discard(self, key: object) -> None:
@@ -91,15 +130,15 @@ class PrefixCache:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
-        block_id = id(entry.block)
-        self._block_refs[block_id] -= 1
-        if self._block_refs[block_id] == 0:
-            del self._block_refs[block_id]
-            self.bytes -= entry.block.nbytes
+        storage = entry.block.buffers
+        self._refs[id(storage)] -= 1
+        if self._refs[id(storage)] == 0:
+            del self._refs[id(storage)]
+            self.bytes -= storage.nbytes
 
     def clear(self) -> None:
         self._entries.clear()
-        self._block_refs.clear()
+        self._refs.clear()
         self._latest = None
         self.bytes = 0
 
@@ -109,7 +148,7 @@ class PrefixCache:
         for key in list(self._entries):
             if self.bytes <= self.max_bytes:
                 break
-            if self._entries[key].block is self._latest:
+            if self._entries[key].block.buffers is self._latest:
                 continue
             self.discard(key)
             self.evictions += 1

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from searchdec.errors import PromptTooLongError
-from searchdec.models.cache import KVBlock, KVEntry, PrefixCache
+from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
@@ -145,8 +145,8 @@ class Model:
         if not nodes:
             raise ValueError("logits() needs at least one hypothesis")
         rows = [self._row(node) for node in nodes]
-        past, width_past = self._gather_past(rows)
         width_new = max(len(row.new) for row in rows)
+        buffers, width_past = self._past_buffers(rows, width_new)
         batch = len(rows)
         device = self.device
 
@@ -160,18 +160,20 @@ class Model:
             mask[i, width_past - p : width_past] = 1
             mask[i, width_past + width_new - n :] = 1
 
+        cache = _AppendCache(buffers)
         out = self.hf(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            past_key_values=past if past is not None else _cache(()),
+            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
+        cache.commit()
         self.stats.calls += 1
         self.stats.tokens += sum(len(row.new) for row in rows)
 
-        block = KVBlock(tuple((layer.keys, layer.values) for layer in out.past_key_values.layers))
+        block = KVBlock(buffers, width_past + width_new)
         for i, row in enumerate(rows):
             self.cache.put(row.node, self._entry_for(block, i, row, width_past, width_new))
         return out.logits[:, -1, :].float()
@@ -195,46 +197,62 @@ class Model:
             raise ValueError("a hypothesis must hold at least one token")
         return _Row(node, entry, pending)
 
-    def _gather_past(self, rows: list[_Row]) -> tuple[DynamicCache | None, int]:
-        """The batch's past keys/values, each row right-aligned to the returned width."""
+    def _past_buffers(self, rows: list[_Row], width_new: int) -> tuple[KVBuffers, int]:
+        """Buffers holding every row's past right-aligned to the returned width, with room for
+        `width_new` more positions: the previous forward's own buffers when the batch continues
+        exactly its rows, otherwise a copy."""
         width = max(row.past_length for row in rows)
         if width == 0:
-            return None, 0
-        blocks = {id(row.past.block) for row in rows if row.past is not None}
+            return KVBuffers(_capacity(width_new)), 0
         first = rows[0].past
-        if len(blocks) == 1 and all(row.past is not None and row.past.is_right_aligned for row in rows):
-            # Rows of one earlier forward (decoding, beam reordering): reuse its tensors, padding included.
+        same_block = first is not None and all(
+            row.past is not None and row.past.block is first.block and row.past.is_right_aligned for row in rows
+        )
+        if same_block:
+            # Rows of one earlier forward (decoding, beam reordering): padding included, as it was.
+            block, old = first.block, first.block.buffers
+            width = block.width
             source = [row.past.row for row in rows]
-            if source == list(range(first.block.layers[0][0].shape[0])):
-                return _cache(first.block.layers), first.block.width
-            index = torch.tensor(source, device=self.device)
-            layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in first.block.layers]
-            return _cache(layers), first.block.width
+            identity = source == list(range(old.rows))
+            if identity and block.extendable and old.capacity >= width + width_new:
+                return old, width
+            capacity = max(old.capacity, _capacity(width + width_new))
+            new = KVBuffers(capacity, width)
+            index = torch.tensor(source, device=old.keys[0].device)
+            if capacity == old.capacity:
+                # One gather of whole buffers; positions past `width` are never read.
+                new.keys = tuple(k.index_select(0, index) for k in old.keys)
+                new.values = tuple(v.index_select(0, index) for v in old.values)
+            else:
+                grown = KVBuffers.zeros(old.keys[0], len(rows), capacity, len(old.keys))
+                for dst, src in zip(grown.keys + grown.values, old.keys + old.values):
+                    dst[:, :, :width] = src[index, :, :width]
+                new.keys, new.values = grown.keys, grown.values
+            return new, width
 
-        some_past = next(row.past for row in rows if row.past is not None)
-        k0 = some_past.block.layers[0][0]
-        shape = (len(rows), k0.shape[1], width, k0.shape[3])
-        layers = [(k0.new_zeros(shape), k0.new_zeros(shape)) for _ in range(len(some_past.block.layers))]
+        some_past = next(row.past for row in rows if row.past is not None).block.buffers
+        new = KVBuffers.zeros(some_past.keys[0], len(rows), _capacity(width + width_new), len(some_past.keys))
         # Rows whose spans end at the same place in the same block are copied together, each group in
         # one indexed copy per layer (the positions before a row's span are masked as padding).
         groups: dict[tuple[int, int], tuple[KVBlock, list[int], list[int], list[int]]] = {}
         for i, row in enumerate(rows):
             if row.past is not None:
                 e = row.past
-                block, targets, sources, lengths = groups.setdefault(
+                _, targets, sources, lengths = groups.setdefault(
                     (id(e.block), e.start + e.length), (e.block, [], [], [])
                 )
                 targets.append(i)
                 sources.append(e.row)
                 lengths.append(e.length)
+        device = some_past.keys[0].device
         for (_, end), (block, targets, sources, lengths) in groups.items():
-            dst = torch.tensor(targets, device=k0.device)
-            src = torch.tensor(sources, device=k0.device)
+            dst_rows = torch.tensor(targets, device=device)
+            src_rows = torch.tensor(sources, device=device)
             span = max(lengths)
-            for (k_out, v_out), (k_in, v_in) in zip(layers, block.layers):
-                k_out[dst, :, width - span :] = k_in[src, :, end - span : end]
-                v_out[dst, :, width - span :] = v_in[src, :, end - span : end]
-        return _cache(layers), width
+            for dst, src in zip(new.keys + new.values, block.buffers.keys + block.buffers.values):
+                dst[dst_rows, :, width - span : width] = src[src_rows, :, end - span : end]
+        new.used = width
+        return new, width
 
     @staticmethod
     def _entry_for(block: KVBlock, i: int, row: _Row, width_past: int, width_new: int) -> KVEntry:
@@ -243,27 +261,73 @@ class Model:
         if n == width_new or p == 0:
             return KVEntry(block, i, total - n - p if p == 0 else width_past - p, p + n)
         # Past and new tokens are separated by padding: keep a compact copy of this one row.
-        layers = tuple(
-            (
-                torch.cat([k[i : i + 1, :, width_past - p : width_past], k[i : i + 1, :, total - n :]], dim=2),
-                torch.cat([v[i : i + 1, :, width_past - p : width_past], v[i : i + 1, :, total - n :]], dim=2),
-            )
-            for k, v in block.layers
-        )
-        return KVEntry(KVBlock(layers), 0, 0, p + n)
+        past, new = slice(width_past - p, width_past), slice(total - n, total)
+        keys = tuple(torch.cat([k[i : i + 1, :, past], k[i : i + 1, :, new]], 2) for k in block.buffers.keys)
+        values = tuple(torch.cat([v[i : i + 1, :, past], v[i : i + 1, :, new]], 2) for v in block.buffers.values)
+        compact = KVBuffers(p + n, p + n, keys, values)
+        return KVEntry(KVBlock(compact, p + n), 0, 0, p + n)
 
 
-def _cache(layers) -> DynamicCache:
-    """A DynamicCache holding `layers` as they are (its constructor would copy every tensor once)."""
-    # Full (non-sliding) layers for every model: entries are views that must keep every position;
-    # sliding-window attention is still applied, by the model's own masks.
-    cache = DynamicCache()
-    for keys, values in layers:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        cache.layers.append(layer)
-    return cache
+def _capacity(needed: int) -> int:
+    # Room to grow by half again (at least 32 positions): appends rarely reallocate.
+    return needed + max(32, needed // 2)
+
+
+class _AppendLayer(DynamicLayer):
+    """A cache layer over `KVBuffers`: new keys/values are written in place after `length`.
+
+    Its tensors are allocated on the first write when the buffers have none yet (a batch with no past).
+    """
+
+    def __init__(self, buffers: KVBuffers, index: int) -> None:
+        super().__init__()
+        self.buffers = buffers
+        self.length = buffers.used
+        self.keys_buf = buffers.keys[index] if buffers.keys else None
+        self.values_buf = buffers.values[index] if buffers.values else None
+        if self.keys_buf is not None and self.length:
+            self.lazy_initialization(self.keys_buf, self.values_buf)
+            self.keys = self.keys_buf[:, :, : self.length]
+            self.values = self.values_buf[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.keys_buf is None:
+            rows, heads, _, _ = key_states.shape
+            capacity = self.buffers.capacity
+            self.keys_buf = key_states.new_empty((rows, heads, capacity, key_states.shape[-1]))
+            self.values_buf = value_states.new_empty((rows, heads, capacity, value_states.shape[-1]))
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self.keys_buf[:, :, self.length : end] = key_states
+        self.values_buf[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys = self.keys_buf[:, :, :end]
+        self.values = self.values_buf[:, :, :end]
+        return self.keys, self.values
+
+
+class _AppendCache(DynamicCache):
+    """A DynamicCache whose layers append into `buffers`; `commit()` records what the forward wrote.
+
+    Every layer is a full (non-sliding) layer: entries must keep every position. Sliding-window
+    attention is still applied, by the model's own masks.
+    """
+
+    def __init__(self, buffers: KVBuffers) -> None:
+        super().__init__()
+        self.buffers = buffers
+        self.layers = [_AppendLayer(buffers, i) for i in range(len(buffers.keys))]
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(_AppendLayer(self.buffers, len(self.layers)))
+        return self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+
+    def commit(self) -> None:
+        self.buffers.keys = tuple(layer.keys_buf for layer in self.layers)
+        self.buffers.values = tuple(layer.values_buf for layer in self.layers)
+        self.buffers.used = self.layers[0].length
 
 
 def _last_token(node: TokenNode) -> int:
