@@ -142,6 +142,19 @@ def main() -> None:
         f"transformers: p50 {pct(theirs_lat, 50):.2f} p99 {pct(theirs_lat, 99):.2f}"
     )
 
+    long_prompt = " ".join(f"Item {i} costs {i * 3} dollars." for i in range(90)) + " The most expensive item is"
+    ours_l, theirs_l = [], []
+    for r in range(args.repeats):
+        order = [(run_ours, ours_l), (run_theirs, theirs_l)]
+        for fn, times in order if r % 2 == 0 else order[::-1]:
+            elapsed, toks = fn(model, long_prompt, args.max_tokens)
+            times.append((elapsed, len(toks)))
+    (ours_lt, n_long), (theirs_lt, _) = min(ours_l), min(theirs_l)
+    print(
+        f"\nlong prompt ({len(ids_of(model, long_prompt))} tokens), {n_long} new tokens: ours {n_long / ours_lt:.1f} "
+        f"tok/s, transformers {n_long / theirs_lt:.1f} tok/s, ratio {theirs_lt / ours_lt:.3f}"
+    )
+
     batch = PROMPTS[: args.batch]
     ours_b = min(run_batch_ours(model, batch, args.max_tokens)[0] for _ in range(args.repeats))
     theirs_runs = [run_batch_theirs(model, batch, args.max_tokens) for _ in range(args.repeats)]
