@@ -108,13 +108,14 @@ class _Stream:
 
     def __init__(self, model) -> None:
         self.model = model
+        self.tokens: list[int] = []
         self.printed = 0
 
     def on_token(self, _prompt_index: int, node) -> None:
-        tokens, _ = node.generated()
-        if tokens and tokens[-1] in self.model.eos_token_ids:
+        if node.new_tokens[-1] in self.model.eos_token_ids:
             return
-        text = self.model.decode(tokens)
+        self.tokens.extend(node.new_tokens)  # one hypothesis: nodes arrive in order
+        text = self.model.decode(self.tokens)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the rest
             return
         self._emit(text)

@@ -89,3 +89,11 @@ def test_max_tokens_none_runs_to_the_context_window():
     out = sd.generate(model, "abcdefgh", max_tokens=None)
     assert out.finish_reason == "length"
     assert out.prompt_tokens + len(out.tokens) == 48
+
+
+def test_stop_string_spanning_several_tokens_is_found(tiny):
+    full = sd.generate(tiny, "xyz", max_tokens=40)
+    stop = full.text[10:16]  # six byte-level tokens
+    out = sd.generate(tiny, "xyz", max_tokens=40, stop=[stop, "never-appears"])
+    assert out.finish_reason == "stop"
+    assert out.text == full.text[: full.text.find(stop)]

@@ -43,7 +43,6 @@ def decode(
                 leaves[i].append(leaf)
         return leaves
     generator = search.generator(model.device) if isinstance(search, Sample) else None
-    prompt_lengths = {id(root): _prompt_length(root) for root in roots}
     texts = _StopText(model, stopping.stop)
 
     # The first step reads each prompt once and draws n tokens from it.
@@ -60,7 +59,7 @@ def decode(
         for owner, node in active:
             if on_token is not None:
                 on_token(owner, node)
-            reason = _finished(node, stopping, prompt_lengths[id(node.root)], texts)
+            reason = _finished(node, stopping, len(roots[owner].new_tokens), texts)
             if reason is None:
                 still.append((owner, node))
             else:
@@ -89,10 +88,6 @@ def _choose(search, logits: torch.Tensor, generator, samples: int) -> torch.Tens
     return search.draw(logits, generator, samples)
 
 
-def _prompt_length(root: Node) -> int:
-    return len(root.new_tokens)
-
-
 def _finished(node: Node, stopping: Stopping, prompt_length: int, texts: _StopText) -> str | None:
     if node.new_tokens[-1] in stopping.eos_token_ids:
         return "stop"
@@ -106,17 +101,14 @@ def _finished(node: Node, stopping: Stopping, prompt_length: int, texts: _StopTe
 
 
 class _StopText:
-    """Finds stop strings in the text generated so far, scanning only the part that could hold a new one."""
+    """Finds a stop string completed by the newest token: only the last few tokens can hold it (a
+    string of c characters spans at most 4c single-byte tokens), so only they are decoded."""
 
     def __init__(self, model, stop: tuple[str, ...]) -> None:
         self.model = model
         self.stop = stop
-        self.longest = max((len(s) for s in stop), default=0)
-        self.checked: dict[int, int] = {}
+        self.window = 4 * max((len(s) for s in stop), default=0) + 2
 
     def hit(self, node: Node) -> bool:
-        tokens, _ = node.generated()
-        text = self.model.decode(tokens)
-        start = max(0, self.checked.get(id(node.parent), 0) - self.longest)
-        self.checked[id(node)] = len(text)
-        return any(s in text[start:] for s in self.stop)
+        text = self.model.decode(node.last_tokens(self.window))
+        return any(s in text for s in self.stop)

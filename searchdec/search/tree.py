@@ -27,13 +27,6 @@ class Node:
     def child(self, tokens: tuple[int, ...], logprobs: tuple[float, ...]) -> Node:
         return Node(tokens, self, logprobs)
 
-    @property
-    def root(self) -> Node:
-        node = self
-        while node.parent is not None:
-            node = node.parent
-        return node
-
     def path(self) -> list[Node]:
         """Nodes from the root's first child down to this one."""
         nodes = []
@@ -42,6 +35,15 @@ class Node:
             nodes.append(node)
             node = node.parent
         return nodes[::-1]
+
+    def last_tokens(self, k: int) -> list[int]:
+        """The last `k` generated tokens (fewer when fewer were generated), walking up only as far as needed."""
+        tokens: list[int] = []
+        node = self
+        while node.parent is not None and len(tokens) < k:
+            tokens[:0] = node.new_tokens
+            node = node.parent
+        return tokens[-k:]
 
     def generated(self) -> tuple[list[int], list[float]]:
         """Tokens and per-token log-probabilities from the root to here (the prompt excluded)."""
