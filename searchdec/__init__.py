@@ -6,8 +6,19 @@ out = sd.generate(model, "The capital of France is", max_tokens=20)
 print(out.text)
 """
 
-from searchdec.errors import ModelLoadError, ModelNotFoundError, PromptTooLongError, SearchdecError
+from searchdec.errors import (
+    ConstraintError,
+    EmptyLanguageError,
+    GrammarSyntaxError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    SchemaError,
+    SearchdecError,
+    UnsupportedKeywordError,
+)
 from searchdec.generate import Generation, Hypothesis, generate
+from searchdec.grammars import Constraint, State, choice, json_schema, lark, regex
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.search.sampling import Greedy, Sample
@@ -16,6 +27,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALIASES",
+    "Constraint",
+    "ConstraintError",
+    "EmptyLanguageError",
+    "GrammarSyntaxError",
+    "SchemaError",
+    "State",
+    "UnsupportedKeywordError",
+    "choice",
+    "json_schema",
+    "lark",
+    "regex",
     "DEFAULT_MODEL",
     "Generation",
     "Greedy",

@@ -17,3 +17,35 @@ class ModelLoadError(SearchdecError, ValueError):
 
 class PromptTooLongError(SearchdecError, ValueError):
     """A prompt that does not fit in the model's context window."""
+
+
+class ConstraintError(SearchdecError, ValueError):
+    """A constraint that cannot be compiled; raised at compile time, before any generation."""
+
+
+class SchemaError(ConstraintError):
+    """A JSON Schema that is not valid JSON Schema; `pointer` locates the offending part."""
+
+    def __init__(self, message: str, pointer: str = "") -> None:
+        super().__init__(f"invalid JSON Schema at {pointer or '/'}: {message}")
+        self.pointer = pointer
+
+
+class UnsupportedKeywordError(ConstraintError):
+    """A JSON Schema keyword the grammar engine cannot enforce (pass lenient=True to ignore it)."""
+
+    def __init__(self, keywords: list[str], detail: str = "") -> None:
+        names = ", ".join(keywords)
+        super().__init__(
+            f"unsupported JSON Schema keyword(s): {names}; they cannot be enforced, so the schema is refused "
+            f"(pass lenient=True to ignore them){': ' + detail if detail else ''}"
+        )
+        self.keywords = keywords
+
+
+class GrammarSyntaxError(ConstraintError):
+    """A grammar or regex that does not parse; the message names the rule and position."""
+
+
+class EmptyLanguageError(ConstraintError):
+    """A constraint that no output can satisfy."""

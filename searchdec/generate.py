@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.models.model import Model
 from searchdec.search.decode import Stopping, decode
 from searchdec.search.sampling import Greedy, Sample
@@ -45,10 +46,14 @@ def generate(
     search: Greedy | Sample | None = None,
     stop: str | Sequence[str] | None = None,
     tools: list[dict] | None = None,
+    constraint: ConstraintSpec | Constraint | None = None,
     on_token: Callable[[int, Node], None] | None = None,
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
+    `constraint` (`sd.json_schema`, `sd.regex`, `sd.choice`, `sd.lark`, or a compiled Constraint) is
+    compiled before anything runs; every hypothesis that finishes with "stop" satisfies it, and one
+    cut by `max_tokens` finishes with "length".
     `max_tokens=None` generates until the end-of-sequence token or the context window.
     `search` is `Greedy()` (default) or `Sample(...)`. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
@@ -66,7 +71,8 @@ def generate(
     prompts = list(prompt) if batched else [prompt]
     if not prompts:
         raise ValueError("prompt list is empty")
-    roots = [Node(tuple(_tokenize(model, p, tools))) for p in prompts]
+    compiled = _compile(model, constraint)
+    roots = [Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None) for p in prompts]
     for root in roots:
         model.check_prompt_length(len(root.new_tokens))
 
@@ -75,6 +81,17 @@ def generate(
     leaves = decode(model, roots, search, stopping, on_token)
     results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
     return results if batched else results[0]
+
+
+def _compile(model: Model, constraint) -> Constraint | None:
+    if constraint is None or isinstance(constraint, Constraint):
+        return constraint
+    if isinstance(constraint, ConstraintSpec):
+        return constraint.compile(model)
+    raise TypeError(
+        "constraint must be sd.json_schema(...), sd.regex(...), sd.choice(...), sd.lark(...) or a compiled "
+        f"Constraint; got {type(constraint).__name__}"
+    )
 
 
 def _is_batch(prompt) -> bool:

@@ -147,3 +147,50 @@ def test_bfloat16_greedy_equals_transformers_in_bfloat16():
     for prompt in PROMPTS[:3] + CHAT[:2]:
         ours = sd.generate(model, prompt, max_tokens=32)
         assert ours.tokens == transformers_greedy(model, prompt_ids(model, prompt), 32)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "email": {"type": "string", "format": "email"},
+    },
+    "required": ["name", "age"],
+}
+
+
+def test_constrained_greedy_and_sampled_json_validates(smollm):
+    import jsonschema
+
+    messages = [{"role": "user", "content": "Describe a person as a JSON object."}]
+    greedy = sd.generate(smollm, messages, constraint=sd.json_schema(PERSON), max_tokens=120)
+    sampled = sd.generate(
+        smollm,
+        messages,
+        constraint=sd.json_schema(PERSON, strict=True),
+        max_tokens=120,
+        search=sd.Sample(temperature=0.9, n=4, seed=3),
+    )
+    finished = [h for h in [greedy, *sampled.hypotheses] if h.finish_reason == "stop"]
+    assert len(finished) >= 3
+    for h in finished:
+        jsonschema.validate(json.loads(h.text), PERSON)
+    for h in sampled.hypotheses:
+        if h.finish_reason == "stop":
+            assert set(json.loads(h.text)) <= set(PERSON["properties"])  # strict: no extra keys
+
+
+def test_choice_and_regex_with_the_real_model(smollm):
+    answer = sd.generate(
+        smollm,
+        [{"role": "user", "content": "Is water wet? Answer yes or no."}],
+        constraint=sd.choice(["yes", "no"]),
+        max_tokens=5,
+    )
+    assert answer.text in ("yes", "no") and answer.finish_reason == "stop"
+    phone = sd.generate(smollm, "Call me at", constraint=sd.regex(r" \(\d{3}\) \d{3}-\d{4}"), max_tokens=20)
+    assert phone.finish_reason == "stop"
+    import re
+
+    assert re.fullmatch(r" \(\d{3}\) \d{3}-\d{4}", phone.text)

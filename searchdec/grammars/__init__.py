@@ -1,1 +1,20 @@
-"""Grammar constraints: specs compiled per tokenizer into forkable per-hypothesis states (issue 3)."""
+"""Grammar constraints: specs compiled once per tokenizer into a Constraint whose States live on
+hypotheses (fork, advance, mask), backed by llguidance."""
+
+from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Lark, Regex, choice, json_schema, lark, regex
+from searchdec.grammars.state import Constraint, State, apply_masks
+
+__all__ = [
+    "Choice",
+    "Constraint",
+    "ConstraintSpec",
+    "JsonSchema",
+    "Lark",
+    "Regex",
+    "State",
+    "apply_masks",
+    "choice",
+    "json_schema",
+    "lark",
+    "regex",
+]

@@ -4,7 +4,9 @@ per row; the prefix cache makes that a one-token forward, and the parent's cache
 once its only child exists (these decoders never revisit a node).
 
 A hypothesis finishes with "stop" on an end-of-sequence token or a stop string, and with "length"
-at `max_tokens` generated tokens or at the model's context window.
+at `max_tokens` generated tokens or at the model's context window. Under a constraint, each row's
+logits are masked by its node's State before choosing (reported log-probabilities stay those of the
+unmasked model), and a constrained hypothesis may only stop where its grammar accepts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from searchdec.grammars.state import apply_masks
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
 
@@ -48,8 +51,9 @@ def decode(
     # The first step reads each prompt once and draws n tokens from it.
     logits = model.logits(roots)
     active: list[tuple[int, Node]] = []
-    tokens = _choose(search, logits, generator, search.n)
-    logprobs = logits.log_softmax(dim=-1).gather(-1, tokens)
+    logprobs = logits.log_softmax(dim=-1)
+    tokens = _choose(search, _constrained(logits, roots), generator, search.n)
+    logprobs = logprobs.gather(-1, tokens)
     for i, root in enumerate(roots):
         for j in range(search.n):
             active.append((i, root.child((int(tokens[i, j]),), (float(logprobs[i, j]),))))
@@ -73,13 +77,21 @@ def decode(
             break
         nodes = [node for _, node in still]
         logits = model.logits(nodes)
-        tokens = _choose(search, logits, generator, 1)
-        logprobs = logits.log_softmax(dim=-1).gather(-1, tokens)
+        logprobs = logits.log_softmax(dim=-1)
+        tokens = _choose(search, _constrained(logits, nodes), generator, 1)
+        logprobs = logprobs.gather(-1, tokens)
         active = []
         for row, (owner, node) in enumerate(still):
             model.cache.discard(node.parent)
             active.append((owner, node.child((int(tokens[row, 0]),), (float(logprobs[row, 0]),))))
     return leaves
+
+
+def _constrained(logits: torch.Tensor, nodes: list[Node]) -> torch.Tensor:
+    """Logits with every token a node's constraint forbids set to -inf (in place)."""
+    if nodes[0].state is None:
+        return logits
+    return apply_masks(logits, [node.state for node in nodes])
 
 
 def _choose(search, logits: torch.Tensor, generator, samples: int) -> torch.Tensor:
@@ -91,6 +103,8 @@ def _choose(search, logits: torch.Tensor, generator, samples: int) -> torch.Tens
 def _finished(node: Node, stopping: Stopping, prompt_length: int, texts: _StopText) -> str | None:
     if node.new_tokens[-1] in stopping.eos_token_ids:
         return "stop"
+    if node.state is not None and node.state.finished:
+        return "stop"  # the grammar admits nothing more (end-of-sequence was its only option)
     if stopping.stop and texts.hit(node):
         return "stop"
     if node.depth >= stopping.max_tokens:

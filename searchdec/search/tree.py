@@ -6,6 +6,7 @@ find a node's cached prefix; everything else here belongs to the search.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(eq=False)
@@ -14,6 +15,7 @@ class Node:
     parent: Node | None = None
     token_logprobs: tuple[float, ...] = ()
     finish_reason: str | None = None
+    state: Any = None  # the constraint State after this node's tokens (None: unconstrained)
     logprob: float = field(init=False)
     depth: int = field(init=False)  # generated tokens from the root to here
 
@@ -25,7 +27,9 @@ class Node:
             self.depth = self.parent.depth + len(self.new_tokens)
 
     def child(self, tokens: tuple[int, ...], logprobs: tuple[float, ...]) -> Node:
-        return Node(tokens, self, logprobs)
+        """A child appending `tokens`; its constraint state is advanced past them."""
+        state = self.state.advance_many(list(tokens)) if self.state is not None and tokens else self.state
+        return Node(tokens, self, logprobs, state=state)
 
     def path(self) -> list[Node]:
         """Nodes from the root's first child down to this one."""

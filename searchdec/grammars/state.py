@@ -1,0 +1,119 @@
+"""Constraint and State: a grammar compiled once for a tokenizer, and the per-hypothesis parse state.
+
+The interface follows vLLM's split between an engine-level compiled grammar and a request-level
+matcher (`vllm/v1/structured_output/backend_types.py`), plus `fork`, since a search branches on
+every expansion. The backend is llguidance (measured best: compile ~1 ms, mask ~5 µs, fork ~2 µs,
+strict JSON Schema semantics). A State never changes once handed out: `advance` returns a new one,
+so a search may keep parents and children side by side.
+"""
+
+from __future__ import annotations
+
+import json
+
+import llguidance
+import llguidance.torch as llg_torch
+import torch
+
+
+class State:
+    """Where one hypothesis stands in the grammar."""
+
+    __slots__ = ("_matcher",)
+
+    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+        self._matcher = matcher
+
+    def __repr__(self) -> str:
+        return f"State(accepting={self.accepting}, dead={self.dead})"
+
+    @property
+    def accepting(self) -> bool:
+        """The text so far is a complete output (end-of-sequence is allowed now)."""
+        return self._matcher.is_accepting()
+
+    @property
+    def dead(self) -> bool:
+        """No continuation can satisfy the grammar (an invalid token was forced in)."""
+        return self._matcher.is_error()
+
+    @property
+    def finished(self) -> bool:
+        """The grammar has ended (end-of-sequence consumed, or nothing more can follow)."""
+        return self._matcher.is_stopped()
+
+    @property
+    def forced(self) -> list[int]:
+        """Tokens the grammar fixes from here: they can be appended without a forward pass."""
+        return self._matcher.compute_ff_tokens()
+
+    def allows(self, token_id: int) -> bool:
+        return self._matcher.validate_tokens([token_id]) == 1
+
+    def advance(self, token_id: int) -> State:
+        """The state after `token_id`; raises ValueError when the grammar forbids it."""
+        matcher = self._matcher.deep_copy()
+        if not matcher.consume_token(token_id):
+            raise ValueError(f"token {token_id} is not allowed here: {matcher.get_error()}")
+        return State(matcher)
+
+    def advance_many(self, token_ids: list[int]) -> State:
+        matcher = self._matcher.deep_copy()
+        if not matcher.consume_tokens(token_ids):
+            raise ValueError(f"tokens {token_ids} are not allowed here: {matcher.get_error()}")
+        return State(matcher)
+
+    def fork(self) -> State:
+        return State(self._matcher.deep_copy())
+
+    def rollback(self, n: int) -> State:
+        """The state `n` tokens earlier."""
+        matcher = self._matcher.deep_copy()
+        if not matcher.rollback(n):
+            raise ValueError(f"cannot roll back {n} tokens: {matcher.get_error()}")
+        return State(matcher)
+
+    def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
+        """Write this state's allowed tokens into row `row` of an llguidance bitmask (int32, 32 tokens a word)."""
+        llg_torch.fill_next_token_bitmask(self._matcher, bitmask, row)
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
+        """A boolean mask over the vocabulary."""
+        bitmask = llg_torch.allocate_token_bitmask(1, vocab_size)
+        self.fill(bitmask)
+        scores = torch.zeros(1, vocab_size)
+        llg_torch.apply_token_bitmask_inplace(scores, bitmask)
+        return scores[0] == 0
+
+
+class Constraint:
+    """A grammar compiled for one tokenizer; `start()` gives a fresh State for each new hypothesis."""
+
+    def __init__(self, grammar: str, tokenizer: llguidance.LLTokenizer, vocab_size: int, description: str) -> None:
+        self.grammar = grammar
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.description = description
+        self._initial = llguidance.LLMatcher(tokenizer, grammar)
+        if self._initial.is_error():
+            raise ValueError(self._initial.get_error())
+
+    def __repr__(self) -> str:
+        return f"Constraint({self.description})"
+
+    def start(self) -> State:
+        return State(self._initial.deep_copy())
+
+
+def apply_masks(logits: torch.Tensor, states: list[State]) -> torch.Tensor:
+    """Set to -inf, in place, every logit a row's state forbids; returns `logits`."""
+    bitmask = llg_torch.allocate_token_bitmask(len(states), logits.shape[-1])
+    for row, state in enumerate(states):
+        state.fill(bitmask, row)
+    llg_torch.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
+    return logits
+
+
+def grammar_json(kind: str, body) -> str:
+    """An llguidance top-level grammar holding one grammar of `kind` ("lark_grammar", "json_schema")."""
+    return json.dumps({"grammars": [{kind: body}]})
