@@ -47,13 +47,15 @@ def generate(
     stop: str | Sequence[str] | None = None,
     tools: list[dict] | None = None,
     constraint: ConstraintSpec | Constraint | None = None,
+    jump_forward: bool = True,
     on_token: Callable[[int, Node], None] | None = None,
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
     `constraint` (`sd.json_schema`, `sd.regex`, `sd.choice`, `sd.lark`, or a compiled Constraint) is
     compiled before anything runs; every hypothesis that finishes with "stop" satisfies it, and one
-    cut by `max_tokens` finishes with "length".
+    cut by `max_tokens` finishes with "length". With `jump_forward`, text the grammar fixes is appended
+    without a forward pass of its own (its log-probabilities come from the next forward).
     `max_tokens=None` generates until the end-of-sequence token or the context window.
     `search` is `Greedy()` (default) or `Sample(...)`. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
@@ -78,7 +80,7 @@ def generate(
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
-    leaves = decode(model, roots, search, stopping, on_token)
+    leaves = decode(model, roots, search, stopping, on_token, jump_forward)
     results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
     return results if batched else results[0]
 

@@ -206,3 +206,42 @@ def test_masked_decode_never_picks_a_forbidden_token(tiny):
     for token in out.tokens:
         assert node.state.allows(token)
         node = node.child((token,), (0.0,))
+
+
+# --- jump-forward -----------------------------------------------------------------------------
+
+
+def teacher_forced_logprobs(model, prompt_tokens, tokens):
+    with torch.inference_mode():
+        logits = model.hf(torch.tensor([prompt_tokens + tokens])).logits[0].float()
+    steps = logits[len(prompt_tokens) - 1 : -1].log_softmax(-1)
+    return steps.gather(-1, torch.tensor(tokens).unsqueeze(-1)).squeeze(-1).tolist()
+
+
+def test_forced_text_is_appended_without_forward_passes_of_its_own(tiny):
+    spec = sd.regex(r"name: [a-z]{2}, id: [0-9]{2}, ok")
+    before = tiny.stats.calls
+    jumped = sd.generate(tiny, "x", constraint=spec, max_tokens=40)
+    calls_jumped = tiny.stats.calls - before
+    before = tiny.stats.calls
+    stepped = sd.generate(tiny, "x", constraint=spec, max_tokens=40, jump_forward=False)
+    calls_stepped = tiny.stats.calls - before
+    assert re.fullmatch(r"name: [a-z]{2}, id: [0-9]{2}, ok", jumped.text)
+    assert re.fullmatch(r"name: [a-z]{2}, id: [0-9]{2}, ok", stepped.text)
+    # Forced runs ("name: ", ", id: ", ", ok") take no forward each; only the 4 free tokens do.
+    assert calls_jumped <= 6 < calls_stepped
+
+
+def test_forced_tokens_get_the_model_log_probabilities(tiny):
+    out = sd.generate(tiny, "x", constraint=sd.regex(r"key=[a-z]{3};val=[0-9]{2};"), max_tokens=40)
+    expected = teacher_forced_logprobs(tiny, tiny.encode("x"), out.tokens)
+    assert len(out.token_logprobs) == len(out.tokens)
+    assert out.token_logprobs == pytest.approx(expected, abs=1e-4)
+    assert out.logprob == pytest.approx(sum(expected), abs=1e-3)
+
+
+def test_forced_tokens_respect_max_tokens(tiny):
+    out = sd.generate(tiny, "x", constraint=sd.regex(r"a[0-9]bcdefghijklmnop"), max_tokens=6)
+    assert len(out.tokens) == 6
+    assert out.finish_reason == "length"
+    assert len(out.token_logprobs) == 6

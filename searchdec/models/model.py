@@ -136,16 +136,24 @@ class Model:
 
     # --- the hot path ----------------------------------------------------------------------
 
-    @torch.inference_mode()
     def logits(self, nodes: Sequence[TokenNode]) -> torch.Tensor:
         """Next-token logits (float32, [len(nodes), vocab_size]) after each hypothesis's sequence.
 
         Each node's KV entry is stored in `self.cache`, so its children forward only their new tokens.
         """
+        return self.logits_last(nodes, 1)[:, 0]
+
+    @torch.inference_mode()
+    def logits_last(self, nodes: Sequence[TokenNode], keep: int) -> torch.Tensor:
+        """Logits ([len(nodes), keep, vocab_size]) at the last `keep` positions of each row: entry j
+        predicts the token after position -keep+j. A row forwarding fewer than `keep` tokens has
+        padding in its first entries (its last entry is always its next-token logits)."""
         if not nodes:
             raise ValueError("logits() needs at least one hypothesis")
         rows = [self._row(node) for node in nodes]
         width_new = max(len(row.new) for row in rows)
+        if not 1 <= keep <= width_new:
+            raise ValueError(f"keep must be in [1, {width_new}] (the tokens this batch forwards), got {keep}")
         buffers, width_past = self._past_buffers(rows, width_new)
         batch = len(rows)
         device = self.device
@@ -167,7 +175,7 @@ class Model:
             position_ids=positions.to(device),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
         cache.commit()
         self.stats.calls += 1
@@ -176,7 +184,7 @@ class Model:
         block = KVBlock(buffers, width_past + width_new)
         for i, row in enumerate(rows):
             self.cache.put(row.node, self._entry_for(block, i, row, width_past, width_new))
-        return out.logits[:, -1, :].float()
+        return out.logits.float()
 
     def _row(self, node: TokenNode) -> _Row:
         """The node's nearest cached ancestor (or itself) and the tokens still to forward."""

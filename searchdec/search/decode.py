@@ -35,6 +35,7 @@ def decode(
     search: Greedy | Sample,
     stopping: Stopping,
     on_token: Callable[[int, Node], None] | None = None,
+    jump_forward: bool = True,
 ) -> list[list[Node]]:
     """Leaves of each root, `search.n` per root, each with its `finish_reason` set."""
     leaves: list[list[Node]] = [[] for _ in roots]
@@ -56,7 +57,10 @@ def decode(
     logprobs = logprobs.gather(-1, tokens)
     for i, root in enumerate(roots):
         for j in range(search.n):
-            active.append((i, root.child((int(tokens[i, j]),), (float(logprobs[i, j]),))))
+            child = _extend(
+                root, int(tokens[i, j]), float(logprobs[i, j]), stopping, len(root.new_tokens), jump_forward
+            )
+            active.append((i, child))
 
     while True:
         still: list[tuple[int, Node]] = []
@@ -69,22 +73,66 @@ def decode(
             else:
                 node.finish_reason = reason
                 leaves[owner].append(node)
-                if node.parent.parent is not None:  # a root may still serve the node's siblings
+                # A root may still serve the node's siblings; forced tokens still need their parent.
+                if node.parent.parent is not None and not node.forced:
                     model.cache.discard(node.parent)
         if not still:
+            _fill_forced_logprobs(model, [leaf for owner_leaves in leaves for leaf in owner_leaves if leaf.forced])
             for root in roots:
                 model.cache.discard(root)
             break
         nodes = [node for _, node in still]
-        logits = model.logits(nodes)
+        logits = _forward(model, nodes)
         logprobs = logits.log_softmax(dim=-1)
         tokens = _choose(search, _constrained(logits, nodes), generator, 1)
         logprobs = logprobs.gather(-1, tokens)
         active = []
         for row, (owner, node) in enumerate(still):
             model.cache.discard(node.parent)
-            active.append((owner, node.child((int(tokens[row, 0]),), (float(logprobs[row, 0]),))))
+            prompt_length = len(roots[owner].new_tokens)
+            child = _extend(node, int(tokens[row, 0]), float(logprobs[row, 0]), stopping, prompt_length, jump_forward)
+            active.append((owner, child))
     return leaves
+
+
+def _extend(node: Node, token: int, logprob: float, stopping: Stopping, prompt_length: int, jump_forward: bool) -> Node:
+    """The child of `node` with `token`, plus the tokens its grammar then forces (jump-forward), as
+    many as the token budget leaves room for. Forced tokens cost no forward pass of their own."""
+    child = node.child((token,), (logprob,))
+    if not jump_forward or child.state is None or child.state.finished or token in stopping.eos_token_ids:
+        return child
+    forced = child.state.forced[: stopping.max_tokens - child.depth]
+    if stopping.context_window is not None:
+        forced = forced[: stopping.context_window - prompt_length - child.depth]
+    if not forced:
+        return child
+    return node.child((token, *forced), (logprob,), forced=len(forced))
+
+
+def _forward(model, nodes: list[Node]) -> torch.Tensor:
+    """Next-token logits of `nodes`; the same forward fills in the log-probabilities of forced tokens."""
+    keep = 1 + max(node.forced for node in nodes)
+    if keep == 1:
+        return model.logits(nodes)
+    logits = model.logits_last(nodes, keep)
+    for row, node in enumerate(nodes):
+        if node.forced:
+            k = node.forced
+            targets = torch.tensor(node.new_tokens[-k:], device=logits.device).unsqueeze(-1)
+            values = logits[row, -1 - k : -1].log_softmax(dim=-1).gather(-1, targets).squeeze(-1)
+            node.fill_forced(values.tolist())
+    return logits[:, -1]
+
+
+def _fill_forced_logprobs(model, leaves: list[Node]) -> None:
+    """Finished hypotheses that end in forced tokens get their log-probabilities from one last forward."""
+    if not leaves:
+        return
+    _forward(model, leaves)
+    for leaf in leaves:
+        model.cache.discard(leaf)
+        if leaf.parent.parent is not None:
+            model.cache.discard(leaf.parent)
 
 
 def _constrained(logits: torch.Tensor, nodes: list[Node]) -> torch.Tensor:
@@ -124,5 +172,5 @@ class _StopText:
         self.window = 4 * max((len(s) for s in stop), default=0) + 2
 
     def hit(self, node: Node) -> bool:
-        text = self.model.decode(node.last_tokens(self.window))
+        text = self.model.decode(node.last_tokens(self.window + len(node.new_tokens)))
         return any(s in text for s in self.stop)

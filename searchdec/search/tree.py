@@ -16,6 +16,7 @@ class Node:
     token_logprobs: tuple[float, ...] = ()
     finish_reason: str | None = None
     state: Any = None  # the constraint State after this node's tokens (None: unconstrained)
+    forced: int = 0  # trailing tokens the grammar fixed, whose log-probabilities the next forward fills in
     logprob: float = field(init=False)
     depth: int = field(init=False)  # generated tokens from the root to here
 
@@ -26,10 +27,19 @@ class Node:
             self.logprob = self.parent.logprob + sum(self.token_logprobs)
             self.depth = self.parent.depth + len(self.new_tokens)
 
-    def child(self, tokens: tuple[int, ...], logprobs: tuple[float, ...]) -> Node:
-        """A child appending `tokens`; its constraint state is advanced past them."""
+    def child(self, tokens: tuple[int, ...], logprobs: tuple[float, ...], forced: int = 0) -> Node:
+        """A child appending `tokens`; its constraint state is advanced past them. The last `forced`
+        tokens have no log-probability yet (`logprobs` covers the others)."""
         state = self.state.advance_many(list(tokens)) if self.state is not None and tokens else self.state
-        return Node(tokens, self, logprobs, state=state)
+        return Node(tokens, self, logprobs, state=state, forced=forced)
+
+    def fill_forced(self, logprobs: list[float]) -> None:
+        """Record the log-probabilities of the forced tokens once a forward has computed them."""
+        if len(logprobs) != self.forced:
+            raise ValueError(f"expected {self.forced} log-probabilities, got {len(logprobs)}")
+        self.token_logprobs = (*self.token_logprobs, *logprobs)
+        self.logprob += sum(logprobs)
+        self.forced = 0
 
     def path(self) -> list[Node]:
         """Nodes from the root's first child down to this one."""
