@@ -8,6 +8,7 @@ print(out.text)
 
 from searchdec.errors import (
     ConstraintError,
+    DatabaseNotFoundError,
     EmptyLanguageError,
     GrammarSyntaxError,
     ModelLoadError,
@@ -18,7 +19,7 @@ from searchdec.errors import (
     UnsupportedKeywordError,
 )
 from searchdec.generate import Generation, Hypothesis, generate
-from searchdec.grammars import Constraint, State, choice, json_schema, lark, regex
+from searchdec.grammars import Constraint, State, choice, json_schema, lark, regex, sql
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.search.sampling import Greedy, Sample
@@ -29,6 +30,7 @@ __all__ = [
     "ALIASES",
     "Constraint",
     "ConstraintError",
+    "DatabaseNotFoundError",
     "EmptyLanguageError",
     "GrammarSyntaxError",
     "SchemaError",
@@ -38,6 +40,7 @@ __all__ = [
     "json_schema",
     "lark",
     "regex",
+    "sql",
     "DEFAULT_MODEL",
     "Generation",
     "Greedy",

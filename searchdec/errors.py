@@ -49,3 +49,7 @@ class GrammarSyntaxError(ConstraintError):
 
 class EmptyLanguageError(ConstraintError):
     """A constraint that no output can satisfy."""
+
+
+class DatabaseNotFoundError(ConstraintError):
+    """A database path that names no file, or a file SQLite cannot read."""

@@ -144,9 +144,9 @@ def test_whitespace_is_bounded(tiny):
 # --- errors at compile time -----------------------------------------------------------------
 
 
-def test_invalid_schema_names_its_json_pointer():
+def test_invalid_schema_names_its_json_pointer(tiny):
     with pytest.raises(sd.SchemaError, match=r"/properties/age/type") as info:
-        sd.json_schema({"type": "object", "properties": {"age": {"type": "integr"}}})
+        sd.json_schema({"type": "object", "properties": {"age": {"type": "integr"}}}).compile(tiny)
     assert info.value.pointer == "/properties/age/type"
 
 
@@ -245,3 +245,15 @@ def test_forced_tokens_respect_max_tokens(tiny):
     assert len(out.tokens) == 6
     assert out.finish_reason == "length"
     assert len(out.token_logprobs) == 6
+
+
+def test_valid_schema_using_an_unsupported_feature_names_it(tiny):
+    schema = {"oneOf": [{"type": "integer"}, {"type": "number"}]}  # overlapping: exactly-one is unenforceable
+    with pytest.raises(sd.UnsupportedKeywordError, match="oneOf"):
+        sd.json_schema(schema).compile(tiny)
+    assert sd.json_schema(schema, lenient=True).compile(tiny) is not None
+
+
+def test_unknown_format_is_named(tiny):
+    with pytest.raises(sd.UnsupportedKeywordError, match="format 'byte'"):
+        sd.json_schema({"type": "string", "format": "byte"}).compile(tiny)

@@ -2,6 +2,7 @@
 hypotheses (fork, advance, mask), backed by llguidance."""
 
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Lark, Regex, choice, json_schema, lark, regex
+from searchdec.grammars.sql import Sql, sql
 from searchdec.grammars.state import Constraint, State, apply_masks
 
 __all__ = [
@@ -11,10 +12,12 @@ __all__ = [
     "JsonSchema",
     "Lark",
     "Regex",
+    "Sql",
     "State",
     "apply_masks",
     "choice",
     "json_schema",
     "lark",
     "regex",
+    "sql",
 ]

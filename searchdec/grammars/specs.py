@@ -2,7 +2,7 @@
 checked when made and compiled per tokenizer on first use (then cached).
 
 Every error is raised at construction or compile time, before any generation: an invalid schema
-names its JSON pointer, an unsupported keyword is named (and refused unless `lenient=True`), a
+that the engine refuses names its JSON pointer, an unsupported keyword is named (and refused unless `lenient=True`), a
 grammar or regex syntax error shows the rule and position, and a constraint whose language is empty
 says so. JSON Schema semantics follow the specification (extra properties are allowed unless the
 schema forbids them); `strict=True` gives OpenAI-style outputs with no extra properties. Whitespace
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import llguidance
 import llguidance.hf
+import llguidance.torch
 
 from searchdec.errors import (
     ConstraintError,
@@ -85,7 +86,11 @@ class JsonSchema(ConstraintSpec):
         if isinstance(schema, dict):
             if self.strict:
                 schema = _forbid_extra_properties(schema)
-            options = {"lenient": self.lenient, "whitespace_pattern": rf"[ \t\n\r]{{0,{self.max_whitespace}}}"}
+            options = {
+                "lenient": self.lenient,
+                "coerce_one_of": self.lenient,  # oneOf enforced as anyOf: a loosening, so only on request
+                "whitespace_pattern": rf"[ \t\n\r]{{0,{self.max_whitespace}}}",
+            }
             schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **options}}
         return grammar_json("json_schema", schema)
 
@@ -121,7 +126,6 @@ def lark(grammar: str) -> Lark:
 def json_schema(schema, *, lenient: bool = False, strict: bool = False, max_whitespace: int = 16) -> JsonSchema:
     """JSON documents valid under `schema`: a dict, JSON text, or a Pydantic model class."""
     schema = _schema_dict(schema)
-    _check_schema(schema)
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
@@ -141,14 +145,19 @@ def _schema_dict(schema):
     raise TypeError(f"json_schema() takes a dict, JSON text or a Pydantic model class, got {type(schema).__name__}")
 
 
-def _check_schema(schema) -> None:
+def _schema_problem(schema) -> SchemaError | None:
+    """The first metaschema violation of `schema`, located by its JSON pointer (None if none).
+
+    Only consulted once the engine has refused a schema: checking every schema against its
+    metaschema costs ~10x the compile itself, and real-world schemas the engine handles often carry
+    small deviations (a draft-3 `"required": true`) that need not block them."""
     from jsonschema import exceptions, validators
 
     try:
         validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
     except exceptions.SchemaError as error:
-        pointer = "/" + "/".join(str(part) for part in error.path)
-        raise SchemaError(error.message, pointer) from None
+        return SchemaError(error.message, "/" + "/".join(str(part) for part in error.path))
+    return None
 
 
 def _forbid_extra_properties(schema):
@@ -172,6 +181,11 @@ def _forbid_extra_properties(schema):
 # --- compilation ----------------------------------------------------------------------------
 
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
+_UNSUPPORTED_FEATURES = [
+    (r"oneOf constraints are not supported", "oneOf"),
+    (r"Unknown format: (\S+)", "format {0!r}"),
+    (r"min/maxProperties only supported", "minProperties/maxProperties"),
+]
 
 
 class _Compiler:
@@ -189,12 +203,9 @@ class _Compiler:
             return self.cache[key]
         try:
             grammar = spec.grammar()
-        except ValueError as error:  # llguidance's own parse errors
+            constraint = Constraint(grammar, self.tokenizer, self.vocab_size, _describe(spec))
+        except ValueError as error:  # llguidance's own message: the keyword, rule or position
             raise _classify(spec, str(error)) from None
-        problem = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if problem:
-            raise _classify(spec, problem)
-        constraint = Constraint(grammar, self.tokenizer, self.vocab_size, _describe(spec))
         _check_nonempty(constraint, spec)
         self.cache[key] = constraint
         if len(self.cache) > _COMPILED_PER_TOKENIZER:
@@ -221,7 +232,14 @@ def _classify(spec: ConstraintSpec, message: str) -> ConstraintError:
     if "Unsatisfiable" in message or "unsatisfiable" in message:
         return EmptyLanguageError(f"{_describe(spec)} can never be satisfied: {message}")
     if isinstance(spec, JsonSchema):
-        return SchemaError(message.strip())
+        problem = _schema_problem(spec.schema)
+        if problem is not None:
+            return problem
+        # A valid schema the engine cannot enforce: name the feature.
+        for pattern, name in _UNSUPPORTED_FEATURES:
+            if found := re.search(pattern, message):
+                return UnsupportedKeywordError([name.format(*found.groups())], message.strip())
+        return ConstraintError(f"the grammar engine cannot compile this JSON Schema: {message.strip()}")
     return GrammarSyntaxError(f"{_describe(spec)} does not parse:\n{message.rstrip()}")
 
 
@@ -232,15 +250,14 @@ def _describe(spec: ConstraintSpec) -> str:
         return f"choice of {len(spec.options)}"
     if isinstance(spec, Lark):
         return "lark grammar"
-    return "JSON Schema"
+    if isinstance(spec, JsonSchema):
+        return "JSON Schema"
+    return f"{type(spec).__name__} grammar"
 
 
 def _check_nonempty(constraint: Constraint, spec: ConstraintSpec) -> None:
     state = constraint.start()
-    if state.accepting:
-        return
-    if not bool(state.allowed_tokens(constraint.vocab_size).any()):
+    bitmask = llguidance.torch.allocate_token_bitmask(1, constraint.vocab_size)
+    state.fill(bitmask)
+    if not state.accepting and not bool(bitmask.any()):
         raise EmptyLanguageError(f"{_describe(spec)} matches no output at all")
-
-
-__all__ = ["Choice", "ConstraintSpec", "JsonSchema", "Lark", "Regex", "choice", "json_schema", "lark", "regex"]

@@ -1,0 +1,173 @@
+"""`sd.sql`: SQLite SELECT statements, optionally limited to one database's table and column names.
+
+The grammar is `sql.lark` (shipped as package data). Given a database (a SQLite file or an open
+`sqlite3.Connection`) or a Spider `tables.json` entry, its two placeholder terminals are replaced by
+the schema's names, so a constrained model can only name tables and columns that exist (matched
+case-insensitively, as SQLite does, bare or quoted). Aliases (`AS T1`) remain free identifiers.
+Without a schema the grammar accepts any identifier where a name goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+
+import llguidance
+
+from searchdec.errors import ConstraintError, DatabaseNotFoundError
+from searchdec.grammars.specs import ConstraintSpec
+
+DIALECTS = ("sqlite",)
+
+_PLACEHOLDER = {"tables": "TABLE_NAME", "columns": "COLUMN_NAME"}
+_BARE = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+
+
+def grammar_text() -> str:
+    """The schema-free SQLite SELECT grammar (`sql.lark`)."""
+    return resources.files("searchdec.grammars").joinpath("sql.lark").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Sql(ConstraintSpec):
+    """SQLite SELECT statements; with `tables`/`columns`, only those names (empty tuples: any name)."""
+
+    tables: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    dialect: str = "sqlite"
+
+    @property
+    def source(self) -> str:
+        """The Lark grammar, specialized to this spec's names."""
+        text = grammar_text()
+        for kind, names in (("tables", self.tables), ("columns", self.columns)):
+            if names:
+                text = _substitute(text, _PLACEHOLDER[kind], _name_terminal(names))
+        return text
+
+    def grammar(self) -> str:
+        return llguidance.LLMatcher.grammar_from_lark(self.source)
+
+
+def sql(db=None, *, tables=None, dialect: str = "sqlite") -> Sql:
+    """SQLite SELECT statements over the schema of `db` (a SQLite file path or `sqlite3.Connection`)
+    or of `tables` (a Spider `tables.json` entry); with neither, any table and column names."""
+    if dialect not in DIALECTS:
+        raise ConstraintError(f"unsupported SQL dialect {dialect!r}; supported: {', '.join(DIALECTS)}")
+    if db is not None and tables is not None:
+        raise TypeError("sql() takes a database or a tables.json entry, not both")
+    if db is not None:
+        table_names, column_names = _schema_from_db(db)
+    elif tables is not None:
+        table_names, column_names = _schema_from_spider(tables)
+    else:
+        return Sql(dialect=dialect)
+    if not table_names:
+        raise ConstraintError("the database has no tables, so no SELECT over it can be written")
+    if not column_names:
+        raise ConstraintError("the database's tables have no columns")
+    return Sql(_unique(table_names), _unique(column_names), dialect)
+
+
+# --- reading schemas ----------------------------------------------------------------------------
+
+
+def _schema_from_db(db) -> tuple[list[str], list[str]]:
+    if isinstance(db, sqlite3.Connection):
+        return _read_schema(db)
+    if not isinstance(db, (str, os.PathLike)):
+        raise TypeError(f"sql() db must be a path or a sqlite3.Connection, got {type(db).__name__}")
+    path = os.fspath(db)
+    if not os.path.isfile(path):
+        raise DatabaseNotFoundError(f"no SQLite database file at {path!r}")
+    uri = "file:" + _uri_path(os.path.abspath(path)) + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as error:
+        raise DatabaseNotFoundError(f"cannot open SQLite database {path!r}: {error}") from None
+    try:
+        return _read_schema(connection, path)
+    finally:
+        connection.close()
+
+
+def _uri_path(path: str) -> str:
+    # Characters with a meaning in a URI must be percent-encoded in the file name.
+    return "".join(f"%{ord(c):02X}" if c in "%?#" else c for c in path.replace(os.sep, "/"))
+
+
+def _read_schema(connection: sqlite3.Connection, path: str | None = None) -> tuple[list[str], list[str]]:
+    where = f"SQLite database {path!r}" if path else "SQLite database"
+    try:
+        rows = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+            " ORDER BY rowid"
+        ).fetchall()
+        table_names = [row[0] for row in rows]
+        column_names = []
+        for table in table_names:
+            column_names += [row[0] for row in connection.execute("SELECT name FROM pragma_table_info(?)", (table,))]
+    except sqlite3.DatabaseError as error:
+        raise DatabaseNotFoundError(f"cannot read {where}: {error}") from None
+    return table_names, column_names
+
+
+def _schema_from_spider(entry) -> tuple[list[str], list[str]]:
+    if not isinstance(entry, dict):
+        raise TypeError(f"sql() tables must be a tables.json entry (a dict), got {type(entry).__name__}")
+    for key in ("table_names_original", "column_names_original"):
+        if key not in entry:
+            raise ConstraintError(f"the tables.json entry has no {key!r}")
+    table_names = [str(name) for name in entry["table_names_original"]]
+    column_names = []
+    for column in entry["column_names_original"]:
+        if not (isinstance(column, (list, tuple)) and len(column) == 2):
+            raise ConstraintError(f"column_names_original entries are [table index, name] pairs, got {column!r}")
+        table_index, name = column
+        if table_index >= 0:  # [-1, "*"] is Spider's stand-in for *
+            column_names.append(str(name))
+    return table_names, column_names
+
+
+def _unique(names) -> tuple[str, ...]:
+    """Names without case-insensitive repeats (SQLite names are ASCII case-insensitive), first spelling kept."""
+    seen, kept = set(), []
+    for name in names:
+        if not name:
+            continue
+        key = name.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(name)
+    return tuple(kept)
+
+
+# --- specializing the grammar -------------------------------------------------------------------
+
+
+def _spellings(name: str) -> list[str]:
+    """How SQLite lets a query write `name`: bare (where it is an identifier) or quoted."""
+    spellings = [name] if _BARE.fullmatch(name) else []
+    spellings.append('"' + name.replace('"', '""') + '"')
+    spellings.append("`" + name.replace("`", "``") + "`")
+    if "]" not in name:
+        spellings.append("[" + name + "]")
+    return spellings
+
+
+def _name_terminal(names) -> str:
+    return " | ".join(json.dumps(spelling, ensure_ascii=False) + "i" for name in names for spelling in _spellings(name))
+
+
+def _substitute(text: str, terminal: str, body: str) -> str:
+    line = re.compile(rf"^{terminal}:.*$", re.MULTILINE)
+    if len(line.findall(text)) != 1:
+        raise RuntimeError(f"sql.lark must define {terminal} on exactly one line")
+    return line.sub(lambda _: f"{terminal}: {body}", text)
+
+
+__all__ = ["DatabaseNotFoundError", "Sql", "grammar_text", "sql"]
