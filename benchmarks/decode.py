@@ -114,8 +114,9 @@ JSON_PROMPTS = [
 
 
 def constrained_section(model, args) -> None:
-    """Tokens/s of JSON-Schema-constrained greedy decoding (with and without jump-forward) beside
-    unconstrained greedy decoding of the same prompts: the cost of the mask, and what forced text saves."""
+    """Decode tokens/s (after the first token, so prompt length does not weigh in) of JSON-Schema-
+    constrained greedy decoding, with and without jump-forward, beside unconstrained greedy decoding
+    of the same prompts: the cost of the mask, and what forced text saves."""
     constraint = sd.json_schema(PERSON_SCHEMA).compile(model)
     runs = {
         "unconstrained": {},
@@ -129,18 +130,24 @@ def constrained_section(model, args) -> None:
             best = None
             for _ in range(args.repeats):
                 before = model.stats.calls
-                start = time.perf_counter()
-                out = sd.generate(model, prompt, max_tokens=args.max_tokens * 2, **kwargs)
-                took = time.perf_counter() - start
-                if best is None or took < best[0]:
-                    best = (took, len(out.tokens), model.stats.calls - before)
+                first: list[float] = []  # when the first token arrived: the prompt's forward is left out
+
+                def on_token(_index, _node, first=first):
+                    if not first:
+                        first.append(time.perf_counter())
+
+                out = sd.generate(model, prompt, max_tokens=args.max_tokens * 2, on_token=on_token, **kwargs)
+                took = time.perf_counter() - first[0]
+                decoded = len(out.tokens) - 1  # tokens produced after the first one
+                if best is None or took / decoded < best[0] / best[1]:
+                    best = (took, decoded, model.stats.calls - before - 1)
             elapsed, tokens, calls = elapsed + best[0], tokens + best[1], calls + best[2]
         figures[label] = (tokens / elapsed, tokens, calls)
     base = figures["unconstrained"][0]
     print(
         f"\nJSON Schema ({len(JSON_PROMPTS)} chat prompts, up to {args.max_tokens * 2} tokens, best of {args.repeats})"
     )
-    print(f"{'':<30} {'tok/s':>7} {'tokens':>7} {'forwards':>9} {'vs unconstrained':>17}")
+    print(f"{'':<30} {'tok/s':>7} {'tokens':>7} {'forwards':>9} {'vs unconstrained':>17}  (after the first token)")
     for label, (tps, tokens, calls) in figures.items():
         print(f"{label:<30} {tps:>7.1f} {tokens:>7} {calls:>9} {tps / base:>17.3f}")
 
