@@ -1,7 +1,9 @@
 """Grammar engines side by side on JSONSchemaBench schemas, with the default model's tokenizer.
 
 For each engine (searchdec, raw llguidance, outlines-core, XGrammar) and each schema: does it
-compile (coverage), time to first mask (compile + initial state + first mask), mask time per token
+compile (coverage), does a valid instance walk through token by token ("walked"), how many invalid
+instances it accepts whole ("invalid ok": an engine that loosens a schema it cannot enforce shows up
+here), time to first mask (compile + initial state + first mask), mask time per token
 while walking a valid instance token by token, and fork time where the engine can fork a state.
 Each engine runs in its own worker process, so a schema that hangs one engine (outlines-core can
 take minutes on large schemas) is cut at --timeout seconds and counted as not compiled.
@@ -55,6 +57,9 @@ class SearchdecEngine:
     def fork(self, state):
         return state.fork()
 
+    def accepting(self, state):
+        return state.accepting
+
 
 class LLGuidanceEngine:
     def __init__(self, model):
@@ -84,6 +89,9 @@ class LLGuidanceEngine:
     def fork(self, matcher):
         return matcher.deep_copy()
 
+    def accepting(self, matcher):
+        return matcher.is_accepting()
+
 
 class OutlinesCoreEngine:
     def __init__(self, model):
@@ -91,7 +99,7 @@ class OutlinesCoreEngine:
         import torch
 
         self.oc, self.torch = outlines_core, torch
-        eos = sorted(model.eos_token_ids)[0]
+        eos = self.eos = sorted(model.eos_token_ids)[0]
         by_bytes: dict[bytes, list[int]] = {}
         for token_id, piece in enumerate(model.vocab_bytes):
             if piece and token_id != eos:
@@ -112,6 +120,9 @@ class OutlinesCoreEngine:
 
     fork = None  # a Guide has no copy; searches would rebuild it from the Index
 
+    def accepting(self, guide):
+        return self.eos in guide.get_tokens()
+
 
 class XGrammarEngine:
     def __init__(self, model):
@@ -119,6 +130,7 @@ class XGrammarEngine:
 
         self.xgr = xgrammar
         info = xgrammar.TokenizerInfo.from_huggingface(model.tokenizer, vocab_size=model.vocab_size)
+        self.eos = sorted(model.eos_token_ids)[0]
         self.compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
         self.bitmask = xgrammar.allocate_token_bitmask(1, model.vocab_size)
 
@@ -135,6 +147,9 @@ class XGrammarEngine:
         return matcher
 
     fork = None  # GrammarMatcher has rollback but no copy
+
+    def accepting(self, matcher):
+        return matcher.accept_token(self.eos)
 
 
 ENGINE_CLASSES = {
@@ -167,7 +182,24 @@ def _measure(engine, model, case) -> dict:
             except Exception:
                 walked = False
                 break
-    return {"first_mask": first_mask, "masks": masks, "forks": forks, "walked": walked}
+    invalid_accepted = 0
+    for case_test in case["tests"]:
+        if case_test["valid"]:
+            continue
+        state = engine.compile(schema)
+        try:
+            for token in model.encode(json.dumps(case_test["data"], ensure_ascii=False), add_special_tokens=False):
+                state = engine.advance(state, token)
+            invalid_accepted += bool(engine.accepting(state))
+        except Exception:
+            pass  # refused somewhere along the way: correct
+    return {
+        "first_mask": first_mask,
+        "masks": masks,
+        "forks": forks,
+        "walked": walked,
+        "invalid_accepted": invalid_accepted,
+    }
 
 
 def _worker(engine_name: str, paths: list[str], queue) -> None:
@@ -237,7 +269,7 @@ def main() -> None:
         print(f"  {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     header = (
-        f"{'engine':<14} {'compiled':>9} {'walked':>7} {'TTFM p50 ms':>12} {'TTFM p99 ms':>12} "
+        f"{'engine':<14} {'compiled':>9} {'walked':>7} {'invalid ok':>10} {'TTFM p50 ms':>12} {'TTFM p99 ms':>12} "
         f"{'mask p50 us':>12} {'mask p99 us':>12} {'fork p50 us':>12}"
     )
     print(header)
@@ -252,9 +284,11 @@ def main() -> None:
         masks = [m * 1e6 for r in ok.values() for m in r["masks"]]
         forks = [f * 1e6 for r in ok.values() for f in r["forks"]]
         walked = sum(r["walked"] for r in ok.values())
+        wrongly = sum(r["invalid_accepted"] for r in ok.values())
         summary[name] = (ttfm, masks)
         print(
-            f"{name:<14} {len(ok):>5}/{len(paths):<3} {walked:>7} {pct(ttfm, 50):>12.2f} {pct(ttfm, 99):>12.2f} "
+            f"{name:<14} {len(ok):>5}/{len(paths):<3} {walked:>7} {wrongly:>10} {pct(ttfm, 50):>12.2f} "
+            f"{pct(ttfm, 99):>12.2f} "
             f"{pct(masks, 50):>12.1f} {pct(masks, 99):>12.1f} {pct(forks, 50):>12.2f}"
         )
     if "searchdec" in summary and "llguidance" in summary:

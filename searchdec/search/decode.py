@@ -106,7 +106,8 @@ def _extend(node: Node, token: int, logprob: float, stopping: Stopping, prompt_l
         forced = forced[: stopping.context_window - prompt_length - child.depth]
     if not forced:
         return child
-    return node.child((token, *forced), (logprob,), forced=len(forced))
+    state = child.state.advance_many(forced)
+    return Node((token, *forced), node, (logprob,), state=state, forced=len(forced))
 
 
 def _forward(model, nodes: list[Node]) -> torch.Tensor:
