@@ -257,3 +257,16 @@ def test_valid_schema_using_an_unsupported_feature_names_it(tiny):
 def test_unknown_format_is_named(tiny):
     with pytest.raises(sd.UnsupportedKeywordError, match="format 'byte'"):
         sd.json_schema({"type": "string", "format": "byte"}).compile(tiny)
+
+
+def test_masks_apply_to_inference_tensors_of_any_batch_shape(tiny):
+    from searchdec.grammars import apply_masks
+
+    state = sd.regex(r"[ab]+").compile(tiny).start()
+    allowed = state.allowed_tokens(tiny.vocab_size)
+    for rows in range(1, 12):  # more shapes than torch.compile's recompile limit
+        with torch.inference_mode():
+            logits = torch.randn(rows, tiny.vocab_size)
+        masked = apply_masks(logits, [state] * rows)
+        assert torch.isinf(masked[:, ~allowed]).all() and torch.isfinite(masked[:, allowed]).all()
+        assert torch.isfinite(logits).all()  # the input is left as it was

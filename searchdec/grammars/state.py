@@ -81,9 +81,7 @@ class State:
         """A boolean mask over the vocabulary."""
         bitmask = llg_torch.allocate_token_bitmask(1, vocab_size)
         self.fill(bitmask)
-        scores = torch.zeros(1, vocab_size)
-        llg_torch.apply_token_bitmask_inplace(scores, bitmask)
-        return scores[0] == 0
+        return unpack_bitmask(bitmask, vocab_size)[0]
 
 
 class Constraint:
@@ -106,12 +104,23 @@ class Constraint:
 
 
 def apply_masks(logits: torch.Tensor, states: list[State]) -> torch.Tensor:
-    """Set to -inf, in place, every logit a row's state forbids; returns `logits`."""
+    """`logits` with every token a row's state forbids set to -inf (a new tensor; `logits` is kept).
+
+    The bitmask is unpacked with plain tensor ops: llguidance's own helper is a torch.compile kernel
+    that recompiles for every new batch shape and then fails on inference tensors."""
     bitmask = llg_torch.allocate_token_bitmask(len(states), logits.shape[-1])
     for row, state in enumerate(states):
         state.fill(bitmask, row)
-    llg_torch.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
-    return logits
+    return logits.masked_fill(~unpack_bitmask(bitmask, logits.shape[-1]).to(logits.device), float("-inf"))
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A boolean [rows, vocab_size] mask from llguidance's int32 bitmask (token i is bit i % 32 of word i // 32)."""
+    bits = (bitmask.unsqueeze(-1) >> _BITS) & 1
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
 
 
 def grammar_json(kind: str, body) -> str:
