@@ -4,6 +4,7 @@ hypotheses (fork, advance, mask), backed by llguidance."""
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Lark, Regex, choice, json_schema, lark, regex
 from searchdec.grammars.sql import Sql, sql
 from searchdec.grammars.state import Constraint, State, apply_masks
+from searchdec.grammars.tool_calls import ToolCalls, tool_calls
 
 __all__ = [
     "Choice",
@@ -14,10 +15,12 @@ __all__ = [
     "Regex",
     "Sql",
     "State",
+    "ToolCalls",
     "apply_masks",
     "choice",
     "json_schema",
     "lark",
     "regex",
     "sql",
+    "tool_calls",
 ]
