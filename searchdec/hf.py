@@ -65,11 +65,11 @@ class GrammarLogitsProcessor(LogitsProcessor):
         return scores
 
     def _state_for(self, key: tuple[int, ...]) -> State:
-        if not key:
-            return self.constraint.start()
-        parent = self._states.get(key[:-1])
-        if parent is None:  # not from the previous step (e.g. a fresh batch row): replay it
-            parent = self._state_for(key[:-1]) if len(key) > 1 else self.constraint.start()
-        if parent.finished or parent.dead or not parent.allows(key[-1]):
-            return parent  # a row decoding on after its end (padding): keep it ended
-        return parent.advance(key[-1])
+        # The parent is normally a state of the previous step; a row seen for the first time is replayed.
+        known = len(key) - 1 if key and key[:-1] in self._states else 0
+        state = self._states[key[:-1]] if known else self.constraint.start()
+        for token in key[known:]:
+            if state.finished or state.dead or not state.allows(token):
+                return state  # a row decoding on after its end (padding): keep it ended
+            state = state.advance(token)
+        return state

@@ -61,11 +61,6 @@ class KVBlock:
     width: int
 
     @property
-    def layers(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        w = self.width
-        return tuple((k[:, :, :w], v[:, :, :w]) for k, v in zip(self.buffers.keys, self.buffers.values))
-
-    @property
     def extendable(self) -> bool:
         """True when nothing has been appended after this block's positions yet."""
         return self.buffers.used == self.width
