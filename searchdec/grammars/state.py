@@ -19,10 +19,11 @@ import torch
 class State:
     """Where one hypothesis stands in the grammar."""
 
-    __slots__ = ("_matcher",)
+    __slots__ = ("_matcher", "_closer")
 
-    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, closer: Closer) -> None:
         self._matcher = matcher
+        self._closer = closer
 
     def __repr__(self) -> str:
         return f"State(accepting={self.accepting}, dead={self.dead})"
@@ -55,23 +56,45 @@ class State:
         matcher = self._matcher.deep_copy()
         if not matcher.consume_token(token_id):
             raise ValueError(f"token {token_id} is not allowed here: {matcher.get_error()}")
-        return State(matcher)
+        return State(matcher, self._closer)
 
     def advance_many(self, token_ids: list[int]) -> State:
         matcher = self._matcher.deep_copy()
         if not matcher.consume_tokens(token_ids):
             raise ValueError(f"tokens {token_ids} are not allowed here: {matcher.get_error()}")
-        return State(matcher)
+        return State(matcher, self._closer)
 
     def fork(self) -> State:
-        return State(self._matcher.deep_copy())
+        return State(self._matcher.deep_copy(), self._closer)
 
     def rollback(self, n: int) -> State:
         """The state `n` tokens earlier."""
         matcher = self._matcher.deep_copy()
         if not matcher.rollback(n):
             raise ValueError(f"cannot roll back {n} tokens: {matcher.get_error()}")
-        return State(matcher)
+        return State(matcher, self._closer)
+
+    def closing(self, limit: int) -> tuple[int, int | None] | None:
+        """How many tokens (end-of-sequence included) suffice to complete the output from here, and the
+        first of them; None when no completion is found within `limit` tokens.
+
+        The completion is a greedy walk: forced tokens first, then the first token the grammar allows
+        among those that close structure or make short values (quote, brackets, comma, digit, letter),
+        then the first allowed token that is not whitespace. It is an upper bound: the walk uses single-character
+        tokens where a model may close in fewer."""
+        matcher = self._matcher.deep_copy()
+        steps, first = 0, None
+        while steps <= limit:
+            if matcher.is_accepting() or matcher.is_stopped():
+                if not matcher.is_stopped():
+                    steps, first = steps + 1, self._closer.tokenizer.eos_token if first is None else first
+                return (steps, first) if steps <= limit else None
+            tokens = matcher.compute_ff_tokens()[:1] or [self._closer.next_token(matcher)]
+            if tokens[0] is None or not matcher.consume_tokens(tokens):
+                return None
+            first = tokens[0] if first is None else first
+            steps += 1
+        return None
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
         """Write this state's allowed tokens into row `row` of an llguidance bitmask (int32, 32 tokens a word)."""
@@ -82,6 +105,28 @@ class State:
         bitmask = llg_torch.allocate_token_bitmask(1, vocab_size)
         self.fill(bitmask)
         return unpack_bitmask(bitmask, vocab_size)[0]
+
+
+class Closer:
+    """The tokens a closing walk prefers, for one tokenizer (see `State.closing`)."""
+
+    PREFERRED = '"}])>,;0a'
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.eos = set(tokenizer.eos_tokens)
+        single = [tokenizer.tokenize_str(c) for c in self.PREFERRED]
+        self.preferred = [ids[0] for ids in single if len(ids) == 1]
+
+    def next_token(self, matcher: llguidance.LLMatcher) -> int | None:
+        for token in self.preferred:
+            if matcher.validate_tokens([token]) == 1:
+                return token
+        words = torch.frombuffer(bytearray(matcher.compute_bitmask()), dtype=torch.int32)
+        for token in unpack_bitmask(words.unsqueeze(0), words.numel() * 32)[0].nonzero().flatten().tolist():
+            if token not in self.eos and self.tokenizer.decode_bytes([token]).strip():
+                return token
+        return None
 
 
 class Constraint:
@@ -95,12 +140,13 @@ class Constraint:
         self._initial = llguidance.LLMatcher(tokenizer, grammar)
         if self._initial.is_error():
             raise ValueError(self._initial.get_error())
+        self._closer = Closer(tokenizer)
 
     def __repr__(self) -> str:
         return f"Constraint({self.description})"
 
     def start(self) -> State:
-        return State(self._initial.deep_copy())
+        return State(self._initial.deep_copy(), self._closer)
 
 
 def apply_masks(logits: torch.Tensor, states: list[State]) -> torch.Tensor:

@@ -6,7 +6,8 @@ once its only child exists (these decoders never revisit a node).
 A hypothesis finishes with "stop" on an end-of-sequence token or a stop string, and with "length"
 at `max_tokens` generated tokens or at the model's context window. Under a constraint, each row's
 logits are masked by its node's State before choosing (reported log-probabilities stay those of the
-unmasked model), and a constrained hypothesis may only stop where its grammar accepts.
+unmasked model), a constrained hypothesis may only stop where its grammar accepts, and it is steered
+to close within the tokens left (search/budget.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from searchdec.grammars.state import apply_masks
+from searchdec.search import budget
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
 
@@ -49,17 +51,36 @@ def decode(
     generator = search.generator(model.device) if isinstance(search, Sample) else None
     texts = _StopText(model, stopping.stop)
 
+    def expand(node: Node, prompt_length: int, token: int, logprobs: torch.Tensor, masked: torch.Tensor) -> Node:
+        """The child of `node` for `token`, kept closable within the budget under a constraint."""
+        child = _extend(node, token, float(logprobs[token]), stopping, prompt_length, jump_forward)
+        if node.state is None:
+            return child
+        room = None if stopping.context_window is None else stopping.context_window - prompt_length
+        return budget.keep_closable(
+            node,
+            child,
+            masked,
+            lambda t: _extend(node, t, float(logprobs[t]), stopping, prompt_length, jump_forward),
+            lambda row: int(_choose(search, row.unsqueeze(0), generator, 1)[0, 0]),
+            stopping.max_tokens,
+            room,
+            stopping.eos_token_ids,
+        )
+
     # The first step reads each prompt once and draws n tokens from it.
+    for root in roots:
+        if root.state is not None:
+            room = None if stopping.context_window is None else stopping.context_window - len(root.new_tokens)
+            budget.start(root, stopping.max_tokens, room)
     logits = model.logits(roots)
     active: list[tuple[int, Node]] = []
     logprobs = logits.log_softmax(dim=-1)
-    tokens = _choose(search, _constrained(logits, roots), generator, search.n)
-    logprobs = logprobs.gather(-1, tokens)
+    masked = _constrained(logits, roots)
+    tokens = _choose(search, masked, generator, search.n)
     for i, root in enumerate(roots):
         for j in range(search.n):
-            child = _extend(
-                root, int(tokens[i, j]), float(logprobs[i, j]), stopping, len(root.new_tokens), jump_forward
-            )
+            child = expand(root, len(root.new_tokens), int(tokens[i, j]), logprobs[i], masked[i])
             active.append((i, child))
 
     while True:
@@ -84,13 +105,12 @@ def decode(
         nodes = [node for _, node in still]
         logits = _forward(model, nodes)
         logprobs = logits.log_softmax(dim=-1)
-        tokens = _choose(search, _constrained(logits, nodes), generator, 1)
-        logprobs = logprobs.gather(-1, tokens)
+        masked = _constrained(logits, nodes)
+        tokens = _choose(search, masked, generator, 1).tolist()
         active = []
         for row, (owner, node) in enumerate(still):
             model.cache.discard(node.parent)
-            prompt_length = len(roots[owner].new_tokens)
-            child = _extend(node, int(tokens[row, 0]), float(logprobs[row, 0]), stopping, prompt_length, jump_forward)
+            child = expand(node, len(roots[owner].new_tokens), tokens[row][0], logprobs[row], masked[row])
             active.append((owner, child))
     return leaves
 
