@@ -49,6 +49,11 @@ def test_made_up_table_and_column_names_are_refused(smollm):
     assert not parses(smollm, spec, "SELECT name FROM singer_tour")  # no such table, though it starts like one
     assert not parses(smollm, spec, "SELECT T1.salary FROM singer AS T1")
     assert not parses(smollm, spec, "SELECT name FROM singer WHERE")  # incomplete
+    # A made-up name that splits into a real one plus a bare alias ("singer s") is refused too:
+    # aliases need AS.
+    assert not parses(smollm, spec, "SELECT name FROM singers")
+    assert not parses(smollm, spec, "SELECT names FROM singer")
+    assert parses(smollm, spec, "SELECT name AS names FROM singer AS s")
 
 
 def test_sqlite_file_path_gives_its_tables_and_columns(smollm):
@@ -86,7 +91,7 @@ def test_connection_and_quoted_names(smollm, tmp_path):
 def test_grammar_covers_common_sqlite_select_syntax(smollm):
     spec = sql()  # no schema: any name
     for query in [
-        "SELECT DISTINCT a AS x, b y FROM t1, t2 WHERE t1.id = t2.id AND NOT c IS NULL",
+        "SELECT DISTINCT a AS x, b AS 'y' FROM t1, t2 WHERE t1.id = t2.id AND NOT c IS NULL",
         "SELECT * FROM a LEFT OUTER JOIN b USING (id) WHERE x NOT LIKE 'a%' OR y IS NOT NULL",
         "SELECT count(DISTINCT a), sum(b) / 2.5, round(avg(c), 2) FROM (SELECT * FROM t) AS s",
         "SELECT CASE WHEN a > 0 THEN 'pos' ELSE 'neg' END, CAST(b AS INTEGER) FROM t LIMIT 5 OFFSET 10",
