@@ -53,7 +53,11 @@ def test_made_up_table_and_column_names_are_refused(smollm):
     # aliases need AS.
     assert not parses(smollm, spec, "SELECT name FROM singers")
     assert not parses(smollm, spec, "SELECT names FROM singer")
-    assert parses(smollm, spec, "SELECT name AS names FROM singer AS s")
+    assert parses(smollm, spec, "SELECT name AS names FROM singer AS T1")
+    # Qualifiers are real tables or the aliases T1..T9, so a made-up qualifier cannot appear.
+    assert parses(smollm, spec, "SELECT singer.name, T2.Year FROM singer JOIN concert AS T2")
+    assert not parses(smollm, spec, "SELECT s.name FROM singer AS s")
+    assert not parses(smollm, spec, "SELECT artist.name FROM singer")
 
 
 def test_sqlite_file_path_gives_its_tables_and_columns(smollm):

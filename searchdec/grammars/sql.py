@@ -24,6 +24,9 @@ from searchdec.grammars.specs import ConstraintSpec
 DIALECTS = ("sqlite",)
 
 _PLACEHOLDER = {"tables": "TABLE_NAME", "columns": "COLUMN_NAME"}
+# Table aliases of a specialized grammar: Spider's T1, T2, ... (every alias in its dev set has this form).
+_TABLE_ALIASES = "/[Tt][1-9]/"
+
 _BARE = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 
 
@@ -47,6 +50,8 @@ class Sql(ConstraintSpec):
         for kind, names in (("tables", self.tables), ("columns", self.columns)):
             if names:
                 text = _substitute(text, _PLACEHOLDER[kind], _name_terminal(names))
+        if self.tables:
+            text = _substitute(text, "TABLE_ALIAS", _TABLE_ALIASES)
         return text
 
     def grammar(self) -> str:
@@ -71,6 +76,38 @@ def sql(db=None, *, tables=None, dialect: str = "sqlite") -> Sql:
     if not column_names:
         raise ConstraintError("the database's tables have no columns")
     return Sql(_unique(table_names), _unique(column_names), dialect)
+
+
+def spider_database(entry: dict) -> sqlite3.Connection:
+    """An empty in-memory SQLite database with the tables and columns of a Spider `tables.json` entry
+    (types, primary and foreign keys included), where `EXPLAIN query` tells whether a query compiles."""
+    _schema_from_spider(entry)  # checks the entry's shape
+    table_names = entry["table_names_original"]
+    columns: dict[int, list[str]] = {i: [] for i in range(len(table_names))}
+    types = entry.get("column_types", [])
+    primary = set(entry.get("primary_keys", []))
+    for index, (table, name) in enumerate(entry["column_names_original"]):
+        if table >= 0:
+            kind = {"number": "NUMERIC", "time": "TEXT", "boolean": "INTEGER"}.get(types[index], "TEXT")
+            columns[table].append(f"{_quote(name)} {kind}{' PRIMARY KEY' if index in primary else ''}")
+    for source, target in entry.get("foreign_keys", []):
+        table, name = entry["column_names_original"][source]
+        target_table, target_name = entry["column_names_original"][target]
+        columns[table].append(
+            f"FOREIGN KEY ({_quote(name)}) REFERENCES {_quote(table_names[target_table])} ({_quote(target_name)})"
+        )
+    connection = sqlite3.connect(":memory:")
+    for index, name in enumerate(table_names):
+        if name.lower().startswith("sqlite_"):
+            continue  # SQLite's own tables (sqlite_sequence), which it makes itself
+        if sum(1 for c in columns[index] if " PRIMARY KEY" in c) > 1:  # a composite key: declare it once
+            columns[index] = [c.replace(" PRIMARY KEY", "") for c in columns[index]]
+        connection.execute(f"CREATE TABLE {_quote(name)} ({', '.join(columns[index]) or 'unused'})")
+    return connection
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # --- reading schemas ----------------------------------------------------------------------------
@@ -123,12 +160,15 @@ def _schema_from_spider(entry) -> tuple[list[str], list[str]]:
         if key not in entry:
             raise ConstraintError(f"the tables.json entry has no {key!r}")
     table_names = [str(name) for name in entry["table_names_original"]]
+    # SQLite's own tables (sqlite_sequence) are not the schema's, and no query names them.
+    internal = {i for i, name in enumerate(table_names) if name.lower().startswith("sqlite_")}
+    table_names = [name for i, name in enumerate(table_names) if i not in internal]
     column_names = []
     for column in entry["column_names_original"]:
         if not (isinstance(column, (list, tuple)) and len(column) == 2):
             raise ConstraintError(f"column_names_original entries are [table index, name] pairs, got {column!r}")
         table_index, name = column
-        if table_index >= 0:  # [-1, "*"] is Spider's stand-in for *
+        if table_index >= 0 and table_index not in internal:  # [-1, "*"] is Spider's stand-in for *
             column_names.append(str(name))
     return table_names, column_names
 
@@ -170,4 +210,4 @@ def _substitute(text: str, terminal: str, body: str) -> str:
     return line.sub(lambda _: f"{terminal}: {body}", text)
 
 
-__all__ = ["DatabaseNotFoundError", "Sql", "grammar_text", "sql"]
+__all__ = ["DatabaseNotFoundError", "Sql", "grammar_text", "spider_database", "sql"]
