@@ -91,7 +91,8 @@ def main() -> int:
         for item in items:
             entry = entries[item["db_id"]]
             constraint = specs[item["db_id"]] if mode == "constrained" else None
-            out = sd.generate(model, messages(entry, item["question"]), max_tokens=args.max_tokens, constraint=constraint)
+            prompt = messages(entry, item["question"])
+            out = sd.generate(model, prompt, max_tokens=args.max_tokens, constraint=constraint)
             tokens += len(out.tokens)
             query = out.text.strip() if mode == "constrained" else first_statement(out.text)
             if mode == "constrained" and out.finish_reason != "stop":
@@ -100,8 +101,10 @@ def main() -> int:
         rows[mode + "_speed"] = tokens / (time.perf_counter() - start)
 
     n = len(items)
-    print(f"Spider dev subset: {n} questions ({len(dbs)} databases), SmolLM2-135M-Instruct, greedy, "
-          f"max_tokens={args.max_tokens}")
+    print(
+        f"Spider dev subset: {n} questions ({len(dbs)} databases), SmolLM2-135M-Instruct, greedy, "
+        f"max_tokens={args.max_tokens}"
+    )
     print(f"gold queries parsing under their grammar: {gold_parse}/{n}")
     print(f"{'':14} {'compiles (EXPLAIN)':>19} {'finished':>9} {'exact match':>12} {'tok/s':>7}")
     for mode in ("constrained", "unconstrained"):
@@ -111,7 +114,8 @@ def main() -> int:
         exact = sum(normal(r[1]) == normal(r[0]["query"]) for r in result)
         print(f"{mode:14} {ok:>10}/{n} {ok / n:6.1%} {done:>5}/{n} {exact:>8}/{n} {rows[mode + '_speed']:7.1f}")
     for item, query, ok, _ in rows["constrained"][: args.show]:
-        print(f"\nQ: {item['question']}\n  gold:        {item['query']}\n  constrained: {query}  [{'ok' if ok else 'FAIL'}]")
+        verdict = "ok" if ok else "FAIL"
+        print(f"\nQ: {item['question']}\n  gold:        {item['query']}\n  constrained: {query}  [{verdict}]")
     failures = [(item, query) for item, query, ok, reason in rows["constrained"] if not ok and reason == "stop"]
     for item, query in failures:
         print(f"\nconstrained query that does not compile: {query!r} ({item['db_id']})")

@@ -19,7 +19,7 @@ from searchdec.errors import (
     UnsupportedKeywordError,
 )
 from searchdec.generate import Generation, Hypothesis, generate
-from searchdec.grammars import Constraint, State, choice, json_schema, lark, regex, sql, tool_calls
+from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.search.sampling import Greedy, Sample
@@ -37,6 +37,7 @@ __all__ = [
     "State",
     "UnsupportedKeywordError",
     "choice",
+    "from_outlines",
     "json_schema",
     "lark",
     "regex",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from searchdec.grammars import Constraint, ConstraintSpec
+from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.search.decode import Stopping, decode
 from searchdec.search.sampling import Greedy, Sample
@@ -52,7 +53,8 @@ def generate(
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
-    `constraint` (`sd.json_schema`, `sd.regex`, `sd.choice`, `sd.lark`, or a compiled Constraint) is
+    `constraint` (`sd.json_schema`, `sd.regex`, `sd.choice`, `sd.lark`, `sd.sql`, `sd.tool_calls`, an
+    `outlines.types` object, or a compiled Constraint) is
     compiled before anything runs; every hypothesis that finishes with "stop" satisfies it, and one
     cut by `max_tokens` finishes with "length". With `jump_forward`, text the grammar fixes is appended
     without a forward pass of its own (its log-probabilities come from the next forward).
@@ -90,9 +92,11 @@ def _compile(model: Model, constraint) -> Constraint | None:
         return constraint
     if isinstance(constraint, ConstraintSpec):
         return constraint.compile(model)
+    if is_outlines_type(constraint):
+        return from_outlines(constraint).compile(model)
     raise TypeError(
-        "constraint must be sd.json_schema(...), sd.regex(...), sd.choice(...), sd.lark(...) or a compiled "
-        f"Constraint; got {type(constraint).__name__}"
+        "constraint must be sd.json_schema(...), sd.regex(...), sd.choice(...), sd.lark(...), an outlines.types "
+        f"object or a compiled Constraint; got {type(constraint).__name__}"
     )
 
 

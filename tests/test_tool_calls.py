@@ -82,6 +82,22 @@ def test_auto_allows_a_plain_answer_or_valid_calls(tiny):
         state.advance_many(tiny.encode(bad, add_special_tokens=False))
 
 
+def test_a_plain_answer_can_never_be_read_as_a_call():
+    from searchdec.grammars.regular import disjoint
+    from searchdec.grammars.tool_calls import _CALL_START, _TEXT_PATTERN
+
+    assert disjoint(_TEXT_PATTERN, _CALL_START) is True
+    assert disjoint(r"[\s\S]*", _CALL_START) is False  # the proof can fail: any text overlaps
+
+
+@pytest.mark.parametrize("fmt", ["json", "hermes"])
+def test_auto_text_cannot_start_like_a_call_after_whitespace(tiny, fmt):
+    state = sd.tool_calls(TOOLS, "auto", format=fmt).compile(tiny).start()
+    for text in [" [", "\n<tool_call>"]:
+        with pytest.raises(ValueError):
+            state.advance_many(tiny.encode(text, add_special_tokens=False))
+
+
 def test_none_forbids_starting_a_call(tiny):
     state = sd.tool_calls(TOOLS, tool_choice="none").compile(tiny).start()
     assert not state.allows(tiny.encode("<", add_special_tokens=False)[0])

@@ -1,6 +1,7 @@
 """Grammar constraints: specs compiled once per tokenizer into a Constraint whose States live on
-hypotheses (fork, advance, mask), backed by llguidance."""
+hypotheses (fork, advance, mask), backed by llguidance (or outlines-core for regular languages)."""
 
+from searchdec.grammars.outlines import from_outlines
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Lark, Regex, choice, json_schema, lark, regex
 from searchdec.grammars.sql import Sql, sql
 from searchdec.grammars.state import Constraint, State, apply_masks
@@ -18,6 +19,7 @@ __all__ = [
     "ToolCalls",
     "apply_masks",
     "choice",
+    "from_outlines",
     "json_schema",
     "lark",
     "regex",

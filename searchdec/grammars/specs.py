@@ -30,6 +30,8 @@ from searchdec.errors import (
     SchemaError,
     UnsupportedKeywordError,
 )
+from searchdec.grammars.outlines import OutlinesConstraint, OutlinesVocabulary, check_backend, regex_for
+from searchdec.grammars.regular import check_nonempty
 from searchdec.grammars.state import Constraint, grammar_json
 
 _COMPILED_PER_TOKENIZER = 256
@@ -48,6 +50,7 @@ class ConstraintSpec:
 @dataclass(frozen=True)
 class Regex(ConstraintSpec):
     pattern: str
+    backend: str = "llguidance"
 
     def grammar(self) -> str:
         return llguidance.LLMatcher.grammar_from_regex(self.pattern)
@@ -56,6 +59,7 @@ class Regex(ConstraintSpec):
 @dataclass(frozen=True)
 class Choice(ConstraintSpec):
     options: tuple[str, ...]
+    backend: str = "llguidance"
 
     def grammar(self) -> str:
         alternatives = " | ".join(json.dumps(option) for option in self.options)
@@ -76,6 +80,7 @@ class JsonSchema(ConstraintSpec):
     lenient: bool = False
     strict: bool = False
     max_whitespace: int = 16
+    backend: str = "llguidance"
 
     @property
     def schema(self) -> dict:
@@ -98,22 +103,25 @@ class JsonSchema(ConstraintSpec):
 # --- constructors ---------------------------------------------------------------------------
 
 
-def regex(pattern: str) -> Regex:
-    """Outputs matching `pattern` entirely (Rust `regex` syntax, as llguidance reads it)."""
+def regex(pattern: str, *, backend: str = "llguidance") -> Regex:
+    """Outputs matching `pattern` entirely (Rust `regex` syntax, as llguidance reads it).
+    `backend="outlines-core"` compiles it with outlines-core instead (see grammars/outlines.py)."""
     if not isinstance(pattern, str):
         raise TypeError(f"regex pattern must be a string, got {type(pattern).__name__}")
-    return Regex(pattern)
+    check_backend(backend, "regex")
+    return Regex(pattern, backend)
 
 
-def choice(options) -> Choice:
+def choice(options, *, backend: str = "llguidance") -> Choice:
     """Exactly one of `options` (strings)."""
+    check_backend(backend, "choice")
     options = tuple(options)
     if not options:
         raise EmptyLanguageError("choice() needs at least one option")
     for option in options:
         if not isinstance(option, str) or not option:
             raise ConstraintError(f"choice options must be non-empty strings, got {option!r}")
-    return Choice(options)
+    return Choice(options, backend)
 
 
 def lark(grammar: str) -> Lark:
@@ -123,13 +131,19 @@ def lark(grammar: str) -> Lark:
     return Lark(grammar)
 
 
-def json_schema(schema, *, lenient: bool = False, strict: bool = False, max_whitespace: int = 16) -> JsonSchema:
-    """JSON documents valid under `schema`: a dict, JSON text, or a Pydantic model class."""
+def json_schema(
+    schema, *, lenient: bool = False, strict: bool = False, max_whitespace: int = 16, backend: str = "llguidance"
+) -> JsonSchema:
+    """JSON documents valid under `schema`: a dict, JSON text, or a Pydantic model class.
+    `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
+    check_backend(backend, "json_schema")
+    if backend == "outlines-core" and (lenient or strict):
+        raise ConstraintError("lenient and strict are llguidance options; the outlines-core backend has neither")
     schema = _schema_dict(schema)
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
-    return JsonSchema(json.dumps(schema), lenient, strict, max_whitespace)
+    return JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend)
 
 
 def _schema_dict(schema):
@@ -191,16 +205,33 @@ _UNSUPPORTED_FEATURES = [
 class _Compiler:
     """Compiles specs for one tokenizer and keeps the most recent ones."""
 
-    def __init__(self, hf_tokenizer, vocab_size: int) -> None:
-        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
-        self.vocab_size = vocab_size
+    def __init__(self, model) -> None:
+        self._model = weakref.ref(model)  # a strong reference would keep the tokenizer key alive
+        self.tokenizer = llguidance.hf.from_tokenizer(model.tokenizer, n_vocab=model.vocab_size)
+        self.vocab_size = model.vocab_size
         self.cache: OrderedDict[str, Constraint] = OrderedDict()
+        self._outlines_vocabulary: OutlinesVocabulary | None = None
+
+    def _compile_outlines(self, spec: ConstraintSpec) -> OutlinesConstraint:
+        if self._outlines_vocabulary is None:
+            model = self._model()
+            special = set(model.tokenizer.all_special_ids) - set(model.eos_token_ids)
+            pieces = [b"" if i in special else piece for i, piece in enumerate(model.vocab_bytes)]
+            self._outlines_vocabulary = OutlinesVocabulary(pieces, model.eos_token_ids, model.vocab_size)
+        pattern = regex_for(spec)
+        if not isinstance(spec, JsonSchema):  # a schema's regex is too large to prove anything about cheaply
+            check_nonempty(pattern, _describe(spec))
+        return OutlinesConstraint(pattern, self._outlines_vocabulary, _describe(spec))
 
     def compile(self, spec: ConstraintSpec) -> Constraint:
         key = repr(spec)  # specs are frozen dataclasses: the repr holds every field
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
+        if getattr(spec, "backend", "llguidance") == "outlines-core":
+            constraint = self._compile_outlines(spec)
+            self.cache[key] = constraint
+            return constraint
         try:
             grammar = spec.grammar()
             constraint = Constraint(grammar, self.tokenizer, self.vocab_size, _describe(spec))
@@ -220,7 +251,7 @@ def _compiler_for(model) -> _Compiler:
     """The compiler of the model's tokenizer (one per tokenizer object; freed with it)."""
     compiler = _COMPILERS.get(model.tokenizer)
     if compiler is None or compiler.vocab_size != model.vocab_size:
-        compiler = _Compiler(model.tokenizer, model.vocab_size)
+        compiler = _Compiler(model)
         _COMPILERS[model.tokenizer] = compiler
     return compiler
 

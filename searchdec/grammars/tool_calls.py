@@ -9,7 +9,8 @@ Formats:
 
 `tool_choice`: "required" (at least one call), a tool's name or `{"name": ...}` /
 `{"type": "function", "function": {"name": ...}}` (calls of that tool only), "auto" (a call, or text
-that does not begin like one: its first character is neither "[" nor "<"), "none" (such text only).
+that does not begin like one: its first character after whitespace is neither "[" nor "<"; the two
+languages are disjoint), "none" (such text only).
 `parse(text)` reads the calls back out of a finished output.
 """
 
@@ -25,7 +26,12 @@ from searchdec.errors import ConstraintError
 from searchdec.grammars.specs import ConstraintSpec
 
 FORMATS = ("json", "hermes")
-_TEXT = r"TEXT: /[^<\[](?s:.*)/"  # a plain answer: anything that does not start like a call
+# A plain answer: its first character after any whitespace is neither "<" nor "[", so it never starts
+# like a call of either format, even after leading whitespace (tests/test_tool_calls.py proves the two
+# patterns disjoint with interegular).
+_TEXT_PATTERN = r"[ \t\r\n]*[^<\[ \t\r\n][\s\S]*"
+_CALL_START = r"[ \t\r\n]*(\[|<tool_call>)[\s\S]*"
+_TEXT = f"TEXT: /{_TEXT_PATTERN}/"
 _HERMES_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)
 
 
