@@ -6,6 +6,7 @@ out = sd.generate(model, "The capital of France is", max_tokens=20)
 print(out.text)
 """
 
+from searchdec import rewards  # noqa: E402  (sd.rewards.JsonValid, sd.rewards.SqlExecution, ...)
 from searchdec.errors import (
     ConstraintError,
     DatabaseNotFoundError,
@@ -55,4 +56,5 @@ __all__ = [
     "SearchdecError",
     "generate",
     "load",
+    "rewards",
 ]

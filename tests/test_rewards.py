@@ -1,0 +1,286 @@
+"""The reward layer: one protocol (batched, cached, per-step) and the built-in rewards."""
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import searchdec as sd
+from searchdec.rewards import (
+    Accepts,
+    FunctionReward,
+    JsonValid,
+    PythonTests,
+    Reward,
+    SqlExecution,
+    as_reward,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+# --- protocol ---------------------------------------------------------------------------------
+
+
+class Length(Reward):
+    def _score(self, prompts, outputs):
+        return [float(len(o)) for o in outputs]
+
+
+def test_scores_are_cached_and_batched():
+    reward = Length()
+    assert reward.score_batch(["p", "p", "q"], ["ab", "ab", "abc"]) == [2.0, 2.0, 3.0]
+    assert (reward.calls, reward.scored) == (1, 2)  # one batch, the repeated output scored once
+    assert reward("p", "ab") == 2.0 and reward.calls == 1  # from the cache
+
+
+def test_steps_score_each_prefix_by_default():
+    assert Length().score_steps("p", ["ab", "c", "de"]) == [2.0, 3.0, 5.0]
+
+
+def test_callables_and_weighted_sums():
+    one = as_reward(lambda output: len(output))
+    two = FunctionReward(lambda prompt, output: float(prompt == output))
+    combined = 0.5 * one + 2 * two
+    assert combined.score("ab", "ab") == pytest.approx(0.5 * 2 + 2 * 1)
+    assert (one + (lambda o: 10.0)).score("x", "abc") == 13.0
+    with pytest.raises(TypeError, match="takes"):
+        FunctionReward(lambda a, b, c: 0)
+    with pytest.raises(TypeError, match="callable"):
+        as_reward(3)
+    with pytest.raises(ValueError, match="2 prompts but 1 outputs"):
+        one.score_batch(["a", "b"], ["c"])
+
+
+# --- structure -------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+def test_json_valid():
+    reward = JsonValid(SCHEMA)
+    assert reward("", '{"n": 3}') == 1.0
+    assert reward("", '{"n": "3"}') == 0.0
+    assert reward("", "{not json") == 0.0
+    assert 0.0 < JsonValid(SCHEMA, partial=True)("", '{"n": "3"}') < 1.0
+    with pytest.raises(sd.SchemaError):
+        JsonValid({"type": "nope"})
+
+
+def test_grammar_acceptance(tiny):
+    reward = Accepts(sd.regex(r"[0-9]{3}"), tiny)
+    assert reward.score_batch(["", "", ""], ["123", "12", "12a"]) == [1.0, 0.0, 0.0]
+
+
+# --- SQL ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store.sqlite"
+    shutil.copy(DATA / "sqlite" / "department_store.sqlite", path)
+    return path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_sql_modes(store):
+    tables = [r[0] for r in sqlite3.connect(store).execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    table = tables[0]
+    count = sqlite3.connect(store).execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    assert SqlExecution(store)("", f"SELECT * FROM {table}") == 1.0
+    assert SqlExecution(store)("", "SELECT * FROM no_such_table") == 0.0
+    assert SqlExecution(store, mode="rows")("", f"SELECT * FROM {table} WHERE 0") == 0.0
+    gold = f"SELECT count(*) FROM {table}"
+    match = SqlExecution(store, mode="match", expected=gold)
+    assert match("", f"SELECT COUNT(*) FROM {table} WHERE 1") == 1.0
+    assert match("", f"SELECT count(*) + 1 FROM {table}") == 0.0
+    assert SqlExecution(store, mode="match", expected=[(count,)])("", gold) == 1.0
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "DROP TABLE {table}",
+        "DELETE FROM {table}",
+        "INSERT INTO {table} DEFAULT VALUES",
+        "UPDATE {table} SET rowid = rowid + 1",
+        "ATTACH DATABASE 'elsewhere.sqlite' AS other",
+        "PRAGMA writable_schema = ON",
+        "CREATE TABLE evil (x)",
+        "SELECT 1; DROP TABLE {table}",
+    ],
+)
+def test_sql_cannot_change_the_database(store, hostile):
+    table = sqlite3.connect(store).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchone()[0]
+    before = digest(store)
+    reward = SqlExecution(store)
+    assert reward("", hostile.format(table=table)) == 0.0
+    assert digest(store) == before
+
+
+def test_sql_runaway_query_is_cut_by_the_time_limit(store):
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    reward = SqlExecution(store, timeout=0.5)
+    assert reward("", endless) == 0.0
+    assert "timed out" in reward.explain(endless)
+
+
+def test_sql_bad_arguments(store, tmp_path):
+    with pytest.raises(sd.DatabaseNotFoundError):
+        SqlExecution(tmp_path / "missing.sqlite")
+    with pytest.raises(ValueError, match="mode"):
+        SqlExecution(store, mode="fast")
+    with pytest.raises(ValueError, match="expected"):
+        SqlExecution(store, mode="match")
+
+
+# --- Python ------------------------------------------------------------------------------------
+
+TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(0, 0) == 0"]
+
+
+def test_python_tests_score_the_fraction_passed():
+    reward = PythonTests(TESTS)
+    assert reward("", "```python\ndef add(a, b):\n    return a + b\n```") == 1.0
+    assert reward("", "def add(a, b):\n    return a * b + (a == -1)") == pytest.approx(2 / 3)  # fails add(2, 3)
+    assert reward("", "def add(a, b) return") == 0.0
+    assert "SyntaxError" in reward.run("def add(a, b) return").error
+
+
+def test_python_infinite_loop_is_killed():
+    run = PythonTests(TESTS, timeout=1.0).run("while True:\n    pass")
+    assert run.timed_out and run.score == 0.0
+
+
+def test_python_fork_bomb_is_contained():
+    run = PythonTests(TESTS, timeout=2.0).run("import os\nwhile True:\n    os.fork()")
+    assert run.score == 0.0 and "os.fork" in run.error
+
+
+def test_python_cannot_write_outside_its_directory(tmp_path):
+    target = tmp_path / "escaped.txt"
+    run = PythonTests(TESTS).run(f"open({str(target)!r}, 'w').write('x')\ndef add(a, b): return a + b")
+    assert run.score == 0.0 and "outside the sandbox" in run.error
+    assert not target.exists()
+    inside = PythonTests(TESTS).run("open('scratch.txt', 'w').write('x')\ndef add(a, b): return a + b")
+    assert inside.score == 1.0  # its own directory is writable
+
+
+def test_python_cannot_delete_outside_its_directory(tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("keep")
+    run = PythonTests(TESTS).run(f"import os\nos.remove({str(victim)!r})")
+    assert run.score == 0.0 and victim.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    "code, blocked",
+    [
+        ("import socket\nsocket.create_connection(('127.0.0.1', 80))", "socket"),
+        ("import subprocess\nsubprocess.run(['true'])", "subprocess.Popen"),
+        ("import os\nos.system('true')", "os.system"),
+        ("import ctypes\nctypes.CDLL(None)", "ctypes"),
+    ],
+)
+def test_python_processes_network_and_native_code_are_refused(code, blocked):
+    run = PythonTests(TESTS).run(code)
+    assert run.score == 0.0 and blocked in run.error
+
+
+def test_python_memory_bomb_is_contained():
+    run = PythonTests(TESTS, memory_mb=128).run("x = bytearray(1 << 30)")
+    assert run.score == 0.0 and ("MemoryError" in (run.error or "") or "killed" in (run.error or ""))
+
+
+def test_python_bad_arguments():
+    with pytest.raises(ValueError, match="tests"):
+        PythonTests([])
+    with pytest.raises(ValueError, match="timeout"):
+        PythonTests(TESTS, timeout=0)
+
+
+# --- model-based (tiny random models from a config: the computation, not the judgement) -------
+
+
+def _tiny_config(tokenizer, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def test_step_tag_prm_scores_each_step_at_its_tag():
+    import torch
+    from tiny import byte_tokenizer
+    from transformers import LlamaForCausalLM
+
+    from searchdec.rewards import ProcessRewardModel
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_tiny_config(tokenizer))
+    prm = ProcessRewardModel(model, tokenizer, step_tag="#", good="+", bad="-")
+    steps = ["2 + 2 = 4", "so the answer is 4"]
+    scores = prm.score_steps("What is 2 + 2?", steps)
+    # By hand: one forward over prompt + steps with tags; softmax over (+, -) at each tag position.
+    text = "What is 2 + 2?\n" + "".join(step + "#\n" for step in steps)
+    ids = tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    tag, plus, minus = (tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "#+-")
+    positions = [i for i, t in enumerate(ids) if t == tag]
+    expected = [logits[p, [plus, minus]].softmax(-1)[0].item() for p in positions]
+    assert scores == pytest.approx(expected, abs=1e-5)
+    # Batched with another solution of a different length: the same scores (padding is masked).
+    both = prm.score_solutions(["What is 2 + 2?", "Q"], [steps, ["a", "b", "c"]])
+    assert both[0] == pytest.approx(expected, abs=1e-5) and len(both[1]) == 3
+    with pytest.raises(ValueError, match="single token"):
+        ProcessRewardModel(model, tokenizer, good="++")
+
+
+def test_outcome_reward_model_is_the_positive_label_probability():
+    import torch
+    from tiny import byte_tokenizer
+    from transformers import LlamaForSequenceClassification
+
+    from searchdec.rewards import OutcomeRewardModel
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(1)
+    model = LlamaForSequenceClassification(_tiny_config(tokenizer, num_labels=2))
+    orm = OutcomeRewardModel(model, tokenizer)
+    scores = orm.score_batch(["q", "q"], ["short", "a longer answer"])
+    for output, score in zip(["short", "a longer answer"], scores):
+        with torch.no_grad():
+            logits = model(**tokenizer(["q\n" + output], return_tensors="pt")).logits[0]
+        assert score == pytest.approx(logits.softmax(-1)[1].item(), abs=1e-5)
+
+
+def test_self_evaluation_is_p_yes_over_yes_and_no(tiny):
+    import torch
+
+    from searchdec.rewards import SelfEvaluation
+    from searchdec.search import Node
+
+    reward = SelfEvaluation(tiny)
+    score = reward("What is 2 + 2?", "4")
+    question = reward.question.format(prompt="What is 2 + 2?", output="4")
+    ids = tiny.apply_chat_template([{"role": "user", "content": question}])
+    probs = tiny.logits([Node(tuple(ids))])[0].softmax(-1)
+    yes = probs[sorted({tiny.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes")})].sum()
+    no = probs[sorted({tiny.encode(w, add_special_tokens=False)[0] for w in ("No", " No")})].sum()
+    assert score == pytest.approx((yes / (yes + no)).item(), abs=1e-5)
+    assert torch.isfinite(torch.tensor(score))
