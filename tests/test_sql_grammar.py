@@ -58,6 +58,14 @@ def test_made_up_table_and_column_names_are_refused(smollm):
     assert parses(smollm, spec, "SELECT singer.name, T2.Year FROM singer JOIN concert AS T2")
     assert not parses(smollm, spec, "SELECT s.name FROM singer AS s")
     assert not parses(smollm, spec, "SELECT artist.name FROM singer")
+    # SQLite folds case in ASCII only: a long s ("ſ") or Kelvin sign is not an s or a k.
+    assert parses(smollm, spec, "sElEcT NAME from SINGER as t1")
+    assert not parses(smollm, spec, "SELECT name FROM singer Aſ T1")
+    assert not parses(smollm, spec, "ſELECT name FROM singer")
+    # Shapes SQLite refuses whatever the schema: columns without FROM, functions with no arguments.
+    assert not parses(smollm, spec, "SELECT name WHERE age > 3")
+    assert not parses(smollm, spec, "SELECT total() FROM singer")
+    assert parses(smollm, spec, "SELECT random(), total(age) FROM singer")
 
 
 def test_sqlite_file_path_gives_its_tables_and_columns(smollm):

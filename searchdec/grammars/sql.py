@@ -46,7 +46,7 @@ class Sql(ConstraintSpec):
     @property
     def source(self) -> str:
         """The Lark grammar, specialized to this spec's names."""
-        text = grammar_text()
+        text = _ascii_case_folded(grammar_text())
         for kind, names in (("tables", self.tables), ("columns", self.columns)):
             if names:
                 text = _substitute(text, _PLACEHOLDER[kind], _name_terminal(names))
@@ -200,7 +200,32 @@ def _spellings(name: str) -> list[str]:
 
 
 def _name_terminal(names) -> str:
-    return " | ".join(json.dumps(spelling, ensure_ascii=False) + "i" for name in names for spelling in _spellings(name))
+    return " | ".join(f"/{_fold(spelling)}/" for name in names for spelling in _spellings(name))
+
+
+# SQLite folds case in ASCII only; a regex's case-insensitive flag folds Unicode too, so "as"i would
+# also match "Aſ" (long s) and "k" the Kelvin sign, which SQLite reads as other words. Keywords and
+# names are therefore spelled with explicit ASCII classes: "as" -> [Aa][Ss].
+_INSENSITIVE_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"i')
+_INSENSITIVE_GROUP = re.compile(r"\(\?i:([A-Za-z0-9_|]+)\)")
+
+
+def _fold(literal: str) -> str:
+    """A regex body (for a Lark /.../ terminal) matching `literal` with ASCII letters in either case."""
+    out = []
+    for ch in literal:
+        if ch.isascii() and ch.isalpha():
+            out.append(f"[{ch.upper()}{ch.lower()}]")
+        elif ch.isascii() and not ch.isalnum() and ch != "_":
+            out.append("\\" + ch if ch not in " " else ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _ascii_case_folded(text: str) -> str:
+    text = _INSENSITIVE_LITERAL.sub(lambda m: f"/{_fold(json.loads(chr(34) + m.group(1) + chr(34)))}/", text)
+    return _INSENSITIVE_GROUP.sub(lambda m: "(?:" + "|".join(_fold(w) for w in m.group(1).split("|")) + ")", text)
 
 
 def _substitute(text: str, terminal: str, body: str) -> str:
