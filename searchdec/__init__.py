@@ -24,6 +24,7 @@ from searchdec.grammars import Constraint, State, choice, from_outlines, json_sc
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,10 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "PromptTooLongError",
+    "PromptLookup",
     "Sample",
+    "SelfSpeculative",
+    "Speculative",
     "SearchdecError",
     "generate",
     "load",

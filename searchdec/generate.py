@@ -13,6 +13,7 @@ from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.search.decode import Stopping, decode
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.speculative import Speculative
 from searchdec.search.tree import Node
 
 Messages = list[dict]
@@ -64,8 +65,8 @@ def generate(
     every new token (the CLI streams with it).
     """
     search = search or Greedy()
-    if not isinstance(search, (Greedy, Sample)):
-        raise TypeError(f"search must be Greedy() or Sample(...), got {type(search).__name__}")
+    if not isinstance(search, (Greedy, Sample, Speculative)):
+        raise TypeError(f"search must be Greedy(), Sample(...) or Speculative(...), got {type(search).__name__}")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise TypeError(f"max_tokens must be an int or None, got {type(max_tokens).__name__}")
     if max_tokens is not None and max_tokens < 0:
@@ -82,7 +83,10 @@ def generate(
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
-    leaves = decode(model, roots, search, stopping, on_token, jump_forward)
+    if isinstance(search, Speculative):
+        leaves = search.run(model, roots, stopping)
+    else:
+        leaves = decode(model, roots, search, stopping, on_token, jump_forward)
     results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
     return results if batched else results[0]
 
