@@ -1,0 +1,101 @@
+"""Speculative decoding vs target-only greedy decoding on the real default model, same run.
+
+For each draft source (prompt lookup; the target's first layers as a self-speculative draft) and
+each prompt set (extraction: JSON out of a given text, where the output copies spans of the prompt;
+free text), prints tokens/s of target-only greedy decoding and of `sd.Speculative`, their ratio
+(speedup), tokens per target call (acceptance length) and the fraction of drafted tokens accepted.
+Outputs are checked token-identical to target-only greedy (speculative greedy is lossless).
+
+Run:  python benchmarks/speculative.py [--max-tokens 96] [--k 4] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import searchdec as sd
+
+RECORDS = [
+    "Invoice 4471 from Northwind Traders, 12 Harbour Street, Portland, issued to Maria Anders on 2024-03-18 "
+    "for 3 cases of Chai at 18.00 each, total 54.00, payable to account DE89 3704 0044 0532 0130 00.",
+    "Patient: Thomas Hardy, born 1961-07-02, admitted to St. Mary's Hospital, Ward 7B, on 2023-11-05 with "
+    "a fractured left wrist; attending physician Dr. Elena Petrova; discharged 2023-11-09.",
+    "Order #A-99812 placed by Jonathan Okafor (jonathan.okafor@example.com, +1 415 555 0199) for a "
+    "Lenovo ThinkPad X1 Carbon Gen 11, shipped via UPS Ground to 2100 Mission Street, San Francisco, CA 94110.",
+    "Flight LH 454 from Frankfurt (FRA) to San Francisco (SFO), departing 2024-06-14 at 13:25, arriving "
+    "15:55 local time, seat 32K, passenger Ingrid Johansson, booking reference QX7T2M.",
+]
+EXTRACTION = [
+    [
+        {
+            "role": "user",
+            "content": f"Text: {record}\n\nCopy every detail of the text into a JSON object, using the exact "
+            "words and numbers from the text as values.",
+        }
+    ]
+    for record in RECORDS
+]
+FREE = [
+    [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+    [{"role": "user", "content": "Explain how a refrigerator works."}],
+    [{"role": "user", "content": "Give advice to someone starting to learn the piano."}],
+    [{"role": "user", "content": "Describe a walk through a forest in autumn."}],
+]
+
+
+def timed(model, prompts, search, max_tokens, repeats):
+    best, outs = None, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = [sd.generate(model, p, max_tokens=max_tokens, search=search) for p in prompts]
+        elapsed = time.perf_counter() - start
+        best = elapsed if best is None else min(best, elapsed)
+    return best, outs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--self-layers", type=int, default=10)
+    args = parser.parse_args()
+    model = sd.load("smollm2-135m")
+    sd.generate(model, "warm up", max_tokens=4)
+    sources = {
+        "prompt lookup": "prompt_lookup",
+        f"self ({args.self_layers} layers)": sd.SelfSpeculative(args.self_layers),
+    }
+    print(f"SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, k={args.k}, best of {args.repeats}")
+    print(
+        f"{'prompts':11} {'draft':18} {'target tok/s':>12} {'spec tok/s':>11} {'speedup':>8} {'tok/call':>9} {'accepted':>9} {'identical':>9}"
+    )
+    for name, prompts in (("extraction", EXTRACTION), ("free text", FREE)):
+        base_time, base = timed(model, prompts, sd.Greedy(), args.max_tokens, args.repeats)
+        tokens = sum(len(o.tokens) for o in base)
+        for label, draft in sources.items():
+            spec = sd.Speculative(draft=draft, k=args.k)
+            spec_time, outs = timed(model, prompts, spec, args.max_tokens, args.repeats)
+            same = all(a.tokens == b.tokens for a, b in zip(base, outs))
+            s = spec.stats  # the last repeat's
+            print(
+                f"{name:11} {label:18} {tokens / base_time:12.1f} {tokens / spec_time:11.1f} "
+                f"{base_time / spec_time:7.2f}x {s.tokens_per_target_call:9.2f} {s.acceptance_rate:8.0%} {str(same):>9}"
+            )
+    per_prompt = []
+    for p in EXTRACTION:
+        t0, _ = timed(model, [p], sd.Greedy(), args.max_tokens, 1)
+        t1, _ = timed(model, [p], sd.Speculative(k=args.k), args.max_tokens, 1)
+        per_prompt.append(t0 / t1)
+    print(
+        f"extraction, prompt lookup, per-prompt speedup: p50 {statistics.median(per_prompt):.2f}x, "
+        f"min {min(per_prompt):.2f}x, max {max(per_prompt):.2f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
