@@ -70,9 +70,9 @@ def main() -> int:
         f"self ({args.self_layers} layers)": sd.SelfSpeculative(args.self_layers),
     }
     print(f"SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, k={args.k}, best of {args.repeats}")
-    print(
-        f"{'prompts':11} {'draft':18} {'target tok/s':>12} {'spec tok/s':>11} {'speedup':>8} {'tok/call':>9} {'accepted':>9} {'identical':>9}"
-    )
+    header = [("prompts", 11, "<"), ("draft", 18, "<"), ("target tok/s", 12, ">"), ("spec tok/s", 11, ">")]
+    header += [("speedup", 8, ">"), ("tok/call", 9, ">"), ("accepted", 9, ">"), ("identical", 9, ">")]
+    print(" ".join(f"{name:{align}{width}}" for name, width, align in header))
     for name, prompts in (("extraction", EXTRACTION), ("free text", FREE)):
         base_time, base = timed(model, prompts, sd.Greedy(), args.max_tokens, args.repeats)
         tokens = sum(len(o.tokens) for o in base)

@@ -23,6 +23,7 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
+from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
 
@@ -54,6 +55,7 @@ __all__ = [
     "ModelNotFoundError",
     "PromptTooLongError",
     "PromptLookup",
+    "RewardGuidedSpeculative",
     "Sample",
     "SelfSpeculative",
     "Speculative",

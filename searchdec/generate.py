@@ -12,6 +12,7 @@ from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.search.decode import Stopping, decode
+from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import Speculative
 from searchdec.search.tree import Node
@@ -65,8 +66,11 @@ def generate(
     every new token (the CLI streams with it).
     """
     search = search or Greedy()
-    if not isinstance(search, (Greedy, Sample, Speculative)):
-        raise TypeError(f"search must be Greedy(), Sample(...) or Speculative(...), got {type(search).__name__}")
+    if not isinstance(search, (Greedy, Sample, Speculative, RewardGuidedSpeculative)):
+        raise TypeError(
+            f"search must be Greedy(), Sample(...), Speculative(...) or RewardGuidedSpeculative(...), "
+            f"got {type(search).__name__}"
+        )
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise TypeError(f"max_tokens must be an int or None, got {type(max_tokens).__name__}")
     if max_tokens is not None and max_tokens < 0:
@@ -83,6 +87,11 @@ def generate(
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
+    if isinstance(search, RewardGuidedSpeculative):
+        results = [search.generation(model, p, budget) for p in prompts]
+        for result in results:
+            result.hypotheses = [result]
+        return results if batched else results[0]
     if isinstance(search, Speculative):
         leaves = search.run(model, roots, stopping)
     else:
