@@ -234,7 +234,10 @@ class _Compiler:
             return constraint
         try:
             grammar = spec.grammar()
-            constraint = Constraint(grammar, self.tokenizer, self.vocab_size, _describe(spec))
+            closing = getattr(spec, "CLOSING", None)
+            constraint = Constraint(
+                grammar, self.tokenizer, self.vocab_size, _describe(spec), *([closing] if closing else [])
+            )
         except ValueError as error:  # llguidance's own message: the keyword, rule or position
             raise _classify(spec, str(error)) from None
         _check_nonempty(constraint, spec)

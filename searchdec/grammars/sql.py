@@ -43,6 +43,10 @@ class Sql(ConstraintSpec):
     columns: tuple[str, ...] = ()
     dialect: str = "sqlite"
 
+    # Tokens the budget's closing walk prefers (search/budget.py): "SELECT * FROM t" is the shortest
+    # query; the JSON-minded default would loop on "" string literals.
+    CLOSING = ("*", " FROM", "FROM", ";")
+
     @property
     def source(self) -> str:
         """The Lark grammar, specialized to this spec's names."""
