@@ -115,13 +115,17 @@ class Closer:
     def __init__(self, tokenizer: llguidance.LLTokenizer, preferred: tuple[str, ...] = PREFERRED) -> None:
         self.tokenizer = tokenizer
         self.eos = set(tokenizer.eos_tokens)
-        self.preferred = _single_tokens(tokenizer, preferred)
-        # Then any printable ASCII character, checked one by one (validate_tokens takes ~0.5 µs; a
-        # full mask takes tens of µs), before falling back to the full mask.
-        printable = [chr(c) for c in range(33, 127)]
-        self.characters = [t for t in _single_tokens(tokenizer, printable) if t not in self.preferred]
+        self._texts = preferred
+        self.preferred: list[int] | None = None  # tokenized on first use: compiling stays cheap
+        self.characters: list[int] = []
 
     def next_token(self, matcher: llguidance.LLMatcher) -> int | None:
+        if self.preferred is None:
+            self.preferred = _single_tokens(self.tokenizer, self._texts)
+            # Then any printable ASCII character, checked one by one (validate_tokens takes ~0.5 µs;
+            # a full mask takes tens of µs), before falling back to the full mask.
+            printable = [chr(c) for c in range(33, 127)]
+            self.characters = [t for t in _single_tokens(self.tokenizer, printable) if t not in self.preferred]
         for token in self.preferred:
             if matcher.validate_tokens([token]) == 1:
                 return token
