@@ -135,3 +135,16 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="min_ngram"):
         sd.PromptLookup(max_ngram=1, min_ngram=2)
     assert speculative.PromptLookup().max_ngram == 3
+
+
+@pytest.mark.integration
+def test_real_model_speculative_greedy_is_token_identical_on_22_prompts(smollm):
+    from test_smollm_integration import PROMPTS as REAL_PROMPTS
+
+    references = sd.generate(smollm, REAL_PROMPTS, max_tokens=32)
+    lookup = sd.Speculative(k=4)
+    for prompt, reference in zip(REAL_PROMPTS, references):
+        assert sd.generate(smollm, prompt, max_tokens=32, search=lookup).tokens == reference.tokens
+    early_exit = sd.Speculative(draft=sd.SelfSpeculative(layers=8), k=3)
+    for prompt, reference in list(zip(REAL_PROMPTS, references))[:2]:
+        assert sd.generate(smollm, prompt, max_tokens=32, search=early_exit).tokens == reference.tokens
