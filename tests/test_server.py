@@ -7,7 +7,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -426,3 +430,37 @@ def test_a_client_that_disconnects_mid_stream_frees_its_work(server):
             break
         time.sleep(0.2)
     assert state["cancelled"] > before and state["running"] == 0 and state["rows"] == 0
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits():
+    """`searchdec serve` as its own process: SIGTERM stops new work, the request in flight completes."""
+    from live_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "searchdec", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
+                time.sleep(0.3)
+        body = {"model": MODEL, "messages": ask("Write a story."), "temperature": 0, "max_tokens": 24}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/chat/completions", json=body, timeout=600)
+            while httpx.get(url + "/health", timeout=5).json()["running"] == 0 and not pending.done():
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200
+        assert response.json()["usage"]["completion_tokens"] == 24  # all of it, not cut by the shutdown
+        assert process.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    finally:
+        if process.poll() is None:
+            process.kill()
