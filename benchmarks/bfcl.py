@@ -294,20 +294,25 @@ def run_inprocess(model, category: str, cases: list[dict], enforce: bool, max_to
     from searchdec.grammars.specs import _forbid_extra_properties
     from searchdec.server.prepare import tool_prompt
 
-    outcomes = []
+    prompts, tool_lists = [], []
     for case in cases:
         tools = openai_tools(case)
-        prompt = [{"role": "system", "content": tool_prompt(tools, "json")}, *messages(case)]
-        if enforce:
-            strict = copy.deepcopy(tools)
-            for tool in strict:
-                tool["function"]["parameters"] = _forbid_extra_properties(tool["function"]["parameters"])
-            spec = sd.tool_calls(strict, tool_choice="auto", format="json")
-            out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens)
-            calls = spec.parse(out.text) if out.finish_reason == "stop" and out.text[:1] == "[" else None
-        else:
-            out = sd.generate(model, prompt, max_tokens=max_tokens)
-            calls = parse_free_text(out.text)
+        tool_lists.append(tools)
+        prompts.append([{"role": "system", "content": tool_prompt(tools, "json")}, *messages(case)])
+    if not enforce:  # one batch: the same outputs as one at a time (greedy), in a fraction of the time
+        outs = sd.generate(model, prompts, max_tokens=max_tokens)
+        return [
+            _outcome(category, case, out.text, parse_free_text(out.text), out.finish_reason, tools)
+            for case, out, tools in zip(cases, outs, tool_lists)
+        ]
+    outcomes = []
+    for case, prompt, tools in zip(cases, prompts, tool_lists):  # a constraint per case: one at a time
+        strict = copy.deepcopy(tools)
+        for tool in strict:
+            tool["function"]["parameters"] = _forbid_extra_properties(tool["function"]["parameters"])
+        spec = sd.tool_calls(strict, tool_choice="auto", format="json")
+        out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens)
+        calls = spec.parse(out.text) if out.finish_reason == "stop" and out.text[:1] == "[" else None
         outcomes.append(_outcome(category, case, out.text, calls, out.finish_reason, tools))
     return outcomes
 
