@@ -2,9 +2,11 @@
 
 Categories: simple_python, multiple, parallel, parallel_multiple, irrelevance (BFCL v4 files, one JSON
 object a line, answers in possible_answer/). Each case's question goes to the model with the same
-system prompt in both arms (the functions as JSON and the call format, `searchdec.server.prepare.
-tool_prompt`); the enforced arm adds `sd.tool_calls(tools, tool_choice="auto", format="json")`, the free
-arm parses whatever text comes back. Greedy decoding.
+system prompt in every arm (the functions as JSON and the call format, `searchdec.server.prepare.
+tool_prompt`). Arms: "free" parses whatever text comes back; "auto" adds the grammar
+`sd.tool_calls(tools, tool_choice="auto", format="json")` (a valid call or a plain answer, the model
+choosing, as BFCL runs); "required" forces a call (`tool_choice="required"`: the model still picks the
+function and its arguments; not run on irrelevance, where any call is wrong). Greedy decoding.
 
 The AST checker is written here from BFCL's published rules: a call matches an expected one when the
 function name is the same, every required parameter is present, no parameter is unexpected, and each
@@ -45,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bfcl"
 _TYPES = {"dict": "object", "float": "number", "tuple": "array"}
+# free: the prompt alone; auto / required: the same prompt plus sd.tool_calls with that tool_choice.
+ARMS = ("free", "auto", "required")
 _PUNCTUATION = re.compile(r"[\s,./\-_*^'\"]")
 
 
@@ -289,7 +293,7 @@ def _outcome(category: str, case: dict, text: str, calls, finish_reason: str, to
     return outcome
 
 
-def run_inprocess(model, category: str, cases: list[dict], enforce: bool, max_tokens: int) -> list[Outcome]:
+def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens: int) -> list[Outcome]:
     import searchdec as sd
     from searchdec.grammars.specs import _forbid_extra_properties
     from searchdec.server.prepare import tool_prompt
@@ -299,7 +303,7 @@ def run_inprocess(model, category: str, cases: list[dict], enforce: bool, max_to
         tools = openai_tools(case)
         tool_lists.append(tools)
         prompts.append([{"role": "system", "content": tool_prompt(tools, "json")}, *messages(case)])
-    if not enforce:  # one batch: the same outputs as one at a time (greedy), in a fraction of the time
+    if arm == "free":  # one batch: the same outputs as one at a time (greedy), in a fraction of the time
         outs = sd.generate(model, prompts, max_tokens=max_tokens)
         return [
             _outcome(category, case, out.text, parse_free_text(out.text), out.finish_reason, tools)
@@ -310,22 +314,22 @@ def run_inprocess(model, category: str, cases: list[dict], enforce: bool, max_to
         strict = copy.deepcopy(tools)
         for tool in strict:
             tool["function"]["parameters"] = _forbid_extra_properties(tool["function"]["parameters"])
-        spec = sd.tool_calls(strict, tool_choice="auto", format="json")
+        spec = sd.tool_calls(strict, tool_choice=arm, format="json")
         out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens)
         calls = spec.parse(out.text) if out.finish_reason == "stop" and out.text[:1] == "[" else None
         outcomes.append(_outcome(category, case, out.text, calls, out.finish_reason, tools))
     return outcomes
 
 
-def run_server(client, model_name: str, category: str, cases: list[dict], enforce: bool, max_tokens: int,
+def run_server(client, model_name: str, category: str, cases: list[dict], arm: str, max_tokens: int,
                concurrency: int) -> list[Outcome]:  # fmt: skip
     from searchdec.server.prepare import tool_prompt
 
     def one(case):
         tools = openai_tools(case)
-        if enforce:
+        if arm != "free":
             r = client.chat.completions.create(model=model_name, messages=messages(case), tools=tools,
-                                               tool_choice="auto", temperature=0, max_tokens=max_tokens)  # fmt: skip
+                                               tool_choice=arm, temperature=0, max_tokens=max_tokens)  # fmt: skip
             choice = r.choices[0]
             calls = None
             if choice.message.tool_calls:
@@ -383,9 +387,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--url", default=None, help="a running server's /v1 URL (server mode)")
     parser.add_argument("--port", type=int, default=8765, help="port for a server this script starts")
-    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--arms", nargs="+", default=["enforced", "free"], choices=["enforced", "free"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--json", type=Path, default=None, help="write every outcome here")
     parser.add_argument("--show-invalid", action="store_true")
     args = parser.parse_args(argv)
@@ -395,7 +399,7 @@ def main(argv=None) -> int:
         import searchdec as sd
 
         model = sd.load(args.model)
-        run = lambda category, cases, enforce: run_inprocess(model, category, cases, enforce, args.max_tokens)  # noqa: E731
+        run = lambda category, cases, arm: run_inprocess(model, category, cases, arm, args.max_tokens)  # noqa: E731
     else:
         import openai
 
@@ -405,8 +409,8 @@ def main(argv=None) -> int:
             url = f"http://127.0.0.1:{args.port}/v1"
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=1200)
         name = client.models.list().data[0].id
-        run = lambda category, cases, enforce: run_server(  # noqa: E731
-            client, name, category, cases, enforce, args.max_tokens, args.concurrency
+        run = lambda category, cases, arm: run_server(  # noqa: E731
+            client, name, category, cases, arm, args.max_tokens, args.concurrency
         )
     results: dict[tuple[str, str], Tally] = {}
     dump = []
@@ -414,8 +418,10 @@ def main(argv=None) -> int:
         for category in args.categories:
             cases = load_cases(args.data, category, args.limit)
             for arm in args.arms:
+                if arm == "required" and category == "irrelevance":
+                    continue  # a forced call is wrong by definition there
                 start = time.perf_counter()
-                outcomes = run(category, cases, arm == "enforced")
+                outcomes = run(category, cases, arm)
                 tally = Tally()
                 for outcome in outcomes:
                     tally.add(outcome)
@@ -453,7 +459,7 @@ def _print_table(results: dict[tuple[str, str], Tally], args) -> None:
         print(f"| **all** | {arm} | {_pct(t.correct, t.cases)} | {_pct(t.parsed, t.attempted)} | "
               f"{_pct(t.valid, t.parsed)} | {t.cut} |")  # fmt: skip
     for arm, t in totals.items():
-        if t.invalid and (args.show_invalid or arm == "enforced"):
+        if t.invalid and (args.show_invalid or arm != "free"):
             print(f"\n{arm}: outputs that attempt calls but do not parse or validate:")
             for line in t.invalid:
                 print("  " + line)

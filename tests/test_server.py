@@ -464,3 +464,14 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_load_of_concurrent_clients_completes_without_errors(server):
+    """A small version of benchmarks/server_load.py (32 clients x 8 requests there)."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import server_load
+
+    results, _ = asyncio.run(server_load.run_load(server.url, clients=8, requests=2, max_tokens=8))
+    assert results.errors == [] and len(results.latencies) == 16
