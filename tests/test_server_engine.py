@@ -59,6 +59,7 @@ def test_requests_joining_a_running_batch_get_what_they_would_get_alone(tiny):
     engine.stop()
     assert [c.tokens[0] for c in collectors] == expected
     assert engine.stats.max_batch_rows > 1 and engine.stats.completed == 4
+    assert len(tiny.cache) == 0  # every finished request's cache entries are freed
 
 
 def test_seeded_samples_match_generate(tiny):
