@@ -53,3 +53,17 @@ def test_no_request_gets_a_server_error_or_hangs(fuzzed_server):
     counts = collections.Counter(seen)
     print("fuzzed statuses:", dict(counts))
     assert counts[200] and counts[400]  # both accepted and refused requests were generated
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-6])
+def test_a_temperature_next_to_zero_decodes_greedily(fuzzed_server, temperature):
+    """Found by the fuzzer: logits / 1e-300 overflow to inf, and sampling from them failed (a 500)."""
+    import httpx
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    greedy = httpx.post(fuzzed_server.url + "/v1/chat/completions", json={**body, "temperature": 0}, timeout=60)
+    tiny_t = httpx.post(
+        fuzzed_server.url + "/v1/chat/completions", json={**body, "temperature": temperature}, timeout=60
+    )
+    assert tiny_t.status_code == 200
+    assert tiny_t.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]

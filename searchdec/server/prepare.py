@@ -391,8 +391,8 @@ def _search(req: _Sampling):
             raise bad_request(f"search {req.search.algorithm!r} is not served over HTTP yet", "search.algorithm")
         return spec
     temperature = 1.0 if req.temperature is None else req.temperature
-    if temperature == 0:
-        return Greedy()
+    if temperature < searches.MIN_TEMPERATURE:
+        return Greedy()  # a temperature this close to 0 overflows the scaled logits; it means arg-max
     top_k = req.top_k if req.top_k not in (None, -1, 0) else None
     try:
         return Sample(temperature, top_k, req.top_p or 1.0, req.min_p or 0.0, n=req.n, seed=req.seed)

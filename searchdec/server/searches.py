@@ -6,8 +6,8 @@ parameters (an unknown one is a 400 naming it) and builds the spec `sd.generate`
 marked `stepwise` decode inside the server's shared continuous batch (one token per hypothesis per
 step: greedy, sampling); an algorithm that needs the whole search loop (beam, best-of-N) registers
 with `stepwise=False` and is run as one `sd.generate` call by the engine's worker.
-Without a `search` field, `temperature` chooses: 0 is greedy, anything else samples (OpenAI's
-default temperature is 1).
+Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
+samples (OpenAI's default temperature is 1).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class SearchEntry:
 
 
 REGISTRY: dict[str, SearchEntry] = {}
+MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
 
 
 def register(entry: SearchEntry) -> None:
@@ -69,6 +70,8 @@ def _sample(params: dict, n: int) -> Sample:
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise TypeError(f"{key} must be a number, got {value!r}")
     top_k = params.get("top_k")
+    if params.get("temperature") is not None and params["temperature"] < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} to sample; use the greedy algorithm for arg-max")
     return Sample(
         temperature=float(params.get("temperature", 1.0)),
         top_k=None if top_k in (None, -1, 0) else top_k,
