@@ -2,13 +2,14 @@
 
 Requests (`Job`s) queue; before every decoding step the worker admits queued jobs while the batch
 has room (`max_rows` hypotheses). A step is one batched forward over every running hypothesis of
-every job plus the prompts of newly admitted ones (the prefix cache lets each row forward only its
-new tokens), after which each job chooses its own tokens with its own settings: greedy or seeded
-sampling, its constraint's masks, its own stop rules (the same rules and helpers as
-`searchdec.search.decode`, which decodes one fixed batch). A job's events go to a callback that
-must not block (the server hands them to the client's asyncio queue), so a slow reader never stalls
-the batch; a cancelled job (a client that went away) leaves the batch before the next step and its
-cache entries are freed. `stop()` finishes every admitted and queued job before the thread ends.
+every job (the prefix cache makes it one token a row), plus one over the prompts of newly admitted
+jobs (kept apart so that one-token rows are not padded to a prompt's length); then each job chooses
+its own tokens with its own settings: greedy or seeded sampling, its constraint's masks, its own
+stop rules (the same rules and helpers as `searchdec.search.decode`, which decodes one fixed batch).
+A job's events go to a callback that must not block (the server hands them to the client's asyncio
+queue), so a slow reader never stalls the batch; a cancelled job (a client that went away) leaves
+the batch before the next step and its cache entries are freed. `stop()` finishes every admitted
+and queued job before the thread ends.
 
 Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
 asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
@@ -219,14 +220,26 @@ class Engine:
         cache.discard(running.root)
 
     def _step(self) -> None:
-        # Row layout of this step's forward: per job, its root (first step) or its open hypotheses.
+        # Prompts of newly admitted jobs get a forward of their own: in one forward with the running
+        # rows, every one-token row would be padded to the longest new prompt.
+        new = [running for running in self._running if not running.started]
+        old = [running for running in self._running if running.started]
+        self._stats.steps += 1
+        still: list[_Running] = []
+        for group in (new, old):
+            if group:
+                still += self._forward_group(group)
+        with self._wake:
+            self._running = still
+
+    def _forward_group(self, group: list[_Running]) -> list[_Running]:
+        """One forward over the group's rows, then each job advances; the jobs still open come back."""
         nodes: list[Node] = []
         spans: list[tuple[_Running, int, int]] = []
-        for running in self._running:
+        for running in group:
             start = len(nodes)
             nodes.extend([running.root] if not running.started else [node for _, node in running.rows])
             spans.append((running, start, len(nodes)))
-        self._stats.steps += 1
         self._stats.max_batch_rows = max(self._stats.max_batch_rows, len(nodes))
         logits = _forward(self.model, nodes)
         logprobs = logits.log_softmax(dim=-1)
@@ -239,14 +252,13 @@ class Engine:
                 self._stats.failed += 1
                 running.job.emit(Failed(error))
                 continue
-            if running.open_choices or not running.started:
+            if running.open_choices:
                 still.append(running)
             else:
                 self.model.cache.discard(running.root)
                 self._stats.completed += 1
                 running.job.emit(Done())
-        with self._wake:
-            self._running = still
+        return still
 
     def _advance(self, running: _Running, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
         job = running.job
