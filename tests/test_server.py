@@ -432,6 +432,20 @@ def test_a_client_that_disconnects_mid_stream_frees_its_work(server):
     assert state["cancelled"] > before and state["running"] == 0 and state["rows"] == 0
 
 
+def test_a_client_that_gives_up_on_a_whole_response_frees_its_work(server):
+    before = health(server)["cancelled"]
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "temperature": 0, "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = health(server)
+        if state["cancelled"] > before and state["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert state["cancelled"] > before and state["running"] == 0
+
+
 def test_sigterm_lets_in_flight_requests_finish_then_exits():
     """`searchdec serve` as its own process: SIGTERM stops new work, the request in flight completes."""
     from live_server import free_port
