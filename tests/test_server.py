@@ -465,7 +465,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits():
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
                 time.sleep(0.3)
-        body = {"model": MODEL, "messages": ask("Write a story."), "temperature": 0, "max_tokens": 24}
+        body = {"model": MODEL, "messages": ask("Write a story."), "temperature": 0, "max_tokens": 12}
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, url + "/v1/chat/completions", json=body, timeout=600)
             while httpx.get(url + "/health", timeout=5).json()["running"] == 0 and not pending.done():
@@ -473,7 +473,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits():
             process.send_signal(signal.SIGTERM)
             response = pending.result()
         assert response.status_code == 200
-        assert response.json()["usage"]["completion_tokens"] == 24  # all of it, not cut by the shutdown
+        assert response.json()["usage"]["completion_tokens"] == 12  # all of it, not cut by the shutdown
         assert process.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
     finally:
         if process.poll() is None:

@@ -155,7 +155,7 @@ class Engine:
             return EngineStats(
                 len(self._queue),
                 len(self._running),
-                sum(len(r.rows) + (0 if r.started else 1) for r in self._running),
+                sum(len(r.rows) if r.started else r.job.n for r in self._running),
                 s.steps,
                 s.completed,
                 s.cancelled,
@@ -186,7 +186,7 @@ class Engine:
                     self._running = []
 
     def _admit(self) -> None:
-        rows = sum(max(len(r.rows), 1) for r in self._running)
+        rows = sum(len(r.rows) if r.started else r.job.n for r in self._running)
         while self._queue:
             job = self._queue[0]
             if job.cancelled:
