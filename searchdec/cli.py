@@ -34,8 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
+    serve = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    serve.add_argument("--model", default="smollm2-135m", help="alias, local path, .gguf file or HF id")
+    serve.add_argument("--served-model-name", default=None, help="the name clients pass as `model` (default: --model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument(
+        "--tool-format",
+        default="auto",
+        choices=["auto", "hermes", "json"],
+        help="how the model writes calls (auto: hermes if the chat template renders tools, else a JSON list)",
+    )
+    serve.add_argument("--max-batch-rows", type=int, default=64, help="hypotheses decoded together per step")
+    serve.add_argument(
+        "--default-max-tokens", type=int, default=None, help="when a request gives none (default: the context window)"
+    )
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            return _serve(args)
         return _generate(args)
     except (SearchdecError, ValueError, TypeError) as error:
         print(f"searchdec: error: {error}", file=sys.stderr)
@@ -79,6 +98,23 @@ def _generate(args) -> int:
         )
         stream.finish(out.text)
         print(f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from searchdec.server import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        served_name=args.served_model_name,
+        tool_format=args.tool_format,
+        max_rows=args.max_batch_rows,
+        default_max_tokens=args.default_max_tokens,
+        log_level=args.log_level,
+    )
     return 0
 
 

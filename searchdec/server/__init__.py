@@ -1,1 +1,35 @@
-"""The OpenAI-compatible HTTP server."""
+"""OpenAI-compatible HTTP API over one model: `searchdec serve --model smollm2-135m --port 8000`.
+
+Tool calls and structured output are enforced by the grammar layer (`sd.tool_calls`,
+`sd.json_schema`, ...), not requested in the prompt; requests share one continuously batched engine.
+FastAPI and uvicorn come with the `server` extra: `pip install "searchdec[server]"`.
+"""
+
+from __future__ import annotations
+
+
+def create_app(model, name: str, **options):
+    """The ASGI app (see `searchdec.server.app.create_app` for the options)."""
+    from searchdec.server.app import create_app as _create_app
+
+    return _create_app(model, name, **options)
+
+
+def serve(
+    model_name: str = "smollm2-135m",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    dtype: str = "float32",
+    served_name: str | None = None,
+    log_level: str = "info",
+    **options,
+) -> None:
+    """Load `model_name` and serve it until interrupted (SIGINT/SIGTERM finish in-flight requests first)."""
+    import uvicorn
+
+    import searchdec as sd
+
+    model = sd.load(model_name, dtype=dtype)
+    app = create_app(model, served_name or model_name, **options)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)

@@ -1,0 +1,304 @@
+"""The serving engine: one model, one worker thread, step-level continuous batching.
+
+Requests (`Job`s) queue; before every decoding step the worker admits queued jobs while the batch
+has room (`max_rows` hypotheses). A step is one batched forward over every running hypothesis of
+every job (the prefix cache makes it one token a row), plus one over the prompts of newly admitted
+jobs (kept apart so that one-token rows are not padded to a prompt's length); then each job chooses
+its own tokens with its own settings: greedy or seeded sampling, its constraint's masks, its own
+stop rules (the same rules and helpers as `searchdec.search.decode`, which decodes one fixed batch).
+A job's events go to a callback that must not block (the server hands them to the client's asyncio
+queue), so a slow reader never stalls the batch; a cancelled job (a client that went away) leaves
+the batch before the next step and its cache entries are freed. `stop()` finishes every admitted
+and queued job before the thread ends.
+
+Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
+asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
+known when it is reported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from searchdec.grammars.state import Constraint, apply_masks
+from searchdec.search.decode import Stopping, _extend, _finished, _forward, _StopText
+from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.tree import Node
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token with its log-probability and, if asked, the most probable alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Tokens:
+    choice: int
+    tokens: list[int]
+    logprobs: list[TokenLogprob] | None  # None unless the job asked for them
+
+
+@dataclass
+class Finished:
+    choice: int
+    reason: str  # "stop" | "length"
+    tokens: int  # generated tokens, an end-of-sequence token included
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+@dataclass
+class Done:
+    pass
+
+
+Event = Tokens | Finished | Failed | Done
+
+
+@dataclass
+class Job:
+    """One request: a tokenized prompt decoded into `n` hypotheses."""
+
+    prompt: list[int]
+    search: Greedy | Sample
+    n: int
+    stopping: Stopping
+    emit: Callable[[Event], None]
+    constraint: Constraint | None = None
+    top_logprobs: int | None = None  # None: no log-probabilities; k: the token's and its k best alternatives
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this job (safe from any thread)."""
+        self.cancelled = True
+
+
+@dataclass
+class _Running:
+    job: Job
+    root: Node
+    generator: torch.Generator | None
+    texts: _StopText
+    rows: list[tuple[int, Node]] = field(default_factory=list)  # (choice index, node)
+    started: bool = False
+    open_choices: int = 0
+
+
+@dataclass
+class EngineStats:
+    queued: int = 0
+    running: int = 0  # jobs in the batch
+    rows: int = 0  # hypotheses in the batch
+    steps: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    max_batch_rows: int = 0  # the widest step so far
+
+
+class Engine:
+    """Continuous batching over one `Model`; `submit` from any thread, events come back per job."""
+
+    def __init__(self, model, max_rows: int = 64) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.model = model
+        self.max_rows = max_rows
+        self._queue: deque[Job] = deque()
+        self._running: list[_Running] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._stats = EngineStats()
+        self._thread = threading.Thread(target=self._loop, name="searchdec-engine", daemon=True)
+        self._ids = itertools.count()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            self._queue.append(job)
+            self._wake.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every admitted and queued job, then end the worker."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Let an idle worker notice a cancellation now rather than at its next step."""
+        with self._wake:
+            self._wake.notify()
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._wake:
+            s = self._stats
+            return EngineStats(
+                len(self._queue),
+                len(self._running),
+                sum(len(r.rows) if r.started else r.job.n for r in self._running),
+                s.steps,
+                s.completed,
+                s.cancelled,
+                s.failed,
+                s.max_batch_rows,
+            )
+
+    # --- the worker -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                self._admit()
+                while not self._running and not (self._stopping and not self._queue):
+                    self._wake.wait()
+                    self._admit()
+                if not self._running and self._stopping and not self._queue:
+                    return
+            self._drop_cancelled()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as error:  # a failed forward fails the jobs in it, not the server
+                    for running in self._running:
+                        self._release(running)
+                        self._stats.failed += 1
+                        running.job.emit(Failed(error))
+                    self._running = []
+
+    def _admit(self) -> None:
+        rows = sum(len(r.rows) if r.started else r.job.n for r in self._running)
+        while self._queue:
+            job = self._queue[0]
+            if job.cancelled:
+                self._queue.popleft()
+                self._stats.cancelled += 1
+                continue
+            if self._running and rows + job.n > self.max_rows:
+                break
+            self._queue.popleft()
+            root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
+            generator = job.search.generator(self.model.device) if isinstance(job.search, Sample) else None
+            self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
+            rows += job.n
+
+    def _drop_cancelled(self) -> None:
+        kept = []
+        for running in self._running:
+            if running.job.cancelled:
+                self._release(running)
+                self._stats.cancelled += 1
+            else:
+                kept.append(running)
+        self._running = kept
+
+    def _release(self, running: _Running) -> None:
+        cache = self.model.cache
+        for _, node in running.rows:
+            cache.discard(node)
+            if node.parent is not None:
+                cache.discard(node.parent)
+        cache.discard(running.root)
+
+    def _step(self) -> None:
+        # Prompts of newly admitted jobs get a forward of their own: in one forward with the running
+        # rows, every one-token row would be padded to the longest new prompt.
+        new = [running for running in self._running if not running.started]
+        old = [running for running in self._running if running.started]
+        self._stats.steps += 1
+        still: list[_Running] = []
+        for group in (new, old):
+            if group:
+                still += self._forward_group(group)
+        with self._wake:
+            self._running = still
+
+    def _forward_group(self, group: list[_Running]) -> list[_Running]:
+        """One forward over the group's rows, then each job advances; the jobs still open come back."""
+        nodes: list[Node] = []
+        spans: list[tuple[_Running, int, int]] = []
+        for running in group:
+            start = len(nodes)
+            nodes.extend([running.root] if not running.started else [node for _, node in running.rows])
+            spans.append((running, start, len(nodes)))
+        self._stats.max_batch_rows = max(self._stats.max_batch_rows, len(nodes))
+        logits = _forward(self.model, nodes)
+        logprobs = logits.log_softmax(dim=-1)
+        still: list[_Running] = []
+        for running, start, end in spans:
+            try:
+                self._advance(running, logits[start:end], logprobs[start:end])
+            except Exception as error:  # e.g. a grammar that refuses every token: this job only
+                self._release(running)
+                self._stats.failed += 1
+                running.job.emit(Failed(error))
+                continue
+            if running.open_choices:
+                still.append(running)
+            else:
+                self.model.cache.discard(running.root)
+                self._stats.completed += 1
+                running.job.emit(Done())
+        return still
+
+    def _advance(self, running: _Running, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
+        job = running.job
+        first = not running.started
+        parents = [running.root] if first else [node for _, node in running.rows]
+        if job.constraint is not None:
+            logits = apply_masks(logits, [node.state for node in parents])
+        samples = job.n if first else 1
+        if isinstance(job.search, Greedy):
+            tokens = logits.argmax(dim=-1, keepdim=True).expand(-1, samples)
+        else:
+            tokens = job.search.draw(logits, running.generator, samples)
+        chosen = logprobs.gather(-1, tokens)
+        top = None
+        if job.top_logprobs:
+            values, ids = logprobs.topk(job.top_logprobs, dim=-1)
+            top = [list(zip(i.tolist(), v.tolist())) for i, v in zip(ids, values)]
+        jump = job.top_logprobs is None
+        prompt_length = len(running.root.new_tokens)
+        rows: list[tuple[int, Node]] = []
+        for r, parent in enumerate(parents):
+            for j in range(samples):
+                choice = j if first else running.rows[r][0]
+                token, lp = int(tokens[r, j]), float(chosen[r, j])
+                child = _extend(parent, token, lp, job.stopping, prompt_length, jump)
+                if not first:
+                    self.model.cache.discard(parent.parent)
+                entries = None
+                if job.top_logprobs is not None:
+                    entries = [TokenLogprob(token, lp, top[r] if top else [])]
+                job.emit(Tokens(choice, list(child.new_tokens), entries))
+                reason = _finished(child, job.stopping, prompt_length, running.texts)
+                if reason is None:
+                    rows.append((choice, child))
+                    continue
+                child.finish_reason = reason
+                job.emit(Finished(choice, reason, child.depth))
+                self.model.cache.discard(child)
+                if not first:
+                    self.model.cache.discard(parent)
+        running.rows = rows
+        running.started = True
+        running.open_choices = len(rows)

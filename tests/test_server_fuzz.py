@@ -1,0 +1,69 @@
+"""The HTTP API fuzzed from its own OpenAPI schema (schemathesis): whatever a request holds, the
+server answers it (no 5xx, no dropped connection) within a bounded time. A tiny random model serves
+(the HTTP layer is what is under test), and requests that give no max_tokens stop at 8 tokens."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+
+pytest.importorskip("fastapi")
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from live_server import LiveServer  # noqa: E402
+from schemathesis.generation import GenerationMode  # noqa: E402
+from tiny import tiny_model  # noqa: E402
+
+# Per operation and generation mode; a longer run: SEARCHDEC_FUZZ_EXAMPLES=1000 pytest tests/test_server_fuzz.py -s
+EXAMPLES = int(os.environ.get("SEARCHDEC_FUZZ_EXAMPLES", "40"))
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server():
+    from searchdec.server import create_app
+
+    with LiveServer(create_app(tiny_model(), "tiny", default_max_tokens=8)) as live:
+        yield live
+
+
+def test_no_request_gets_a_server_error_or_hangs(fuzzed_server):
+    schema = schemathesis.openapi.from_url(fuzzed_server.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/completions"}
+    seen = []
+    runs = [
+        (op, mode) for op in operations for mode in GenerationMode if op.method.upper() == "POST" or mode == "positive"
+    ]
+    for operation, mode in runs:  # valid bodies, and invalid ones
+
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def answered(case):
+            if isinstance(case.body, dict) and "model" in case.body:
+                case.body["model"] = "tiny"  # past the model check, into everything else (a wrong name is a 404)
+            response = case.call(base_url=fuzzed_server.url, timeout=60)
+            seen.append(response.status_code)
+            assert response.status_code < 500, (response.status_code, response.text[:500], case.body)
+            if response.status_code >= 400:
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
+
+        answered()
+    counts = collections.Counter(seen)
+    print("fuzzed statuses:", dict(counts))
+    assert counts[200] and counts[400]  # both accepted and refused requests were generated
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-6])
+def test_a_temperature_next_to_zero_decodes_greedily(fuzzed_server, temperature):
+    """Found by the fuzzer: logits / 1e-300 overflow to inf, and sampling from them failed (a 500)."""
+    import httpx
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    greedy = httpx.post(fuzzed_server.url + "/v1/chat/completions", json={**body, "temperature": 0}, timeout=60)
+    tiny_t = httpx.post(
+        fuzzed_server.url + "/v1/chat/completions", json={**body, "temperature": temperature}, timeout=60
+    )
+    assert tiny_t.status_code == 200
+    assert tiny_t.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
