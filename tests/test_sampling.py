@@ -121,3 +121,9 @@ def test_n_hypotheses_share_the_prompt_forward(tiny):
     assert len(out.hypotheses) == 4
     generated_tokens_forwarded = sum(len(h.tokens) - 1 for h in out.hypotheses)
     assert tiny.stats.tokens - before == len(tiny.encode(prompt)) + generated_tokens_forwarded
+
+
+def test_a_vanishing_temperature_samples_the_arg_max(tiny):
+    out = sd.generate(tiny, "ab", max_tokens=8, search=sd.Sample(temperature=1e-300, n=3, seed=0))
+    greedy = sd.generate(tiny, "ab", max_tokens=8)
+    assert all(h.tokens == greedy.tokens for h in out.hypotheses)

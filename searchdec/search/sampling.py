@@ -50,6 +50,10 @@ class Sample:
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Warped logits ([batch, vocab], float32); removed tokens are -inf."""
+        if self.temperature < 1e-5:
+            # The limit of temperature -> 0 is the arg-max; dividing by 1e-300 overflows to inf - inf = nan.
+            best = logits.max(dim=-1, keepdim=True).values
+            return logits.masked_fill(logits < best, float("-inf"))
         scores = logits / self.temperature
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
