@@ -52,27 +52,11 @@ def decode(
     texts = _StopText(model, stopping.stop)
 
     def expand(node: Node, prompt_length: int, token: int, logprobs: torch.Tensor, masked: torch.Tensor) -> Node:
-        """The child of `node` for `token`, kept closable within the budget under a constraint."""
-        child = _extend(node, token, float(logprobs[token]), stopping, prompt_length, jump_forward)
-        if node.state is None:
-            return child
-        room = None if stopping.context_window is None else stopping.context_window - prompt_length
-        return budget.keep_closable(
-            node,
-            child,
-            masked,
-            lambda t: _extend(node, t, float(logprobs[t]), stopping, prompt_length, jump_forward),
-            lambda row: int(_choose(search, row.unsqueeze(0), generator, 1)[0, 0]),
-            stopping.max_tokens,
-            room,
-            stopping.eos_token_ids,
-        )
+        return extend_closable(node, token, logprobs, masked, search, generator, stopping, prompt_length, jump_forward)
 
     # The first step reads each prompt once and draws n tokens from it.
     for root in roots:
-        if root.state is not None:
-            room = None if stopping.context_window is None else stopping.context_window - len(root.new_tokens)
-            budget.start(root, stopping.max_tokens, room)
+        start_budget(root, stopping)
     logits = model.logits(roots)
     active: list[tuple[int, Node]] = []
     logprobs = logits.log_softmax(dim=-1)
@@ -113,6 +97,43 @@ def decode(
             child = expand(node, len(roots[owner].new_tokens), tokens[row][0], logprobs[row], masked[row])
             active.append((owner, child))
     return leaves
+
+
+def start_budget(root: Node, stopping: Stopping) -> None:
+    """Measure what closing a constrained root costs, before its first token (search/budget.py)."""
+    if root.state is not None:
+        room = None if stopping.context_window is None else stopping.context_window - len(root.new_tokens)
+        budget.start(root, stopping.max_tokens, room)
+
+
+def extend_closable(
+    node: Node,
+    token: int,
+    logprobs: torch.Tensor,
+    masked: torch.Tensor,
+    search,
+    generator,
+    stopping: Stopping,
+    prompt_length: int,
+    jump_forward: bool,
+) -> Node:
+    """The child of `node` for the chosen `token` (with forced tokens, see `_extend`), kept closable
+    within the budget under a constraint: `masked` is the row `token` was chosen from, `logprobs` the
+    unprocessed log-probabilities reported for whichever token is kept."""
+    child = _extend(node, token, float(logprobs[token]), stopping, prompt_length, jump_forward)
+    if node.state is None:
+        return child
+    room = None if stopping.context_window is None else stopping.context_window - prompt_length
+    return budget.keep_closable(
+        node,
+        child,
+        masked,
+        lambda t: _extend(node, t, float(logprobs[t]), stopping, prompt_length, jump_forward),
+        lambda row: int(_choose(search, row.unsqueeze(0), generator, 1)[0, 0]),
+        stopping.max_tokens,
+        room,
+        stopping.eos_token_ids,
+    )
 
 
 def _extend(node: Node, token: int, logprob: float, stopping: Stopping, prompt_length: int, jump_forward: bool) -> Node:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from searchdec.grammars.state import Constraint, apply_masks
-from searchdec.search.decode import Stopping, _extend, _finished, _forward, _StopText
+from searchdec.search.decode import Stopping, _finished, _forward, _StopText, extend_closable, start_budget
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
 
@@ -197,6 +197,7 @@ class Engine:
                 break
             self._queue.popleft()
             root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
+            start_budget(root, job.stopping)
             generator = job.search.generator(self.model.device) if isinstance(job.search, Sample) else None
             self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
             rows += job.n
@@ -271,7 +272,6 @@ class Engine:
             tokens = logits.argmax(dim=-1, keepdim=True).expand(-1, samples)
         else:
             tokens = job.search.draw(logits, running.generator, samples)
-        chosen = logprobs.gather(-1, tokens)
         top = None
         if job.top_logprobs:
             values, ids = logprobs.topk(job.top_logprobs, dim=-1)
@@ -282,8 +282,12 @@ class Engine:
         for r, parent in enumerate(parents):
             for j in range(samples):
                 choice = j if first else running.rows[r][0]
-                token, lp = int(tokens[r, j]), float(chosen[r, j])
-                child = _extend(parent, token, lp, job.stopping, prompt_length, jump)
+                child = extend_closable(
+                    parent, int(tokens[r, j]), logprobs[r], logits[r], job.search, running.generator,
+                    job.stopping, prompt_length, jump,
+                )  # fmt: skip
+                token = child.new_tokens[0]  # steering to close within max_tokens may have replaced it
+                lp = float(logprobs[r, token])
                 if not first:
                     self.model.cache.discard(parent.parent)
                 entries = None
