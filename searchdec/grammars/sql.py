@@ -45,7 +45,7 @@ class Sql(ConstraintSpec):
 
     # Tokens the budget's closing walk prefers (search/budget.py): "SELECT * FROM t" is the shortest
     # query; the JSON-minded default would loop on "" string literals.
-    CLOSING = ("*", " FROM", "FROM", ";")
+    CLOSING = (")", " FROM", "FROM", "*", ";", "0")
 
     @property
     def source(self) -> str:

@@ -118,17 +118,31 @@ class Closer:
         self._texts = preferred
         self.preferred: list[int] | None = None  # tokenized on first use: compiling stays cheap
         self.characters: list[int] = []
+        self.quotes: list[int] = []
+
+    def _still_free(self, matcher: llguidance.LLMatcher, token: int) -> bool:
+        """Whether the walk is still inside free text after `token` (a quote that does not close)."""
+        after = matcher.deep_copy()
+        after.consume_tokens([token])
+        return _free_text(self, after)
 
     def next_token(self, matcher: llguidance.LLMatcher) -> int | None:
         if self.preferred is None:
             self.preferred = _single_tokens(self.tokenizer, self._texts)
+            self.quotes = _single_tokens(self.tokenizer, ['"', "'", "`", "]"])
             # Then any printable ASCII character, checked one by one (validate_tokens takes ~0.5 µs;
             # a full mask takes tens of µs), before falling back to the full mask.
             printable = [chr(c) for c in range(33, 127)]
             self.characters = [t for t in _single_tokens(self.tokenizer, printable) if t not in self.preferred]
-        for token in self.preferred:
-            if matcher.validate_tokens([token]) == 1:
-                return token
+        allowed = [token for token in self.preferred if matcher.validate_tokens([token]) == 1]
+        if len(allowed) >= 4:
+            # Nearly everything is allowed: the walk is inside free text (a string literal), where any
+            # preferred token would only lengthen it. Close the quote first.
+            for token in self.quotes:
+                if matcher.validate_tokens([token]) == 1 and not self._still_free(matcher, token):
+                    return token
+        if allowed:
+            return allowed[0]
         for token in self.characters:
             if matcher.validate_tokens([token]) == 1:
                 return token
@@ -137,6 +151,10 @@ class Closer:
             if token not in self.eos and self.tokenizer.decode_bytes([token]).strip():
                 return token
         return None
+
+
+def _free_text(closer: Closer, matcher: llguidance.LLMatcher) -> bool:
+    return sum(matcher.validate_tokens([t]) == 1 for t in closer.preferred) >= 4
 
 
 def _single_tokens(tokenizer: llguidance.LLTokenizer, texts) -> list[int]:
