@@ -52,6 +52,7 @@ class Expander:
         self.model = model
         self.stopping = stopping
         self._texts = _StopText(model, stopping.stop)
+        self._touched: dict[int, Node] = {}  # nodes that may hold a cache entry
 
     def logprobs(self, nodes: Sequence[Node], stats: Sequence[SearchStats] | None = None) -> torch.Tensor:
         """Next-token log-probabilities [len(nodes), vocab] (float32), forbidden tokens -inf. When
@@ -61,6 +62,8 @@ class Expander:
                 s.expansions += 1
                 s.tokens_forwarded += pending_tokens(self.model, node)
         logits = self.model.logits(list(nodes))
+        for node in nodes:
+            self._touched[id(node)] = node
         logprobs = logits.log_softmax(dim=-1)
         if nodes[0].state is not None:
             logprobs = apply_masks(logprobs, [node.state for node in nodes])
@@ -80,6 +83,11 @@ class Expander:
     def discard(self, nodes) -> None:
         for node in nodes:
             self.model.cache.discard(node)
+            self._touched.pop(id(node), None)
+
+    def release(self) -> None:
+        """Drop every cache entry this search's forwards made (call when the search ends)."""
+        self.discard(list(self._touched.values()))
 
 
 def pending_tokens(model, node: Node) -> int:

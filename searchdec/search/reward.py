@@ -68,7 +68,7 @@ def aggregate_steps(scores: list[float], how: str) -> float:
 def with_reward(search, reward):
     """`search` with `reward` filled in where it takes one and has none yet."""
     fields = {f.name for f in dataclasses.fields(search)} if dataclasses.is_dataclass(search) else set()
-    for name in ("reward", "prm"):
+    for name in ("reward", "prm", "heuristic"):
         if name in fields:
             if getattr(search, name) is None:
                 return dataclasses.replace(search, **{name: reward})

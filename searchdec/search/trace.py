@@ -29,8 +29,11 @@ class Trace:
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, node: Node, score: float | None = None, status: str = "open", **extra) -> int:
-        """Record `node` (and any unrecorded ancestor); later calls update its fields."""
+    def add(
+        self, node: Node, score: float | None = None, status: str = "open", parent: Node | None = None, **extra
+    ) -> int:
+        """Record `node` (and any unrecorded ancestor); later calls update its fields. `parent`, when
+        given, is the ancestor to draw it under (a step's start), holding all tokens in between."""
         key = id(node)
         if key in self._ids:
             record = self._records[self._ids[key]]
@@ -40,11 +43,17 @@ class Trace:
                 record["status"] = status
             record.update({k: _number(v) for k, v in extra.items()})
             return record["id"]
-        parent = None if node.parent is None else self.add(node.parent)
+        above = parent if parent is not None else node.parent
+        tokens = list(node.new_tokens)
+        if parent is not None:
+            tokens, current = [], node
+            while current is not None and current is not parent:
+                tokens[:0] = current.new_tokens
+                current = current.parent
         record = {
             "id": len(self._records),
-            "parent": parent,
-            "tokens": list(node.new_tokens),
+            "parent": None if above is None else self.add(above),
+            "tokens": tokens,
             "logprob": _number(node.logprob),
             "depth": node.depth,
             "score": _number(score),
@@ -60,11 +69,9 @@ class Trace:
     def set_best(self, leaf: Node) -> None:
         """Mark the path from the root to `leaf` as the winner."""
         self.add(leaf)
-        path = []
-        node: Node | None = leaf
-        while node is not None:
-            path.append(self._ids[id(node)])
-            node = node.parent
+        path = [self._ids[id(leaf)]]
+        while self._records[path[-1]]["parent"] is not None:
+            path.append(self._records[path[-1]]["parent"])
         self.best = path[::-1]
 
     def to_dict(self) -> dict:
@@ -73,7 +80,7 @@ class Trace:
             out = dict(record)
             out["finish_reason"] = node.finish_reason or record["finish_reason"]
             if self._decode is not None:
-                out["text"] = self._decode(list(node.new_tokens))
+                out["text"] = self._decode(record["tokens"])
             records.append(out)
         return {
             "algorithm": self.algorithm,
