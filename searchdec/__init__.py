@@ -22,7 +22,18 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
-from searchdec.search import DVTS, MCTS, AStar, Beam, BestFirstBeam, BestOfN, SearchStats, StepBeam, Trace
+from searchdec.search import (
+    DVTS,
+    MCTS,
+    AStar,
+    Beam,
+    BestFirstBeam,
+    BestOfN,
+    DiverseBeam,
+    SearchStats,
+    StepBeam,
+    Trace,
+)
 from searchdec.search.sampling import Greedy, Sample
 
 __version__ = "0.1.0"
@@ -32,6 +43,7 @@ __all__ = [
     "Beam",
     "BestFirstBeam",
     "BestOfN",
+    "DiverseBeam",
     "DVTS",
     "MCTS",
     "SearchStats",

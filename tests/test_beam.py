@@ -115,3 +115,28 @@ def test_width_must_be_an_int():
 def test_reward_on_a_search_without_one_is_an_error(tiny):
     with pytest.raises(TypeError, match="does not use a reward"):
         sd.generate(tiny, "hi", search=sd.Beam(2), reward=lambda p, o: 0.0)
+
+
+def test_diverse_beam_groups_avoid_earlier_groups_tokens(tiny):
+    out = sd.generate(tiny, "hello", max_tokens=4, search=sd.DiverseBeam(3, 3, diversity_penalty=1e4, num_return=3))
+    first_tokens = [h.tokens[0] for h in out.hypotheses]
+    assert len(set(first_tokens)) == 3  # a huge penalty makes every group start differently
+
+
+def test_diverse_beam_without_penalty_repeats_one_beam_search_per_group(tiny):
+    out = sd.generate(tiny, "hello", max_tokens=6, search=sd.DiverseBeam(4, 2, diversity_penalty=0.0, num_return=4))
+    tokens = sorted(tuple(h.tokens) for h in out.hypotheses)
+    assert tokens[0::2] == tokens[1::2]  # both groups found the same two hypotheses
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: sd.DiverseBeam(4, 3), "groups \\(3\\) must divide width \\(4\\)"),
+        (lambda: sd.DiverseBeam(4, 2, diversity_penalty=-1), "diversity_penalty"),
+        (lambda: sd.DiverseBeam(0, 1), "width must be >= 1"),
+    ],
+)
+def test_bad_diverse_beam_parameters_fail_early(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

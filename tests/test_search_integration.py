@@ -1,10 +1,15 @@
 """Beam search on the real default model equals transformers `generate(num_beams=...)` token for token
-with scores to 1e-4, and best-first beam search finds the same best hypothesis with no more expansions.
+with scores to 1e-4, best-first beam search finds the same best hypothesis with no more expansions, and
+diverse beam search equals transformers 4.56.2's group beam search (fixtures made by
+tests/fixtures/make_diverse_beam.py, whose docstring has the command).
 
-The nine beam configurations form a Latin square over width {2, 4, 8} x length_penalty {0, 1, 2} x
-early_stopping {False, True, "never"}: every pair of values meets once; num_return alternates between
-1 and the width. Both engines run all 20 prompts as one batch (transformers left-pads them).
+Six beam configurations cover width {2, 4, 8}, length_penalty {0, 1, 2}, early_stopping {False, True,
+"never"} (with and without a positive length penalty, which changes its bound) and num_return {1,
+width}. Both engines run all 20 prompts as one batch (transformers left-pads them).
 """
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +21,13 @@ pytestmark = pytest.mark.integration
 
 PROMPTS20 = PROMPTS[:20]
 MAX_TOKENS = 48
-CONFIGS = [  # (width, length_penalty, early_stopping, num_return)
+CONFIGS = [  # (width, length_penalty, early_stopping, num_return): every value of each at least once
     (2, 0.0, False, 2),
-    (2, 1.0, True, 1),
-    (2, 2.0, "never", 2),
-    (4, 0.0, True, 1),
-    (4, 1.0, "never", 4),
-    (4, 2.0, False, 1),
-    (8, 0.0, "never", 8),
-    (8, 1.0, False, 1),
-    (8, 2.0, True, 8),
+    (2, 1.0, "never", 1),
+    (2, 2.0, True, 2),
+    (4, 0.0, "never", 4),
+    (4, 1.0, True, 1),
+    (8, 2.0, False, 8),
 ]
 _ours: dict = {}
 
@@ -88,3 +90,27 @@ def test_best_first_beam_finds_beams_best_hypothesis_with_no_more_expansions(smo
         assert f.stats.expansions <= b.stats.expansions
     assert sum(f.stats.expansions for f in best) < sum(b.stats.expansions for b in beam)
     assert len(smollm.cache) == 0  # every entry a search made is released
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("index", range(3), ids=["w4-g2-d0.5", "w6-g3-d1-n6", "w4-g4-d2-lp0-es"])
+def test_diverse_beam_equals_transformers_4_56_group_beam_search(smollm, index):
+    reference = json.loads((FIXTURES / "diverse_beam_tf456.json").read_text())
+    assert reference["transformers"] == "4.56.2"
+    prompts = json.loads((FIXTURES / "search_prompts.json").read_text())
+    config = reference["configs"][index]
+    search = sd.DiverseBeam(
+        config["width"],
+        config["groups"],
+        config["diversity_penalty"],
+        config["length_penalty"],
+        config["early_stopping"],
+        config["num_return"],
+    )
+    outs = sd.generate(smollm, prompts["prompts"], max_tokens=reference["max_new_tokens"], search=search)
+    for prompt, ids, out, run in zip(prompts["prompts"], prompts["ids"], outs, config["runs"]):
+        assert run["prompt_ids"] == ids and out.prompt_tokens == len(ids)
+        assert [h.tokens for h in out.hypotheses] == [h["tokens"] for h in run["hypotheses"]], prompt
+        assert [h.score for h in out.hypotheses] == pytest.approx([h["score"] for h in run["hypotheses"]], abs=1e-4)

@@ -4,6 +4,7 @@ from searchdec.search.astar import AStar
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.expand import SearchResult, SearchStats
 from searchdec.search.mcts import MCTS
 from searchdec.search.reward import Reward, StepReward
@@ -19,6 +20,7 @@ __all__ = [
     "Beam",
     "BestFirstBeam",
     "BestOfN",
+    "DiverseBeam",
     "Greedy",
     "Node",
     "Reward",
