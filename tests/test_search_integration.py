@@ -3,9 +3,8 @@ with scores to 1e-4, best-first beam search finds the same best hypothesis with 
 diverse beam search equals transformers 4.56.2's group beam search (fixtures made by
 tests/fixtures/make_diverse_beam.py, whose docstring has the command).
 
-Six beam configurations cover width {2, 4, 8}, length_penalty {0, 1, 2}, early_stopping {False, True,
-"never"} (with and without a positive length penalty, which changes its bound) and num_return {1,
-width}. Both engines run all 20 prompts as one batch (transformers left-pads them).
+Four beam configurations cover width {2, 4, 8}, length_penalty {0, 1, 2}, early_stopping {False,
+True, "never"} and num_return {1, width} (each value at least once; more would cost minutes of CI). Both engines run all 20 prompts as one batch (transformers left-pads them).
 """
 
 import json
@@ -24,10 +23,8 @@ MAX_TOKENS = 48
 CONFIGS = [  # (width, length_penalty, early_stopping, num_return): every value of each at least once
     (2, 0.0, False, 2),
     (2, 1.0, "never", 1),
-    (2, 2.0, True, 2),
-    (4, 0.0, "never", 4),
-    (4, 1.0, True, 1),
-    (8, 2.0, False, 8),
+    (4, 2.0, True, 4),
+    (8, 1.0, False, 1),
 ]
 _ours: dict = {}
 
