@@ -4,7 +4,8 @@ diverse beam search equals transformers 4.56.2's group beam search (fixtures mad
 tests/fixtures/make_diverse_beam.py, whose docstring has the command).
 
 Four beam configurations cover width {2, 4, 8}, length_penalty {0, 1, 2}, early_stopping {False,
-True, "never"} and num_return {1, width} (each value at least once; more would cost minutes of CI). Both engines run all 20 prompts as one batch (transformers left-pads them).
+True, "never"} and num_return {1, width} (each value at least once; more would cost minutes of CI).
+Both engines run all 20 prompts as one batch (transformers left-pads them).
 """
 
 import json
