@@ -6,7 +6,7 @@ out = sd.generate(model, "The capital of France is", max_tokens=20)
 print(out.text)
 """
 
-from searchdec import rewards  # noqa: E402  (sd.rewards.JsonValid, sd.rewards.SqlExecution, ...)
+from searchdec import rewards  # sd.rewards.JsonValid, sd.rewards.SqlExecution, ...
 from searchdec.errors import (
     ConstraintError,
     DatabaseNotFoundError,
@@ -23,6 +23,18 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
+from searchdec.search import (
+    DVTS,
+    MCTS,
+    AStar,
+    Beam,
+    BestFirstBeam,
+    BestOfN,
+    DiverseBeam,
+    SearchStats,
+    StepBeam,
+    Trace,
+)
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
@@ -30,6 +42,16 @@ from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculat
 __version__ = "0.1.0"
 
 __all__ = [
+    "AStar",
+    "Beam",
+    "BestFirstBeam",
+    "BestOfN",
+    "DiverseBeam",
+    "DVTS",
+    "MCTS",
+    "SearchStats",
+    "StepBeam",
+    "Trace",
     "ALIASES",
     "Constraint",
     "ConstraintError",

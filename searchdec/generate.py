@@ -12,11 +12,15 @@ from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.search.decode import Stopping, decode
+from searchdec.search.expand import SearchResult, SearchStats
+from searchdec.search.reward import with_reward
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import Speculative
+from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 
+Search = object  # any search spec with `run(model, roots, stopping) -> list[SearchResult]`
 Messages = list[dict]
 Prompt = str | Messages
 
@@ -31,6 +35,7 @@ class Hypothesis:
     token_logprobs: list[float]
     logprob: float
     finish_reason: str  # "stop" | "length"
+    score: float | None = None  # the search's ranking score (beam: length-normalised log-probability)
 
 
 @dataclass
@@ -39,6 +44,8 @@ class Generation(Hypothesis):
 
     hypotheses: list[Hypothesis] = field(default_factory=list)
     prompt_tokens: int = 0
+    trace: Trace | None = None  # the search tree (searches other than Greedy/Sample): .to_json(), .to_html()
+    stats: SearchStats | None = None  # expansions, tokens forwarded, reward calls
 
 
 def generate(
@@ -46,12 +53,13 @@ def generate(
     prompt: Prompt | Sequence[Prompt],
     *,
     max_tokens: int | None = 256,
-    search: Greedy | Sample | None = None,
+    search: Greedy | Sample | Search | None = None,
     stop: str | Sequence[str] | None = None,
     tools: list[dict] | None = None,
     constraint: ConstraintSpec | Constraint | None = None,
     jump_forward: bool = True,
     on_token: Callable[[int, Node], None] | None = None,
+    reward: Callable[[str, str], float] | None = None,
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
@@ -61,16 +69,17 @@ def generate(
     cut by `max_tokens` finishes with "length". With `jump_forward`, text the grammar fixes is appended
     without a forward pass of its own (its log-probabilities come from the next forward).
     `max_tokens=None` generates until the end-of-sequence token or the context window.
-    `search` is `Greedy()` (default) or `Sample(...)`. `stop` strings end a hypothesis and are cut from
+    `search` is `Greedy()` (default), `Sample(...)` or a search (`Beam`, `BestFirstBeam`, `BestOfN`,
+    `MCTS`, ...; `reward` fills in the reward of one that needs it). A search's `.hypotheses` are ranked
+    by its score, and `.trace` holds its tree. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
     every new token (the CLI streams with it).
     """
     search = search or Greedy()
-    if not isinstance(search, (Greedy, Sample, Speculative, RewardGuidedSpeculative)):
-        raise TypeError(
-            f"search must be Greedy(), Sample(...), Speculative(...) or RewardGuidedSpeculative(...), "
-            f"got {type(search).__name__}"
-        )
+    if not isinstance(search, (Greedy, Sample, RewardGuidedSpeculative)) and not callable(getattr(search, "run", None)):
+        raise TypeError(f"search must be a search spec such as sd.Greedy() or sd.Beam(4), got {type(search).__name__}")
+    if reward is not None:
+        search = with_reward(search, reward)
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise TypeError(f"max_tokens must be an int or None, got {type(max_tokens).__name__}")
     if max_tokens is not None and max_tokens < 0:
@@ -92,11 +101,15 @@ def generate(
         for result in results:
             result.hypotheses = [result]
         return results if batched else results[0]
-    if isinstance(search, Speculative):
-        leaves = search.run(model, roots, stopping)
-    else:
+    if isinstance(search, (Greedy, Sample)):
         leaves = decode(model, roots, search, stopping, on_token, jump_forward)
-    results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
+        results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
+    elif isinstance(search, Speculative):
+        leaves = search.run(model, roots, stopping)
+        results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
+    else:
+        outcomes = search.run(model, roots, stopping)
+        results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
     return results if batched else results[0]
 
 
@@ -159,9 +172,19 @@ def _result(model: Model, root: Node, leaves: list[Node], stops: tuple[str, ...]
         best.token_logprobs,
         best.logprob,
         best.finish_reason,
+        best.score,
         hypotheses=hypotheses,
         prompt_tokens=len(root.new_tokens),
     )
+
+
+def _searched(model: Model, root: Node, outcome: SearchResult, stops: tuple[str, ...]) -> Generation:
+    result = _result(model, root, outcome.leaves, stops)
+    for hypothesis, score in zip(result.hypotheses, outcome.scores):
+        hypothesis.score = score
+    result.score = result.hypotheses[0].score
+    result.trace, result.stats = outcome.trace, outcome.stats
+    return result
 
 
 def _hypothesis(model: Model, leaf: Node, stops: tuple[str, ...]) -> Hypothesis:

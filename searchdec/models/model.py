@@ -224,7 +224,8 @@ class Model:
             identity = source == list(range(old.rows))
             if identity and block.extendable and old.capacity >= width + width_new:
                 return old, width
-            capacity = max(old.capacity, _capacity(width + width_new))
+            # Grow only when the rows do not fit: a gather into same-sized buffers is one index_select.
+            capacity = old.capacity if old.capacity >= width + width_new else _capacity(width + width_new)
             new = KVBuffers(capacity, width)
             index = torch.tensor(source, device=old.keys[0].device)
             if capacity == old.capacity:

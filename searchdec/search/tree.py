@@ -18,6 +18,7 @@ class Node:
     state: Any = None  # the constraint State after this node's tokens (None: unconstrained)
     forced: int = 0  # trailing tokens the grammar fixed, whose log-probabilities the next forward fills in
     closing: int = 0  # tokens the constraint needed to close at the last budget check (search/budget.py)
+    score: float | None = None  # a search's own score for this node (beam: float32 cumulative log-probability)
     logprob: float = field(init=False)
     depth: int = field(init=False)  # generated tokens from the root to here
 

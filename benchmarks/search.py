@@ -1,0 +1,214 @@
+"""Search benchmarks on the real default model, with the peer in the same run.
+
+1. Beam speed: `sd.Beam(4)` vs transformers `generate(num_beams=4)`, each prompt alone (batch 1),
+   alternating which engine goes first; both must return the same tokens. Prints wall time p50/p99 per
+   prompt for each engine and the ratio ours/theirs (<= 1.0 means at least as fast).
+2. Prefix reuse: tokens forwarded through the network per returned token, for every algorithm on the
+   same prompts (the prompt is forwarded once; a search that re-read prefixes would show it here).
+3. Arithmetic puzzles with an exact reward (the answer checked by evaluation): solve rate and tokens
+   forwarded for greedy, best-of-N, beam, A* and MCTS, with a digits-only constraint and without.
+
+Run:  python benchmarks/search.py [--repeats 3] [--puzzles 16] [--skip-speed] [--skip-puzzles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import re
+import time
+
+import numpy as np
+import torch
+
+import searchdec as sd
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "Q: What is 17 times 3?\nA:",
+    "The best way to learn a new language is",
+    [{"role": "user", "content": "Write a Python function that reverses a string."}],
+    [{"role": "user", "content": "Why is the sky blue?"}],
+    [{"role": "user", "content": "List three fruits."}],
+]
+
+
+def ids_of(model, prompt):
+    return model.encode(prompt) if isinstance(prompt, str) else model.apply_chat_template(prompt)
+
+
+def beam_ours(model, prompt, max_tokens, width):
+    start = time.perf_counter()
+    out = sd.generate(model, prompt, max_tokens=max_tokens, search=sd.Beam(width))
+    return time.perf_counter() - start, out.tokens
+
+
+def beam_theirs(model, prompt, max_tokens, width):
+    ids = ids_of(model, prompt)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.hf.generate(
+            torch.tensor([ids], device=model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+            max_new_tokens=max_tokens,
+            num_beams=width,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+    elapsed = time.perf_counter() - start
+    tokens = out[0, len(ids) :].tolist()
+    end = next((i for i, t in enumerate(tokens) if t in model.eos_token_ids), None)
+    return elapsed, tokens if end is None else tokens[: end + 1]
+
+
+def speed(model, args) -> None:
+    print(
+        f"\n## Beam({args.width}) vs transformers num_beams={args.width}: {len(PROMPTS)} prompts, batch 1, "
+        f"{args.max_tokens} new tokens, best of {args.repeats}"
+    )
+    beam_ours(model, PROMPTS[0], 8, args.width)  # warm-up
+    beam_theirs(model, PROMPTS[0], 8, args.width)
+    ours, theirs, ratios = [], [], []
+    for i, prompt in enumerate(PROMPTS):
+        a, b = [], []
+        for r in range(args.repeats):
+            if (i + r) % 2 == 0:
+                ta, tok_a = beam_ours(model, prompt, args.max_tokens, args.width)
+                tb, tok_b = beam_theirs(model, prompt, args.max_tokens, args.width)
+            else:
+                tb, tok_b = beam_theirs(model, prompt, args.max_tokens, args.width)
+                ta, tok_a = beam_ours(model, prompt, args.max_tokens, args.width)
+            assert tok_a == tok_b, f"outputs differ on prompt {i}"
+            a.append(ta)
+            b.append(tb)
+        ours.append(min(a))
+        theirs.append(min(b))
+        ratios.append(min(a) / min(b))
+    print("| engine | p50 s/prompt | p99 s/prompt |")
+    print("|---|---|---|")
+    print(f"| searchdec | {np.percentile(ours, 50):.3f} | {np.percentile(ours, 99):.3f} |")
+    print(f"| transformers | {np.percentile(theirs, 50):.3f} | {np.percentile(theirs, 99):.3f} |")
+    print(
+        f"ratio ours/theirs per prompt: p50 {np.percentile(ratios, 50):.2f}, p99 {np.percentile(ratios, 99):.2f}; "
+        f"total {sum(ours) / sum(theirs):.2f}"
+    )
+
+
+def length_reward(prompt: str, output: str) -> float:
+    return -abs(len(output.split()) - 12)
+
+
+def reuse(model, args) -> None:
+    print(f"\n## Tokens forwarded per returned token ({len(PROMPTS)} prompts, {args.max_tokens} new tokens)")
+    steps = sd.Sample(temperature=0.8, seed=0)
+    searches = {
+        "Greedy": sd.Greedy(),
+        "Beam(4)": sd.Beam(4),
+        "BestFirstBeam(4)": sd.BestFirstBeam(4),
+        "DiverseBeam(4, 2)": sd.DiverseBeam(4, 2, 0.5),
+        "BestOfN(4)": sd.BestOfN(4, length_reward),
+        "StepBeam(2, 2)": sd.StepBeam(2, 2, lambda p, s: [length_reward(p, "".join(s))], step="\n", sample=steps),
+        "DVTS(2, 2)": sd.DVTS(2, 2, lambda p, s: [length_reward(p, "".join(s))], step="\n", sample=steps),
+        "MCTS(16, token)": sd.MCTS(16, reward=length_reward, max_children=3),
+        "MCTS(8, step)": sd.MCTS(8, step="\n", reward=length_reward, sample=steps),
+        "AStar(step)": sd.AStar(length_reward, budget=400, step="\n", expansions=2, sample=steps),
+    }
+    print("| search | tokens forwarded | returned tokens | forwarded/returned | expansions | prompt tokens | s |")
+    print("|---|---|---|---|---|---|---|")
+    prompt_tokens = sum(len(ids_of(model, p)) for p in PROMPTS)
+    for name, search in searches.items():
+        before = model.stats.tokens
+        start = time.perf_counter()
+        outs = sd.generate(model, PROMPTS, max_tokens=args.max_tokens, search=search)
+        elapsed = time.perf_counter() - start
+        forwarded = model.stats.tokens - before
+        returned = sum(len(o.tokens) for o in outs)
+        expansions = sum(o.stats.expansions for o in outs) if outs[0].stats else "-"
+        print(
+            f"| {name} | {forwarded} | {returned} | {forwarded / returned:.1f} | {expansions} | {prompt_tokens} "
+            f"| {elapsed:.1f} |"
+        )
+        assert len(model.cache) == 0, f"{name} left cache entries"
+
+
+def puzzles(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        op = rng.choice(["+", "-"])
+        out.append((f"{a} {op} {b}", a + b if op == "+" else a - b))
+    return out
+
+
+def solve(model, args) -> None:
+    tasks = puzzles(args.puzzles)
+    messages = [[{"role": "user", "content": f"What is {q}? Reply with the number only."}] for q, _ in tasks]
+    answers = {i: a for i, (_, a) in enumerate(tasks)}
+    index = {}
+
+    def exact(prompt: str, output: str) -> float:
+        i = index[prompt]
+        found = re.findall(r"-?\d+", output)
+        return 1.0 if found and int(found[0]) == answers[i] else 0.0
+
+    prompts_text = [model.decode(model.apply_chat_template(m)) for m in messages]
+    for i, text in enumerate(prompts_text):
+        index[text] = i
+    number = sd.regex(r"-?[0-9]{1,4}")
+    sample = sd.Sample(temperature=1.0, seed=0)
+    searches = {
+        "greedy": sd.Greedy(),
+        "best-of-8": sd.BestOfN(8, exact, sample=sample),
+        "beam(8)": sd.Beam(8),
+        "A*(token, 2 exp)": sd.AStar(exact, budget=120, step="token", expansions=2, sample=sample),
+        "MCTS(8, token)": sd.MCTS(8, reward=exact, max_children=4),
+    }
+    print(f"\n## Arithmetic puzzles ({len(tasks)}: two-digit + and -), exact reward; solve rate and tokens forwarded")
+    print("| search | constraint | solved | tokens forwarded/puzzle |")
+    print("|---|---|---|---|")
+    for constrained in (False, True):
+        for name, search in searches.items():
+            before = model.stats.tokens
+            outs = sd.generate(
+                model,
+                messages,
+                max_tokens=8 if constrained else 16,
+                search=search,
+                constraint=number if constrained else None,
+            )
+            forwarded = (model.stats.tokens - before) / len(tasks)
+            solved = sum(exact(prompts_text[i], o.text) for i, o in enumerate(outs))
+            print(f"| {name} | {'digits' if constrained else 'none'} | {int(solved)}/{len(tasks)} | {forwarded:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--width", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--puzzles", type=int, default=16)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-reuse", action="store_true")
+    parser.add_argument("--skip-puzzles", action="store_true")
+    args = parser.parse_args()
+    model = sd.load(args.model)
+    print(
+        f"# searchdec search benchmark — {model.name}, {model.dtype}, {model.device}; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
+    )
+    if not args.skip_speed:
+        speed(model, args)
+    if not args.skip_reuse:
+        reuse(model, args)
+    if not args.skip_puzzles:
+        solve(model, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Monte Carlo tree search with PUCT (Silver et al., "Mastering the game of Go without human
+knowledge", 2017; for LLM decoding as in Zhang et al., "Planning with Large Language Models for Code
+Generation", arXiv 2303.05510, and rStar/ReST-MCTS*), over tokens or reasoning steps.
+
+Each simulation descends from the root by PUCT,
+    argmax_child  Q(child) + c_puct * P(child) * sqrt(N(node)) / (1 + N(child)),
+(Q: mean value, 0 before a visit; ties: the earlier child) until it reaches a terminal node or a node
+that may grow. With `step="token"` a node grows once: one forward gives its `max_children` most
+probable allowed tokens as children, priors their renormalised probabilities. With a step
+delimiter, a node grows by progressive widening (Couëtoux et al. 2011): while it has fewer than
+`ceil(widen * N(node) ** alpha)` children, a newly sampled step is added, priors being the
+softmax over siblings of each step's mean token log-probability. The new node's value is
+`reward(prompt_text, text)` of a rollout to the end (`rollout="greedy"` or `"sample"`), or of the
+partial text itself (`rollout=None`: the reward is a value function / PRM), and is backed up along
+the path (visit counts +1, value sums +value). Every terminal hypothesis reached, in the tree or by
+a rollout, is a result; results are ranked by reward (then by log-probability), so the returned best
+is the best-rewarded complete output found, and the trace holds the tree with visit counts.
+
+All prompts' simulations advance together: each round, one selection per prompt, then one batched
+forward per token for all expansions and rollouts. A rollout starts from its tree node's cached
+entry, so it forwards only its own new tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from searchdec.search.decode import Stopping
+from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int, text_of
+from searchdec.search.reward import check_reward, score_outputs
+from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.steps import Extension, extend, step_pattern
+from searchdec.search.trace import Trace
+from searchdec.search.tree import Node
+
+
+@dataclass(frozen=True)
+class MCTS:
+    """PUCT tree search whose values come from `reward` (of rollouts, or of partial outputs)."""
+
+    simulations: int = 32
+    c_puct: float = 1.0
+    step: object = "token"
+    reward: Callable[[str, str], float] | None = None
+    rollout: str | None = "greedy"
+    max_children: int = 4
+    widen: float = 1.0
+    alpha: float = 0.5
+    sample: Sample = field(default_factory=lambda: Sample(temperature=1.0, seed=0))
+    num_return: int = 1
+
+    def __post_init__(self) -> None:
+        check_positive_int("simulations", self.simulations)
+        check_positive_int("max_children", self.max_children)
+        check_positive_int("num_return", self.num_return)
+        if not (isinstance(self.c_puct, (int, float)) and self.c_puct >= 0):
+            raise ValueError(f"c_puct must be a number >= 0, got {self.c_puct!r}")
+        if self.rollout not in ("greedy", "sample", None):
+            raise ValueError(f'rollout must be "greedy", "sample" or None, got {self.rollout!r}')
+        if not self.widen > 0 or not 0 <= self.alpha <= 1:
+            raise ValueError(f"widening needs widen > 0 and 0 <= alpha <= 1, got {self.widen}, {self.alpha}")
+        step_pattern(self.step)
+
+    @property
+    def n(self) -> int:
+        return self.num_return
+
+    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+        check_reward("reward", self.reward, "MCTS")
+        expander = Expander(model, stopping)
+        generator = self.sample.generator(model.device)
+        trees = [_Tree(root, self, model, expander) for root in roots]
+        for _ in range(self.simulations):
+            paths = [tree.select() for tree in trees]
+            self._grow(expander, trees, paths, generator)
+        expander.release()
+        return [tree.result() for tree in trees]
+
+    def _grow(self, expander: Expander, trees: list[_Tree], paths: list[list[Node]], generator) -> None:
+        pattern = step_pattern(self.step)
+        new: list[tuple[_Tree, list[Node], Node]] = []  # (tree, path, node to evaluate)
+        token_level = [(t, p) for t, p in zip(trees, paths) if pattern is None and not t.is_terminal(p[-1])]
+        if token_level:
+            nodes = [p[-1] for _, p in token_level]
+            logprobs = expander.logprobs(nodes, [t.stats for t, _ in token_level])
+            for (tree, path), row in zip(token_level, logprobs):
+                tree.add_token_children(path[-1], row)
+                new.append((tree, path, path[-1]))
+        step_level = [(t, p) for t, p in zip(trees, paths) if pattern is not None and not t.is_terminal(p[-1])]
+        if step_level:
+            jobs = [Extension(t.root, p[-1], t.stats) for t, p in step_level]
+            ends = extend(expander, jobs, self.sample, generator, pattern)
+            for (tree, path), child in zip(step_level, ends):
+                tree.add_step_child(path[-1], child)
+                new.append((tree, [*path, child], child))
+        for tree, path in zip(trees, paths):
+            if tree.is_terminal(path[-1]):
+                new.append((tree, path, path[-1]))
+        # Values: terminal nodes are scored as they are; others by a rollout or as partial outputs.
+        to_roll = [(t, p, n) for t, p, n in new if not t.is_terminal(n) and self.rollout is not None]
+        finals: dict[int, Node] = {}
+        if to_roll:
+            policy = Greedy() if self.rollout == "greedy" else self.sample
+            jobs = [Extension(t.root, n, t.stats) for t, _, n in to_roll]
+            for (_, _, n), leaf in zip(to_roll, extend(expander, jobs, policy, generator, None, to_end=True)):
+                finals[id(n)] = leaf
+        for tree, path, node in new:
+            target = finals.get(id(node), node)
+            value = tree.value(target)
+            if target.finish_reason is not None:
+                tree.record(target, value)
+            tree.backup(path, value)
+
+
+class _Tree:
+    def __init__(self, root: Node, spec: MCTS, model, expander: Expander) -> None:
+        self.root = root
+        self.expander = expander
+        self.spec = spec
+        self.model = model
+        self.prompt = model.decode(list(root.new_tokens))
+        self.children: dict[int, list[Node]] = {}
+        self.prior: dict[int, float] = {}
+        self.visits: dict[int, int] = {}
+        self.total: dict[int, float] = {}
+        self.step_logprob: dict[int, float] = {}
+        self.rewards: dict[str, float] = {}
+        self.results: dict[int, tuple[float, Node]] = {}
+        self.stats = SearchStats()
+        self.trace = Trace("MCTS", _params(spec), model.decode)
+        self.trace.add(root, status="root")
+
+    def is_terminal(self, node: Node) -> bool:
+        return node.finish_reason is not None
+
+    def select(self) -> list[Node]:
+        path = [self.root]
+        node = self.root
+        while not self.is_terminal(node):
+            children = self.children.get(id(node))
+            if children is None:
+                return path  # a token-level node not expanded yet
+            if step_pattern(self.spec.step) is not None:
+                allowed = math.ceil(self.spec.widen * max(self.visits.get(id(node), 0), 1) ** self.spec.alpha)
+                if len(children) < allowed:
+                    return path
+            if not children:
+                return path
+            node = max(children, key=lambda c: (self._puct(node, c), -children.index(c)))
+            path.append(node)
+        return path
+
+    def _puct(self, parent: Node, child: Node) -> float:
+        n = self.visits.get(id(child), 0)
+        q = self.total.get(id(child), 0.0) / n if n else 0.0
+        return q + self.spec.c_puct * self.prior[id(child)] * math.sqrt(self.visits.get(id(parent), 0)) / (1 + n)
+
+    def add_token_children(self, node: Node, logprobs: torch.Tensor) -> None:
+        values, tokens = torch.topk(logprobs, min(self.spec.max_children, logprobs.numel()))
+        keep = [(float(v), int(t)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
+        norm = sum(math.exp(v) for v, _ in keep) or 1.0
+        children = []
+        for v, t in keep:
+            child = node.child((t,), (v,))
+            self.prior[id(child)] = math.exp(v) / norm
+            self._finish(child)
+            children.append(child)
+        self.children[id(node)] = children
+
+    def add_step_child(self, node: Node, child: Node) -> None:
+        siblings = self.children.setdefault(id(node), [])
+        siblings.append(child)
+        self.trace.add(child, status="tree", parent=node)
+        length = max(child.depth - node.depth, 1)
+        self.step_logprob[id(child)] = (child.logprob - node.logprob) / length
+        m = max(self.step_logprob[id(s)] for s in siblings)
+        weights = [math.exp(self.step_logprob[id(s)] - m) for s in siblings]
+        for s, w in zip(siblings, weights):
+            self.prior[id(s)] = w / sum(weights)
+
+    def _finish(self, node: Node) -> None:
+        node.finish_reason = self.expander.finish_reason(node, self.root)
+
+    def value(self, node: Node) -> float:
+        text = text_of(self.model, node)
+        if text not in self.rewards:
+            self.rewards[text] = score_outputs(self.spec.reward, self.prompt, [text])[0]
+            self.stats.reward_calls += 1
+        return self.rewards[text]
+
+    def record(self, leaf: Node, value: float) -> None:
+        state = leaf.state
+        if state is not None and leaf.finish_reason == "stop" and not (state.accepting or state.finished):
+            return
+        self.results.setdefault(id(leaf), (value, leaf))
+
+    def backup(self, path: list[Node], value: float) -> None:
+        for node in path:
+            self.visits[id(node)] = self.visits.get(id(node), 0) + 1
+            self.total[id(node)] = self.total.get(id(node), 0.0) + value
+        for node in path:
+            n = self.visits[id(node)]
+            self.trace.add(node, score=self.total[id(node)] / n, status="tree", visits=n)
+
+    def result(self) -> SearchResult:
+        ranked = sorted(
+            self.results.values(), key=lambda e: (e[1].finish_reason == "stop", e[0], e[1].logprob), reverse=True
+        )[: self.spec.num_return]
+        if not ranked:  # no complete output reached: the most visited path, cut
+            node = self.root
+            while self.children.get(id(node)):
+                node = max(self.children[id(node)], key=lambda c: self.visits.get(id(c), 0))
+            node.finish_reason = node.finish_reason or "length"
+            ranked = [(self.total.get(id(node), 0.0) / max(self.visits.get(id(node), 0), 1), node)]
+        leaves = [leaf for _, leaf in ranked]
+        for value, leaf in ranked:
+            self.trace.add(leaf, score=value, status="finished")
+        if leaves:
+            self.trace.set_best(leaves[0])
+        self.stats.generated_tokens = sum(leaf.depth for leaf in leaves)
+        self.trace.stats = self.stats.as_dict()
+        return SearchResult(leaves, [value for value, _ in ranked], self.trace, self.stats)
+
+
+def _params(spec: MCTS) -> dict:
+    step = spec.step if isinstance(spec.step, str) else spec.step.pattern
+    return {"simulations": spec.simulations, "c_puct": spec.c_puct, "step": step, "rollout": spec.rollout}
