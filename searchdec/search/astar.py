@@ -156,8 +156,4 @@ class _Open:
             f, node = max(candidates, key=lambda e: e[0])
             node.finish_reason = node.finish_reason or "length"
             ranked = [(f, node)]
-        leaves = [node for _, node in ranked]
-        self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(node.depth for node in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [f for f, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked(ranked, self.trace, self.stats)

@@ -191,12 +191,7 @@ class _PromptBeams:
             for _, node in leftovers:
                 node.finish_reason = "length"
             ranked += leftovers[: spec.num_return - len(ranked)]
-        leaves = [node for _, node in ranked]
-        if leaves:
-            self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(node.depth for node in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [score for score, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked(ranked, self.trace, self.stats)
 
 
 def _accepting(node: Node) -> bool:

@@ -180,12 +180,7 @@ class _Queue:
         ranked = list(self.results)
         if len(ranked) < self.spec.num_return:
             ranked += sorted(self.cut, key=lambda entry: -entry[0])[: self.spec.num_return - len(ranked)]
-        leaves = [node for _, node in ranked]
-        if leaves:
-            self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(node.depth for node in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [score for score, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked(ranked, self.trace, self.stats)
 
 
 def _score(node: Node) -> float:

@@ -210,9 +210,4 @@ class _Groups:
             # Python's sort is stable and transformers pops from the end: among equal scores the later wins.
             ordered = sorted(candidates, key=lambda entry: entry[0])
             ranked = ordered[::-1][: self.spec.num_return]
-        leaves = [node for _, node in ranked]
-        if leaves:
-            self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(node.depth for node in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [score for score, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked(ranked, self.trace, self.stats)

@@ -44,6 +44,17 @@ class SearchResult:
     trace: object = None
     stats: SearchStats = field(default_factory=SearchStats)
 
+    @classmethod
+    def ranked(cls, ranked: list[tuple[float, Node]], trace, stats: SearchStats) -> SearchResult:
+        """The result of (score, leaf) pairs already in rank order: the trace marks the winner and
+        carries the stats, which count the returned leaves' tokens."""
+        leaves = [node for _, node in ranked]
+        if leaves:
+            trace.set_best(leaves[0])
+        stats.generated_tokens = sum(node.depth for node in leaves)
+        trace.stats = stats.as_dict()
+        return cls(leaves, [score for score, _ in ranked], trace, stats)
+
 
 class Expander:
     """Runs forwards for a search and decides when a node is finished, under one `Stopping`."""

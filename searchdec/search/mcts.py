@@ -216,14 +216,9 @@ class _Tree:
                 node = max(self.children[id(node)], key=lambda c: self.visits.get(id(c), 0))
             node.finish_reason = node.finish_reason or "length"
             ranked = [(self.total.get(id(node), 0.0) / max(self.visits.get(id(node), 0), 1), node)]
-        leaves = [leaf for _, leaf in ranked]
         for value, leaf in ranked:
             self.trace.add(leaf, score=value, status="finished")
-        if leaves:
-            self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(leaf.depth for leaf in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [value for value, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked(ranked, self.trace, self.stats)
 
 
 def _params(spec: MCTS) -> dict:

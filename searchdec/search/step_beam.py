@@ -150,12 +150,7 @@ class _Population:
 
     def result(self) -> SearchResult:
         ranked = sorted(self.completed, key=lambda e: (e[2].finish_reason == "stop", e[0], e[1]), reverse=True)
-        leaves = [node for _, _, node in ranked]
-        if leaves:
-            self.trace.set_best(leaves[0])
-        self.stats.generated_tokens = sum(node.depth for node in leaves)
-        self.trace.stats = self.stats.as_dict()
-        return SearchResult(leaves, [score for score, _, _ in ranked], self.trace, self.stats)
+        return SearchResult.ranked([(score, node) for score, _, node in ranked], self.trace, self.stats)
 
 
 def _params(spec) -> dict:
