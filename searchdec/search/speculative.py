@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from searchdec.grammars.state import apply_masks
 from searchdec.search.decode import Stopping, _finished, _StopText
 from searchdec.search.sampling import Sample
 from searchdec.search.tree import Node
@@ -146,8 +147,6 @@ class _ModelDrafter:
         for _ in range(k):
             logits = self.draft.logits([node])[0]
             if state is not None:
-                from searchdec.grammars.state import apply_masks
-
                 logits = apply_masks(logits.unsqueeze(0), [state])[0]
                 if not torch.isfinite(logits).any():
                     break
@@ -354,8 +353,6 @@ class Speculative:
 
     def _distribution(self, logits: torch.Tensor, state) -> torch.Tensor:
         if state is not None:
-            from searchdec.grammars.state import apply_masks
-
             logits = apply_masks(logits.unsqueeze(0), [state])[0]
         if self.sample is None:
             return logits
