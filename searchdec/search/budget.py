@@ -61,7 +61,6 @@ def keep_closable(
     tight = left <= 2 * node.closing + SLACK
     if not tight and child.depth % PERIOD:
         return child
-    row = row.clone()
     for attempt in range(RETRIES + 1):
         if child.new_tokens[0] in eos_token_ids or child.state.finished:
             return child
@@ -69,6 +68,8 @@ def keep_closable(
         if found is not None:
             child.closing = found[0]
             return child
+        if attempt == 0:
+            row = row.clone()  # the caller's row stays as chosen from; only a retry edits a copy
         row[child.new_tokens[0]] = float("-inf")
         if attempt == RETRIES or not torch.isfinite(row).any():
             break
