@@ -6,6 +6,7 @@ from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.expand import SearchResult, SearchStats
+from searchdec.search.first_finish import FirstFinish
 from searchdec.search.mcts import MCTS
 from searchdec.search.reward import Reward, StepReward
 from searchdec.search.sampling import Greedy, Sample
@@ -21,6 +22,7 @@ __all__ = [
     "BestFirstBeam",
     "BestOfN",
     "DiverseBeam",
+    "FirstFinish",
     "Greedy",
     "Node",
     "Reward",

@@ -38,8 +38,11 @@ def decode(
     stopping: Stopping,
     on_token: Callable[[int, Node], None] | None = None,
     jump_forward: bool = True,
+    first: int | None = None,
 ) -> list[list[Node]]:
-    """Leaves of each root, `search.n` per root, each with its `finish_reason` set."""
+    """Leaves of each root, `search.n` per root, each with its `finish_reason` set. With `first`, a
+    root stops decoding once `first` of its hypotheses have finished with "stop": the others are cut
+    where they are and finish with "length" (first-finish search)."""
     leaves: list[list[Node]] = [[] for _ in roots]
     if stopping.max_tokens == 0:
         for i, root in enumerate(roots):
@@ -81,6 +84,8 @@ def decode(
                 # A root may still serve the node's siblings; forced tokens still need their parent.
                 if node.parent.parent is not None and not node.forced:
                     model.cache.discard(node.parent)
+        if first is not None:
+            still = _cut_when_done(model, still, leaves, first)
         if not still:
             _fill_forced_logprobs(model, [leaf for owner_leaves in leaves for leaf in owner_leaves if leaf.forced])
             for root in roots:
@@ -97,6 +102,20 @@ def decode(
             child = expand(node, len(roots[owner].new_tokens), tokens[row][0], logprobs[row], masked[row])
             active.append((owner, child))
     return leaves
+
+
+def _cut_when_done(model, still: list[tuple[int, Node]], leaves: list[list[Node]], first: int) -> list:
+    """`still` without the hypotheses of roots that have `first` finished ones; those are cut."""
+    done = {owner for owner, _ in still if sum(leaf.finish_reason == "stop" for leaf in leaves[owner]) >= first}
+    if not done:
+        return still
+    for owner, node in still:
+        if owner in done:
+            node.finish_reason = "length"
+            leaves[owner].append(node)
+            if node.parent.parent is not None and not node.forced:
+                model.cache.discard(node.parent)
+    return [(owner, node) for owner, node in still if owner not in done]
 
 
 def start_budget(root: Node, stopping: Stopping) -> None:
