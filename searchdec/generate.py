@@ -97,7 +97,7 @@ def generate(
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
     if isinstance(search, RewardGuidedSpeculative):
-        results = [search.generation(model, p, budget) for p in prompts]
+        results = [search.generation(model, p, budget, stops) for p in prompts]
         for result in results:
             result.hypotheses = [result]
         return results if batched else results[0]

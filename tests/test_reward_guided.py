@@ -59,3 +59,14 @@ def test_bad_arguments(tiny):
         sd.RewardGuidedSpeculative(draft="small", reward=Counting(1.0))
     with pytest.raises(ValueError, match="step"):
         sd.RewardGuidedSpeculative(draft=tiny, reward=Counting(1.0), step="")
+
+
+def test_a_stop_string_ends_the_answer_and_is_cut_whichever_model_wrote_it(tiny):
+    draft = tiny_model(seed=4)
+    full = sd.generate(tiny, "q:", max_tokens=30, search=sd.RewardGuidedSpeculative(draft, Counting(0.0), step="\n"))
+    stop = full.text[-4:-2]  # two characters near the end of the (target-written) answer
+    assert len(full.text) > 10 and full.text.find(stop) > 0
+    rsd = sd.RewardGuidedSpeculative(draft=draft, reward=Counting(0.0), threshold=0.5, step="\n")
+    out = sd.generate(tiny, "q:", max_tokens=30, stop=[stop], search=rsd)
+    assert out.finish_reason == "stop"
+    assert out.text == full.text[: full.text.find(stop)]

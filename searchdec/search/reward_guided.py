@@ -67,15 +67,16 @@ class RewardGuidedSpeculative:
         if self.max_step_tokens < 1:
             raise ValueError(f"max_step_tokens must be >= 1, got {self.max_step_tokens}")
 
-    def generation(self, target, prompt, max_tokens: int):
+    def generation(self, target, prompt, max_tokens: int, stop: tuple[str, ...] = ()):
         """A Generation for `prompt`: the text, its target tokens, and their log-probabilities under
-        the target (one teacher-forced forward over the answer)."""
+        the target (one teacher-forced forward over the answer). A `stop` string ends the answer
+        (finish "stop") and is cut from it, whichever model wrote it."""
         import torch
 
         from searchdec.generate import Generation
         from searchdec.search.tree import Node
 
-        text, reason = self.run_text(target, prompt, max_tokens)
+        text, reason = self.run_text(target, prompt, max_tokens, stop)
         prompt_ids = _prompt_ids(target, prompt)
         answer = target.encode(text, add_special_tokens=False)
         if reason == "stop":
@@ -88,7 +89,7 @@ class RewardGuidedSpeculative:
             logprobs = rows[torch.arange(len(answer)), torch.tensor(answer)].tolist()
         return Generation(text, answer, logprobs, sum(logprobs), reason, prompt_tokens=len(prompt_ids))
 
-    def run_text(self, target, prompt, max_tokens: int) -> tuple[str, str]:
+    def run_text(self, target, prompt, max_tokens: int, stop: tuple[str, ...] = ()) -> tuple[str, str]:
         """The answer text and its finish reason ("stop" or "length")."""
         self.stats = RewardGuidedStats()
         question = _question_text(prompt)
@@ -96,7 +97,7 @@ class RewardGuidedSpeculative:
         used = 0
         while used < max_tokens:
             budget = min(self.max_step_tokens, max_tokens - used)
-            text, tokens, ended = self._step(self.draft, prompt, "".join(steps), budget)
+            text, tokens, ended = self._step(self.draft, prompt, "".join(steps), budget, stop)
             score = self.reward.score_steps(question, [*steps, text])[-1]
             self.stats.scores.append(score)
             self.stats.steps += 1
@@ -105,17 +106,22 @@ class RewardGuidedSpeculative:
                 self.stats.draft_tokens += tokens
                 used += len(target.encode(text, add_special_tokens=False))
             else:
-                text, tokens, ended = self._step(target, prompt, "".join(steps), budget)
+                text, tokens, ended = self._step(target, prompt, "".join(steps), budget, stop)
                 self.stats.target_tokens += tokens
                 used += tokens
             steps.append(text)
+            answer = "".join(steps)
+            cuts = [answer.find(s) for s in stop if s in answer]
+            if cuts:
+                return answer[: min(cuts)], "stop"
             if ended:
-                return "".join(steps), "stop"
+                return answer, "stop"
         return "".join(steps), "length"
 
-    def _step(self, model, prompt, answer_so_far: str, budget: int) -> tuple[str, int, bool]:
+    def _step(self, model, prompt, answer_so_far: str, budget: int, stop: tuple[str, ...]) -> tuple[str, int, bool]:
         """One step by `model`: its text (with the delimiter, if it ended there), its token count, and
-        whether the answer ended (end of sequence)."""
+        whether the answer ended (end of sequence). A stop string also ends the step (the caller
+        cuts the answer there)."""
         from searchdec.search.decode import Stopping, decode
         from searchdec.search.tree import Node
 
@@ -123,7 +129,7 @@ class RewardGuidedSpeculative:
             model.encode(answer_so_far, add_special_tokens=False) if answer_so_far else []
         )
         model.check_prompt_length(len(ids))
-        stopping = Stopping(budget, model.eos_token_ids, (self.step,), model.context_window)
+        stopping = Stopping(budget, model.eos_token_ids, (self.step, *stop), model.context_window)
         leaf = decode(model, [Node(tuple(ids))], self.sample or Greedy(), stopping)[0][0]
         tokens, _ = leaf.generated()
         ended = bool(tokens) and tokens[-1] in model.eos_token_ids
