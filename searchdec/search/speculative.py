@@ -240,21 +240,33 @@ def _allowed_prefix(tokens: list[int], state) -> list[int]:
 # --- the algorithm -----------------------------------------------------------------------------
 
 
+SCHEDULES = ("constant", "heuristic")
+
+
 @dataclass
 class Speculative:
     """`sd.Speculative(draft=..., k=4, sample=None)`: `draft` is "prompt_lookup" (default), a
     `PromptLookup(...)`, an `sd.Model` sharing the tokenizer, or `SelfSpeculative(layers)`;
-    `sample=sd.Sample(...)` samples (losslessly), None decodes greedily."""
+    `sample=sd.Sample(...)` samples (losslessly), None decodes greedily. `schedule="heuristic"`
+    adapts the draft length per prompt as transformers' assisted generation does: +2 after a step
+    whose drafts were all accepted, -1 (not below 1) otherwise, capped at `max_k`; "constant"
+    keeps `k`. Either way the output is the same; only the speed changes."""
 
     draft: object = "prompt_lookup"
     k: int = 4
     sample: Sample | None = None
     stats: SpeculativeStats = field(default_factory=SpeculativeStats, compare=False)
     n: int = 1
+    schedule: str = "constant"
+    max_k: int = 16
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f'schedule must be "constant" or "heuristic", got {self.schedule!r}')
+        if self.max_k < self.k:
+            raise ValueError(f"max_k ({self.max_k}) must be >= k ({self.k})")
         if self.sample is not None and not isinstance(self.sample, Sample):
             raise TypeError("sample must be sd.Sample(...) or None (greedy)")
         if self.sample is not None and self.sample.n != 1:
@@ -279,6 +291,7 @@ class Speculative:
         token = self._pick(logits, root.state, generator)
         node = root.child((token,), (float(logits.log_softmax(-1)[token]),))
         self.stats.generated += 1
+        k = self.k
         while True:
             reason = _finished(node, stopping, prompt_length, texts)
             if reason is not None:
@@ -289,19 +302,23 @@ class Speculative:
             if stopping.context_window is not None:
                 room = min(room, stopping.context_window - prompt_length - node.depth - 1)
             context = list(root.new_tokens) + node.generated()[0]
-            drafts, qs = ([], None)
+            drafts, qs, forced = [], None, []
             if room > 0:
                 # Tokens the grammar forces are drafted for free; the draft continues after them.
                 forced = node.state.forced[:room] if node.state is not None else []
                 state = node.state.advance_many(forced) if forced else node.state
-                left = min(self.k, room - len(forced))
+                left = min(k, room - len(forced))
                 if left > 0 and not (state is not None and state.finished):
                     drafts, qs = drafter.propose(context + forced, left, state, self.sample, generator)
                     self.stats.draft_calls += 1
                 if forced:
                     qs = None if qs is None else [_point(t, model.vocab_size) for t in forced] + qs
                     drafts = forced + drafts
+            before = self.stats.accepted
             node = self._verify(model, node, drafts, qs, generator, stopping, prompt_length, texts)
+            if self.schedule == "heuristic" and len(drafts) > len(forced):
+                all_taken = self.stats.accepted - before == len(drafts)
+                k = min(k + 2, self.max_k) if all_taken else max(k - 1, 1)
 
     def _verify(self, model, node, drafts, qs, generator, stopping, prompt_length, texts) -> Node:
         self.stats.drafted += len(drafts)
