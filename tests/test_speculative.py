@@ -29,6 +29,20 @@ def test_greedy_is_token_identical_to_the_target(tiny, draft):
         assert spec.stats.generated == len(out.tokens)
 
 
+def test_the_heuristic_schedule_grows_the_draft_while_all_is_accepted_and_stays_lossless(tiny):
+    for prompt in PROMPTS:
+        reference = sd.generate(tiny, prompt, max_tokens=24)
+        spec = sd.Speculative(draft="prompt_lookup", k=2, schedule="heuristic", max_k=8)
+        assert sd.generate(tiny, prompt, max_tokens=24, search=spec).tokens == reference.tokens
+    same = sd.Speculative(draft=tiny_model(seed=0), k=1, schedule="heuristic", max_k=7)  # always accepted
+    constant = sd.Speculative(draft=tiny_model(seed=0), k=1)
+    sd.generate(tiny, "x", max_tokens=40, search=same)
+    sd.generate(tiny, "x", max_tokens=40, search=constant)
+    # k grows 1, 3, 5, 7, 7... while all is accepted (a long draft may lose a near-tie to rounding).
+    assert same.stats.acceptance_rate > 0.8
+    assert same.stats.target_calls < constant.stats.target_calls / 2
+
+
 def test_a_draft_that_agrees_with_the_target_is_accepted_whole(tiny):
     spec = sd.Speculative(draft=tiny_model(seed=0), k=4)  # the target itself as the draft
     out = sd.generate(tiny, "x", max_tokens=25, search=spec)
@@ -130,6 +144,10 @@ def test_bad_arguments():
         sd.Speculative(k=0)
     with pytest.raises(TypeError, match="draft must be"):
         sd.Speculative(draft="ngram")
+    with pytest.raises(ValueError, match="schedule"):
+        sd.Speculative(schedule="adaptive")
+    with pytest.raises(ValueError, match="max_k"):
+        sd.Speculative(k=8, max_k=4)
     with pytest.raises(ValueError, match="layers"):
         sd.SelfSpeculative(layers=0)
     with pytest.raises(ValueError, match="min_ngram"):
