@@ -1,10 +1,10 @@
 """Reward-guided speculative decoding (RSD) on a task with a verifiable step reward, beside the
 draft alone and the target alone, same run.
 
-Task: multi-step arithmetic ("Start with 23. Add 5, then add 7, then subtract 4."), answered in the
-few-shot format "23 + 5 = 28" / "28 + 7 = 35" / "35 - 4 = 31" / "The answer is 31.", one line per
-step. Draft: SmolLM2-135M-Instruct; target: Gemma-3-270M (base; another tokenizer, 262k vocabulary:
-RSD passes steps as text). Both read the same plain-text few-shot prompt.
+Task: two-step arithmetic ("Start with 23. Add 5, then subtract 4."), answered in the few-shot
+format "23 + 5 = 28" / "28 - 4 = 24" / "The answer is 24.", one line per step. Draft:
+SmolLM2-135M-Instruct; target: Gemma-3-270M (base; another tokenizer, 262k vocabulary: RSD passes
+steps as text). Both read the same plain-text few-shot prompt.
 
 Step rewards (process checks that never see the answer):
 - "chain": a line "x op y = z" scores 1 when x is the previous result (the start number for the
@@ -30,17 +30,20 @@ import torch
 import searchdec as sd
 from searchdec.rewards import Reward
 
-SHOTS = """Q: Start with 12. Add 5, then add 3, then subtract 4.
+SHOTS = """Q: Start with 12. Add 5, then add 3.
 A: 12 + 5 = 17
 17 + 3 = 20
-20 - 4 = 16
-The answer is 16.
+The answer is 20.
 
-Q: Start with 31. Add 4, then subtract 6, then add 2.
+Q: Start with 31. Add 4, then subtract 6.
 A: 31 + 4 = 35
 35 - 6 = 29
-29 + 2 = 31
-The answer is 31.
+The answer is 29.
+
+Q: Start with 47. Subtract 3, then add 8.
+A: 47 - 3 = 44
+44 + 8 = 52
+The answer is 52.
 
 """
 WORDS = {"+": "add", "-": "subtract"}
@@ -53,7 +56,7 @@ def problems(n: int, seed: int = 0) -> list[tuple[str, int]]:
     out = []
     for _ in range(n):
         start = rng.randint(11, 59)
-        ops = [(rng.choice("+-"), rng.randint(2, 9)) for _ in range(3)]
+        ops = [(rng.choice("+-"), rng.randint(2, 9)) for _ in range(2)]
         said = ", then ".join(f"{WORDS[op]} {y}" for op, y in ops)
         value = start
         for op, y in ops:
@@ -134,7 +137,7 @@ def main() -> None:
     prompts = [SHOTS + f"Q: {q}\nA:" for q, _ in tasks]
     answers = [a for _, a in tasks]
     print(
-        f"# RSD benchmark — draft {draft.name}, target {target.name}; {len(tasks)} three-step problems, greedy, "
+        f"# RSD benchmark — draft {draft.name}, target {target.name}; {len(tasks)} two-step problems, greedy, "
         f"max_tokens={args.max_tokens}, threshold={args.threshold}; {platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
     )

@@ -101,6 +101,10 @@ def length_reward(prompt: str, output: str) -> float:
     return -abs(len(output.split()) - 12)
 
 
+def length_prm(prompt: str, steps: list[str]) -> list[float]:
+    return [length_reward(prompt, "".join(steps[: i + 1])) for i in range(len(steps))]
+
+
 def reuse(model, args) -> None:
     print(f"\n## Tokens forwarded per returned token ({len(PROMPTS)} prompts, {args.max_tokens} new tokens)")
     steps = sd.Sample(temperature=0.8, seed=0)
@@ -110,8 +114,8 @@ def reuse(model, args) -> None:
         "BestFirstBeam(4)": sd.BestFirstBeam(4),
         "DiverseBeam(4, 2)": sd.DiverseBeam(4, 2, 0.5),
         "BestOfN(4)": sd.BestOfN(4, length_reward),
-        "StepBeam(2, 2)": sd.StepBeam(2, 2, lambda p, s: [length_reward(p, "".join(s))], step="\n", sample=steps),
-        "DVTS(2, 2)": sd.DVTS(2, 2, lambda p, s: [length_reward(p, "".join(s))], step="\n", sample=steps),
+        "StepBeam(2, 2)": sd.StepBeam(2, 2, length_prm, step="\n", sample=steps),
+        "DVTS(2, 2)": sd.DVTS(2, 2, length_prm, step="\n", sample=steps),
         "MCTS(16, token)": sd.MCTS(16, reward=length_reward, max_children=3),
         "MCTS(8, step)": sd.MCTS(8, step="\n", reward=length_reward, sample=steps),
         "AStar(step)": sd.AStar(length_reward, budget=400, step="\n", expansions=2, sample=steps),
