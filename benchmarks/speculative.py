@@ -6,6 +6,9 @@ free text), prints tokens/s of target-only greedy decoding and of `sd.Speculativ
 (speedup), tokens per target call (acceptance length) and the fraction of drafted tokens accepted.
 Outputs are checked token-identical to target-only greedy (speculative greedy is lossless).
 
+"adaptive k" is `schedule="heuristic"` (the draft length grows by 2 while all is accepted, shrinks by 1
+otherwise, as transformers' assisted generation).
+
 Run:  python benchmarks/speculative.py [--max-tokens 96] [--k 4] [--repeats 2]
 """
 
@@ -66,8 +69,9 @@ def main() -> int:
     model = sd.load("smollm2-135m")
     sd.generate(model, "warm up", max_tokens=4)
     sources = {
-        "prompt lookup": "prompt_lookup",
-        f"self ({args.self_layers} layers)": sd.SelfSpeculative(args.self_layers),
+        "prompt lookup": {"draft": "prompt_lookup", "k": args.k},
+        "lookup, adaptive k": {"draft": "prompt_lookup", "k": args.k, "schedule": "heuristic"},
+        f"self ({args.self_layers} layers)": {"draft": sd.SelfSpeculative(args.self_layers), "k": args.k},
     }
     print(f"SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, k={args.k}, best of {args.repeats}")
     header = [("prompts", 11, "<"), ("draft", 18, "<"), ("target tok/s", 12, ">"), ("spec tok/s", 11, ">")]
@@ -76,8 +80,8 @@ def main() -> int:
     for name, prompts in (("extraction", EXTRACTION), ("free text", FREE)):
         base_time, base = timed(model, prompts, sd.Greedy(), args.max_tokens, args.repeats)
         tokens = sum(len(o.tokens) for o in base)
-        for label, draft in sources.items():
-            spec = sd.Speculative(draft=draft, k=args.k)
+        for label, options in sources.items():
+            spec = sd.Speculative(**options)
             spec_time, outs = timed(model, prompts, spec, args.max_tokens, args.repeats)
             same = all(a.tokens == b.tokens for a, b in zip(base, outs))
             s = spec.stats  # the last repeat's
@@ -85,15 +89,16 @@ def main() -> int:
                 f"{name:11} {label:18} {tokens / base_time:12.1f} {tokens / spec_time:11.1f} "
                 f"{base_time / spec_time:7.2f}x {s.tokens_per_target_call:9.2f} {s.acceptance_rate:8.0%} {str(same):>9}"
             )
-    per_prompt = []
-    for p in EXTRACTION:
-        t0, _ = timed(model, [p], sd.Greedy(), args.max_tokens, 1)
-        t1, _ = timed(model, [p], sd.Speculative(k=args.k), args.max_tokens, 1)
-        per_prompt.append(t0 / t1)
-    print(
-        f"extraction, prompt lookup, per-prompt speedup: p50 {statistics.median(per_prompt):.2f}x, "
-        f"min {min(per_prompt):.2f}x, max {max(per_prompt):.2f}x"
-    )
+    for label in ("prompt lookup", "lookup, adaptive k"):
+        per_prompt = []
+        for p in EXTRACTION:
+            t0, _ = timed(model, [p], sd.Greedy(), args.max_tokens, args.repeats)
+            t1, _ = timed(model, [p], sd.Speculative(**sources[label]), args.max_tokens, args.repeats)
+            per_prompt.append(t0 / t1)
+        print(
+            f"extraction, {label}, per-prompt speedup: p50 {statistics.median(per_prompt):.2f}x, "
+            f"min {min(per_prompt):.2f}x, max {max(per_prompt):.2f}x"
+        )
     return 0
 
 
