@@ -11,6 +11,13 @@ queue), so a slow reader never stalls the batch; a cancelled job (a client that 
 the batch before the next step and its cache entries are freed. `stop()` finishes every admitted
 and queued job before the thread ends.
 
+A job whose search is not stepwise (beam, best-of-N, ...) runs as one whole search on the same
+worker thread, between two steps of the batch (one search per step, in arrival order): the batch
+pauses while it runs, since one thread owns the model and its prefix cache. Its hypotheses are
+reported when it ends. The search sees the model through `_SearchModel`, which refuses the next
+forward once the job is cancelled (the search stops there) and frees every cache entry the search
+made, however it ended.
+
 Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
 asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
 known when it is reported.
@@ -30,6 +37,8 @@ from searchdec.grammars.state import Constraint, apply_masks
 from searchdec.search.decode import Stopping, _finished, _forward, _StopText, extend_closable, start_budget
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
+
+Search = object  # a search spec with `run(model, roots, stopping) -> list[SearchResult]` (Beam, BestOfN, ...)
 
 
 @dataclass
@@ -73,7 +82,7 @@ class Job:
     """One request: a tokenized prompt decoded into `n` hypotheses."""
 
     prompt: list[int]
-    search: Greedy | Sample
+    search: Greedy | Sample | Search
     n: int
     stopping: Stopping
     emit: Callable[[Event], None]
@@ -99,8 +108,8 @@ class _Running:
 
 @dataclass
 class EngineStats:
-    queued: int = 0
-    running: int = 0  # jobs in the batch
+    queued: int = 0  # jobs waiting, whole searches included
+    running: int = 0  # jobs in the batch, plus a whole search in progress
     rows: int = 0  # hypotheses in the batch
     steps: int = 0
     completed: int = 0
@@ -119,6 +128,8 @@ class Engine:
         self.max_rows = max_rows
         self._queue: deque[Job] = deque()
         self._running: list[_Running] = []
+        self._searches: deque[Job] = deque()  # admitted whole searches, run one per step
+        self._searching: Job | None = None
         self._wake = threading.Condition()
         self._stopping = False
         self._stats = EngineStats()
@@ -153,8 +164,8 @@ class Engine:
         with self._wake:
             s = self._stats
             return EngineStats(
-                len(self._queue),
-                len(self._running),
+                len(self._queue) + len(self._searches),
+                len(self._running) + (self._searching is not None),
                 sum(len(r.rows) if r.started else r.job.n for r in self._running),
                 s.steps,
                 s.completed,
@@ -169,11 +180,16 @@ class Engine:
         while True:
             with self._wake:
                 self._admit()
-                while not self._running and not (self._stopping and not self._queue):
+                while not self._running and not self._searches and not (self._stopping and not self._queue):
                     self._wake.wait()
                     self._admit()
-                if not self._running and self._stopping and not self._queue:
+                if not self._running and not self._searches and self._stopping and not self._queue:
                     return
+                self._searching = self._searches.popleft() if self._searches else None
+            if self._searching is not None:
+                self._search(self._searching)
+                with self._wake:
+                    self._searching = None
             self._drop_cancelled()
             if self._running:
                 try:
@@ -193,6 +209,9 @@ class Engine:
                 self._queue.popleft()
                 self._stats.cancelled += 1
                 continue
+            if not isinstance(job.search, (Greedy, Sample)):
+                self._searches.append(self._queue.popleft())  # runs whole, outside the batch's rows
+                continue
             if self._running and rows + job.n > self.max_rows:
                 break
             self._queue.popleft()
@@ -201,6 +220,37 @@ class Engine:
             generator = job.search.generator(self.model.device) if isinstance(job.search, Sample) else None
             self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
             rows += job.n
+
+    def _search(self, job: Job) -> None:
+        """Run a whole search for `job` and report its hypotheses, best first, as its choices."""
+        if job.cancelled:
+            self._stats.cancelled += 1
+            return
+        model = _SearchModel(self.model, job)
+        root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
+        try:
+            (outcome,) = job.search.run(model, [root], job.stopping)
+        except _Cancelled:
+            self._stats.cancelled += 1
+            return
+        except Exception as error:  # a failed search fails its job, not the server
+            self._stats.failed += 1
+            job.emit(Failed(error))
+            return
+        finally:
+            model.release()
+        leaves = outcome.leaves[: job.n]
+        for choice, leaf in enumerate(leaves):
+            tokens, logprobs = leaf.generated()
+            entries = None
+            if job.top_logprobs is not None:
+                entries = [TokenLogprob(token, lp) for token, lp in zip(tokens, logprobs)]
+            job.emit(Tokens(choice, tokens, entries))
+            job.emit(Finished(choice, leaf.finish_reason or "length", leaf.depth))
+        for choice in range(len(leaves), job.n):  # a search that found fewer hypotheses than asked
+            job.emit(Finished(choice, "length", 0))
+        self._stats.completed += 1
+        job.emit(Done())
 
     def _drop_cancelled(self) -> None:
         kept = []
@@ -306,3 +356,36 @@ class Engine:
         running.rows = rows
         running.started = True
         running.open_choices = len(rows)
+
+
+class _Cancelled(Exception):
+    """Raised inside a whole search at its next forward once its job was cancelled."""
+
+
+class _SearchModel:
+    """The model as a whole search on the worker sees it: each forward first checks that the job is
+    still wanted, and every node forwarded is remembered so that its cache entry can be freed when
+    the search ends, whether it finished, failed or was cancelled."""
+
+    def __init__(self, model, job: Job) -> None:
+        self._model = model
+        self._job = job
+        self._forwarded: dict[int, Node] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def logits(self, nodes) -> torch.Tensor:
+        return self.logits_last(nodes, 1)[:, 0]
+
+    def logits_last(self, nodes, keep: int) -> torch.Tensor:
+        if self._job.cancelled:
+            raise _Cancelled
+        for node in nodes:
+            self._forwarded[id(node)] = node
+        return self._model.logits_last(nodes, keep)
+
+    def release(self) -> None:
+        for node in self._forwarded.values():
+            self._model.cache.discard(node)
+        self._forwarded.clear()

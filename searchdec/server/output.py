@@ -111,8 +111,8 @@ class ChoiceOutput:
         if self.tools is None or self.tools.choice == "none" or self.finish_reason != "stop":
             return None
         text = self.text
-        if self.tools.choice == "auto" and text[:1] not in ("<", "["):
-            return None  # the grammar's plain-answer branch: its first character is neither
+        if self.tools.choice == "auto" and not text.lstrip().startswith(self.tools.call_start):
+            return None  # the grammar's plain-answer branch, which never begins like a call
         return self.tools.parse(text)
 
     def chat_finish_reason(self, named: bool) -> str:
@@ -142,9 +142,10 @@ class ChoiceOutput:
         if not final and text.endswith("\ufffd"):
             return {}
         if self.mode is None:
-            if not text:
+            if not text.strip() and not final:
                 return {}
-            self.mode = "calls" if text[0] in "<[" else "text"  # as the grammar branches
+            # As the grammar branches: a plain answer never begins like a call.
+            self.mode = "calls" if text.lstrip().startswith(self.tools.call_start) else "text"
         if self.mode == "text":
             end = len(text) if final else max(len(text) - self._hold, self.sent_text)
             piece = text[self.sent_text : end]
