@@ -67,3 +67,37 @@ def test_a_temperature_next_to_zero_decodes_greedily(fuzzed_server, temperature)
     )
     assert tiny_t.status_code == 200
     assert tiny_t.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+
+
+def test_search_parameters_never_get_a_server_error(fuzzed_server):
+    """The `search` extension is an open object in the OpenAPI schema, so schemathesis rarely names a
+    real algorithm: here every registered algorithm gets its own parameters with arbitrary JSON values."""
+    import httpx
+    from hypothesis import strategies as st
+
+    from searchdec.server.searches import REGISTRY
+
+    values = st.none() | st.booleans() | st.integers(-3, 70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    values = values | st.sampled_from(["never", "max", "weighted", "majority", "logprob", "self_eval", "none"])
+
+    @st.composite
+    def searches(draw):
+        entry = draw(st.sampled_from(sorted(REGISTRY.values(), key=lambda e: e.name)))
+        keys = draw(st.lists(st.sampled_from([*entry.params, "bogus"]), unique=True, max_size=4))
+        return {"algorithm": entry.name, **{key: draw(values) for key in keys}}
+
+    @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(search=searches(), n=st.integers(1, 3), schema=st.booleans())
+    def answered(search, n, schema):
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "n": n,
+                "search": search}  # fmt: skip
+        if schema:
+            body["response_format"] = {"type": "json_object"}
+        response = httpx.post(fuzzed_server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code < 500, (response.text[:500], body)
+        if response.status_code == 200:
+            assert len(response.json()["choices"]) == n
+        else:
+            assert response.json()["error"]["param"].split(".")[0] == "search", (response.text, body)
+
+    answered()

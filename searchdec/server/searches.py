@@ -54,6 +54,9 @@ from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
 MAX_WIDTH = 64  # beams or samples of one request: one search holds the worker for its whole run
+MAX_LENGTH_PENALTY = 20.0  # context_window ** 20 stays a finite float for any window below 1e15
+MAX_PATIENCE = 16.0
+MAX_DIVERSITY_PENALTY = 1e6
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,16 @@ def _number(params: dict, key: str, kind=(int, float)):
     return value
 
 
+def _bounded(params: dict, key: str, default: float, low: float, high: float) -> float:
+    """A float parameter within [low, high]: the searches raise length ** length_penalty and
+    patience * width, which overflow (a 500, found by the fuzzer) far outside any useful range."""
+    value = _number(params, key)
+    value = default if value is None else float(value)
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be within [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
 def _width(params: dict, key: str, default: int, context: SearchContext) -> int:
     width = _number(params, key, int)
     width = default if width is None else width
@@ -160,28 +173,24 @@ def _early_stopping(params: dict):
 
 
 def _beam(params: dict, context: SearchContext) -> Beam:
-    for key in ("length_penalty", "patience"):
-        _number(params, key)
     return Beam(
         width=_width(params, "width", max(4, context.n), context),
-        length_penalty=params.get("length_penalty", 1.0),
+        length_penalty=_bounded(params, "length_penalty", 1.0, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
         early_stopping=_early_stopping(params),
         num_return=context.n,
-        patience=params.get("patience", 1.0),
+        patience=_bounded(params, "patience", 1.0, 1e-3, MAX_PATIENCE),
     )
 
 
 def _diverse_beam(params: dict, context: SearchContext) -> DiverseBeam:
-    for key in ("diversity_penalty", "length_penalty"):
-        _number(params, key)
     groups = _number(params, "groups", int) or 2
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
     return DiverseBeam(
         width=_width(params, "width", groups * max(2, math.ceil(context.n / groups)), context),
         groups=groups,
-        diversity_penalty=params.get("diversity_penalty", 0.5),
-        length_penalty=params.get("length_penalty", 1.0),
+        diversity_penalty=_bounded(params, "diversity_penalty", 0.5, 0.0, MAX_DIVERSITY_PENALTY),
+        length_penalty=_bounded(params, "length_penalty", 1.0, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
         early_stopping=_early_stopping(params),
         num_return=context.n,
     )
