@@ -598,6 +598,19 @@ def test_concurrent_requests_are_batched_and_all_succeed(client, server):
     assert health(server)["max_batch_rows"] > 1
 
 
+def test_a_client_that_stops_reading_its_stream_does_not_stall_others(client, server):
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "temperature": 0, "max_tokens": 2000,
+            "stream": True}  # fmt: skip
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=600) as slow:
+        lines = slow.iter_lines()
+        next(lines)  # then it reads nothing more while another client is served
+        started = time.monotonic()
+        other = client.chat.completions.create(model=MODEL, messages=ask("Say hi."), temperature=0, max_tokens=8)
+        assert other.choices[0].message.content and time.monotonic() - started < 30
+        state = health(server)
+        assert state["running"] == 1 and state["rows"] == 1  # the slow one is still being decoded, unblocked
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_work(server):
     before = health(server)
     body = {"model": MODEL, "messages": ask("Write a very long story."), "temperature": 0, "max_tokens": 2000,
