@@ -219,6 +219,18 @@ def test_parallel_tool_calls_can_return_several_calls(client):
     assert counts and max(counts) > 1
 
 
+def test_a_stop_string_that_cuts_a_call_never_returns_it_as_a_call(client, server):
+    kwargs = dict(model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice="required",
+                  stop=["city"], temperature=0, max_tokens=40)  # fmt: skip
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content and "city" not in choice.message.content
+    body = {**kwargs, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=600) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "stop"
+
+
 def test_streamed_tool_calls_reassemble_with_the_stream_helper(client):
     kwargs = dict(model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice="required",
                   temperature=0, max_tokens=64)  # fmt: skip

@@ -107,13 +107,17 @@ class ChoiceOutput:
 
     def calls(self) -> list[dict] | None:
         """The tool calls of a finished output ([{"name", "arguments"}]), or None for a plain answer.
-        An output cut by max_tokens is never presented as calls."""
+        An output cut by max_tokens, or by a stop string inside a call, is never presented as calls
+        (it comes back as content, finish_reason "length" or "stop", as the cut happened)."""
         if self.tools is None or self.tools.choice == "none" or self.finish_reason != "stop":
             return None
         text = self.text
         if self.tools.choice == "auto" and not text.lstrip().startswith(self.tools.call_start):
             return None  # the grammar's plain-answer branch, which never begins like a call
-        return self.tools.parse(text)
+        try:
+            return self.tools.parse(text)
+        except ValueError:  # the request's stop string cut a call short
+            return None
 
     def chat_finish_reason(self, named: bool) -> str:
         if self.calls():
