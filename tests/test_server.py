@@ -425,6 +425,20 @@ def test_a_streamed_search_sends_each_choice_when_the_search_ends(client):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_other_requests_keep_streaming_while_a_search_runs(client, server):
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "max_tokens": 40,
+            "search": {"algorithm": "beam", "width": 4, "early_stopping": "never"}}  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        searching = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=body, timeout=600)
+        while health(server)["running"] == 0:
+            time.sleep(0.02)
+        stream = client.chat.completions.create(model=MODEL, messages=ask("Count to ten."), temperature=0,
+                                                max_tokens=6, stream=True)  # fmt: skip
+        assert [c.choices[0].finish_reason for c in stream][-1] in ("stop", "length")
+        assert not searching.done()  # the stream was served to its end while the search ran
+        assert searching.result().status_code == 200
+
+
 def test_a_client_that_gives_up_on_a_search_stops_it(server):
     before = health(server)
     body = {"model": MODEL, "messages": ask("Write a very long story."), "max_tokens": 2000,

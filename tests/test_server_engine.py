@@ -174,3 +174,29 @@ def test_a_cancelled_whole_search_stops_at_its_next_forward_and_frees_its_cache(
     assert len(forwards) == 5  # no forward after the cancellation
     assert not collector.done.is_set() and collector.tokens == [[]]
     assert len(tiny.cache) == 0
+
+
+def test_the_batch_keeps_decoding_while_a_whole_search_runs(tiny):
+    engine = Engine(tiny)
+    order = []
+
+    class Recorder(Collector):
+        def __init__(self, name: str, n: int) -> None:
+            super().__init__(n)
+            self.name = name
+
+        def __call__(self, event) -> None:
+            super().__call__(event)
+            if isinstance(event, Done):
+                order.append(self.name)
+
+    search, beside = Recorder("search", 1), Recorder("beside", 1)
+    engine.start()
+    engine.submit(job(tiny, "long", search, 120, search=sd.Beam(width=4, early_stopping="never")))
+    while engine.stats.running == 0:
+        threading.Event().wait(0.002)
+    engine.submit(job(tiny, "a", beside, 20))  # arrives while the search runs
+    assert search.done.wait(60) and beside.done.wait(60)
+    engine.stop()
+    assert order == ["beside", "search"]
+    assert beside.tokens[0] == sd.generate(tiny, "a", max_tokens=20).tokens

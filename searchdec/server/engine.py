@@ -11,12 +11,14 @@ queue), so a slow reader never stalls the batch; a cancelled job (a client that 
 the batch before the next step and its cache entries are freed. `stop()` finishes every admitted
 and queued job before the thread ends.
 
-A job whose search is not stepwise (beam, best-of-N, ...) runs as one whole search on the same
-worker thread, between two steps of the batch (one search per step, in arrival order): the batch
-pauses while it runs, since one thread owns the model and its prefix cache. Its hypotheses are
-reported when it ends. The search sees the model through `_SearchModel`, which refuses the next
-forward once the job is cancelled (the search stops there) and frees every cache entry the search
-made, however it ended.
+A job whose search is not stepwise (beam, best-of-N, ...) runs as one whole search call on the same
+worker thread (one thread owns the model and its prefix cache), one search at a time in arrival
+order. The search sees the model through `_SearchModel`: before each of the search's forwards the
+batch advances one step, so running requests keep streaming and new ones are admitted while a
+search runs (the search's own forwards stay apart from the batch's, so it computes exactly what
+`sd.generate` computes); the next forward is refused once the job is cancelled (the search stops
+there); and every cache entry the search made is freed however it ended. Its hypotheses are
+reported when it ends.
 
 Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
 asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
@@ -190,16 +192,23 @@ class Engine:
                 self._search(self._searching)
                 with self._wake:
                     self._searching = None
-            self._drop_cancelled()
-            if self._running:
-                try:
-                    self._step()
-                except Exception as error:  # a failed forward fails the jobs in it, not the server
-                    for running in self._running:
-                        self._release(running)
-                        self._stats.failed += 1
-                        running.job.emit(Failed(error))
-                    self._running = []
+            self._batch_step()
+
+    def _batch_step(self) -> None:
+        """Advance the batch by one step: from the loop, or from inside a whole search before each
+        of its forwards (so that the batch keeps decoding while a search runs)."""
+        with self._wake:
+            self._admit()
+        self._drop_cancelled()
+        if self._running:
+            try:
+                self._step()
+            except Exception as error:  # a failed forward fails the jobs in it, not the server
+                for running in self._running:
+                    self._release(running)
+                    self._stats.failed += 1
+                    running.job.emit(Failed(error))
+                self._running = []
 
     def _admit(self) -> None:
         rows = sum(len(r.rows) if r.started else r.job.n for r in self._running)
@@ -226,7 +235,7 @@ class Engine:
         if job.cancelled:
             self._stats.cancelled += 1
             return
-        model = _SearchModel(self.model, job)
+        model = _SearchModel(self.model, job, self._batch_step)
         root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
         try:
             (outcome,) = job.search.run(model, [root], job.stopping)
@@ -363,13 +372,15 @@ class _Cancelled(Exception):
 
 
 class _SearchModel:
-    """The model as a whole search on the worker sees it: each forward first checks that the job is
-    still wanted, and every node forwarded is remembered so that its cache entry can be freed when
-    the search ends, whether it finished, failed or was cancelled."""
+    """The model as a whole search on the worker sees it: before each of the search's forwards the
+    batch advances one step (`between`), then the forward runs if the job is still wanted; every
+    node forwarded is remembered so that its cache entry can be freed when the search ends, whether
+    it finished, failed or was cancelled."""
 
-    def __init__(self, model, job: Job) -> None:
+    def __init__(self, model, job: Job, between: Callable[[], None]) -> None:
         self._model = model
         self._job = job
+        self._between = between
         self._forwarded: dict[int, Node] = {}
 
     def __getattr__(self, name: str):
@@ -379,6 +390,7 @@ class _SearchModel:
         return self.logits_last(nodes, 1)[:, 0]
 
     def logits_last(self, nodes, keep: int) -> torch.Tensor:
+        self._between()
         if self._job.cancelled:
             raise _Cancelled
         for node in nodes:

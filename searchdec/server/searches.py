@@ -5,7 +5,8 @@ A request names an algorithm and its parameters side by side:
 parameters (an unknown one is a 400 naming it) and builds the spec the engine runs. Entries marked
 `stepwise` (greedy, sample) decode inside the server's shared continuous batch, one token per
 hypothesis per step. The others need the whole search loop; the engine's worker runs each as one
-search call between two steps of the batch (the model and its prefix cache belong to that thread).
+search call, advancing the batch one step before each of the search's forwards (the model and its
+prefix cache belong to that thread).
 
 The request's `n` is the number of choices returned: beam searches return their `n` best hypotheses
 (`num_return`), best-of-N its `n` best samples. Grammar constraints (`response_format`, `tools`,
