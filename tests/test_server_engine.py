@@ -200,3 +200,24 @@ def test_the_batch_keeps_decoding_while_a_whole_search_runs(tiny):
     engine.stop()
     assert order == ["beside", "search"]
     assert beside.tokens[0] == sd.generate(tiny, "a", max_tokens=20).tokens
+
+
+def test_searches_waiting_together_share_one_search_call(tiny):
+    search = sd.Beam(width=2, num_return=2)
+    prompts = ["hello there", "a", "the quick brown fox"]
+    expected = sd.generate(tiny, prompts, max_tokens=10, search=search)
+    engine = Engine(tiny)
+    collectors = [Collector(2) for _ in prompts]
+    for prompt, collector in zip(prompts, collectors):
+        engine.submit(job(tiny, prompt, collector, 10, search=search, n=2))
+    seeded = sd.BestOfN(n=2, aggregate="majority", sample=sd.Sample(seed=1))
+    alone = [Collector(1), Collector(1)]  # seeded samples never share a call: their draws would depend on it
+    for collector in alone:
+        engine.submit(job(tiny, "abc", collector, 6, search=seeded))
+    engine.start()
+    assert all(c.done.wait(60) and c.error is None for c in collectors + alone)
+    engine.stop()
+    assert engine.stats.searches == 3
+    assert [c.tokens for c in collectors] == [[h.tokens for h in out.hypotheses] for out in expected]
+    assert alone[0].tokens == alone[1].tokens
+    assert len(tiny.cache) == 0

@@ -12,13 +12,14 @@ the batch before the next step and its cache entries are freed. `stop()` finishe
 and queued job before the thread ends.
 
 A job whose search is not stepwise (beam, best-of-N, ...) runs as one whole search call on the same
-worker thread (one thread owns the model and its prefix cache), one search at a time in arrival
-order. The search sees the model through `_SearchModel`: before each of the search's forwards the
-batch advances one step, so running requests keep streaming and new ones are admitted while a
-search runs (the search's own forwards stay apart from the batch's, so it computes exactly what
-`sd.generate` computes); the next forward is refused once the job is cancelled (the search stops
-there); and every cache entry the search made is freed however it ended. Its hypotheses are
-reported when it ends.
+worker thread (one thread owns the model and its prefix cache), one search call at a time in arrival
+order; searches waiting together with the same settings share one call (their prompts batched as
+`sd.generate` batches a list of prompts). The search sees the model through `_SearchModel`: before
+each of the search's forwards the batch advances one step, so running requests keep streaming and
+new ones are admitted while a search runs (the search's own forwards stay apart from the batch's, so
+it computes what `sd.generate` computes); the next forward is refused once every job of the call is
+cancelled (the search stops there); and every cache entry the search made is freed however it
+ended. Its hypotheses are reported when it ends.
 
 Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
 asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
@@ -118,6 +119,7 @@ class EngineStats:
     cancelled: int = 0
     failed: int = 0
     max_batch_rows: int = 0  # the widest step so far
+    searches: int = 0  # whole search calls (jobs with the same search queued together share one)
 
 
 class Engine:
@@ -130,8 +132,8 @@ class Engine:
         self.max_rows = max_rows
         self._queue: deque[Job] = deque()
         self._running: list[_Running] = []
-        self._searches: deque[Job] = deque()  # admitted whole searches, run one per step
-        self._searching: Job | None = None
+        self._searches: deque[Job] = deque()  # admitted whole searches, waiting their turn
+        self._searching: list[Job] = []  # the jobs of the search call in progress
         self._wake = threading.Condition()
         self._stopping = False
         self._stats = EngineStats()
@@ -167,13 +169,14 @@ class Engine:
             s = self._stats
             return EngineStats(
                 len(self._queue) + len(self._searches),
-                len(self._running) + (self._searching is not None),
+                len(self._running) + len(self._searching),
                 sum(len(r.rows) if r.started else r.job.n for r in self._running),
                 s.steps,
                 s.completed,
                 s.cancelled,
                 s.failed,
                 s.max_batch_rows,
+                s.searches,
             )
 
     # --- the worker -----------------------------------------------------------------------
@@ -187,11 +190,11 @@ class Engine:
                     self._admit()
                 if not self._running and not self._searches and self._stopping and not self._queue:
                     return
-                self._searching = self._searches.popleft() if self._searches else None
-            if self._searching is not None:
+                self._searching = self._search_group()
+            if self._searching:
                 self._search(self._searching)
                 with self._wake:
-                    self._searching = None
+                    self._searching = []
             self._batch_step()
 
     def _batch_step(self) -> None:
@@ -230,36 +233,67 @@ class Engine:
             self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
             rows += job.n
 
-    def _search(self, job: Job) -> None:
-        """Run a whole search for `job` and report its hypotheses, best first, as its choices."""
-        if job.cancelled:
-            self._stats.cancelled += 1
+    def _search_group(self) -> list[Job]:
+        """The next waiting search and those queued behind it that can share its search call (the
+        same search, stopping rule and compiled constraint, and no seed: a seeded sampler's draws
+        must not depend on what else is queued), as many as `max_rows` beams or samples allow."""
+        if not self._searches:
+            return []
+        first = self._searches.popleft()
+        group = [first]
+        if _seeded(first.search):
+            return group
+        width = _width(first.search)
+        kept: deque[Job] = deque()
+        while self._searches:
+            job = self._searches.popleft()
+            joins = job.search == first.search and job.stopping == first.stopping and job.constraint is first.constraint
+            if joins and width * (len(group) + 1) <= self.max_rows:
+                group.append(job)
+            else:
+                kept.append(job)
+        self._searches = kept
+        return group
+
+    def _search(self, jobs: list[Job]) -> None:
+        """Run one whole search over the jobs' prompts and report each job's hypotheses, best first,
+        as its choices."""
+        wanted = [job for job in jobs if not job.cancelled]
+        self._stats.cancelled += len(jobs) - len(wanted)
+        jobs = wanted
+        if not jobs:
             return
-        model = _SearchModel(self.model, job, self._batch_step)
-        root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
+        model = _SearchModel(self.model, jobs, self._batch_step)
+        roots = [Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None) for job in jobs]
+        self._stats.searches += 1
         try:
-            (outcome,) = job.search.run(model, [root], job.stopping)
+            outcomes = jobs[0].search.run(model, roots, jobs[0].stopping)
         except _Cancelled:
-            self._stats.cancelled += 1
+            self._stats.cancelled += len(jobs)
             return
-        except Exception as error:  # a failed search fails its job, not the server
-            self._stats.failed += 1
-            job.emit(Failed(error))
+        except Exception as error:  # a failed search fails its jobs, not the server
+            for job in jobs:
+                self._stats.failed += 1
+                job.emit(Failed(error))
             return
         finally:
             model.release()
-        leaves = outcome.leaves[: job.n]
-        for choice, leaf in enumerate(leaves):
-            tokens, logprobs = leaf.generated()
-            entries = None
-            if job.top_logprobs is not None:
-                entries = [TokenLogprob(token, lp) for token, lp in zip(tokens, logprobs)]
-            job.emit(Tokens(choice, tokens, entries))
-            job.emit(Finished(choice, leaf.finish_reason or "length", leaf.depth))
-        for choice in range(len(leaves), job.n):  # a search that found fewer hypotheses than asked
-            job.emit(Finished(choice, "length", 0))
-        self._stats.completed += 1
-        job.emit(Done())
+        for job, outcome in zip(jobs, outcomes):
+            if job.cancelled:  # went away while others of its group were still wanted
+                self._stats.cancelled += 1
+                continue
+            leaves = outcome.leaves[: job.n]
+            for choice, leaf in enumerate(leaves):
+                tokens, logprobs = leaf.generated()
+                entries = None
+                if job.top_logprobs is not None:
+                    entries = [TokenLogprob(token, lp) for token, lp in zip(tokens, logprobs)]
+                job.emit(Tokens(choice, tokens, entries))
+                job.emit(Finished(choice, leaf.finish_reason or "length", leaf.depth))
+            for choice in range(len(leaves), job.n):  # a search that found fewer hypotheses than asked
+                job.emit(Finished(choice, "length", 0))
+            self._stats.completed += 1
+            job.emit(Done())
 
     def _drop_cancelled(self) -> None:
         kept = []
@@ -371,15 +405,24 @@ class _Cancelled(Exception):
     """Raised inside a whole search at its next forward once its job was cancelled."""
 
 
+def _seeded(search) -> bool:
+    return getattr(getattr(search, "sample", None), "seed", None) is not None
+
+
+def _width(search) -> int:
+    """Rows one prompt of this search forwards at a time, at most (beams, or samples)."""
+    return max(getattr(search, "width", 0) or 0, getattr(search, "n", 1) or 1)
+
+
 class _SearchModel:
     """The model as a whole search on the worker sees it: before each of the search's forwards the
-    batch advances one step (`between`), then the forward runs if the job is still wanted; every
-    node forwarded is remembered so that its cache entry can be freed when the search ends, whether
-    it finished, failed or was cancelled."""
+    batch advances one step (`between`), then the forward runs if any of the jobs is still wanted;
+    every node forwarded is remembered so that its cache entry can be freed when the search ends,
+    whether it finished, failed or was cancelled."""
 
-    def __init__(self, model, job: Job, between: Callable[[], None]) -> None:
+    def __init__(self, model, jobs: list[Job], between: Callable[[], None]) -> None:
         self._model = model
-        self._job = job
+        self._jobs = jobs
         self._between = between
         self._forwarded: dict[int, Node] = {}
 
@@ -391,7 +434,7 @@ class _SearchModel:
 
     def logits_last(self, nodes, keep: int) -> torch.Tensor:
         self._between()
-        if self._job.cancelled:
+        if all(job.cancelled for job in self._jobs):
             raise _Cancelled
         for node in nodes:
             self._forwarded[id(node)] = node
