@@ -455,6 +455,16 @@ def test_a_client_that_gives_up_on_a_search_stops_it(server):
     assert state["completed"] == before["completed"]  # stopped, not run to its end
 
 
+def test_completions_take_the_search_extension(client, smollm):
+    import searchdec as sd
+
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, n=2, max_tokens=6,
+                                  extra_body={"search": {"algorithm": "beam", "width": 2}})  # fmt: skip
+    out = sd.generate(smollm, prompt, max_tokens=6, search=sd.Beam(width=2, num_return=2))
+    assert [c.text for c in r.choices] == [h.text for h in out.hypotheses]
+
+
 def test_completions_best_of_returns_the_most_likely_of_its_samples(client):
     r = client.completions.create(model=MODEL, prompt="The capital of France is", best_of=3, max_tokens=6, seed=1)
     assert len(r.choices) == 1 and r.choices[0].text
