@@ -112,7 +112,7 @@ class _Running:
 @dataclass
 class EngineStats:
     queued: int = 0  # jobs waiting, whole searches included
-    running: int = 0  # jobs in the batch, plus a whole search in progress
+    running: int = 0  # jobs in the batch, plus those of the search call in progress
     rows: int = 0  # hypotheses in the batch
     steps: int = 0
     completed: int = 0
