@@ -547,6 +547,9 @@ def error_of(call):
 def test_unknown_model_is_not_found(client):
     e = error_of(lambda: client.chat.completions.create(model="nope", messages=ask("hi")))
     assert isinstance(e, openai.NotFoundError) and e.code == "model_not_found" and e.param == "model"
+    e = error_of(lambda: client.completions.create(model="nope", prompt="hi"))
+    assert isinstance(e, openai.NotFoundError) and e.code == "model_not_found"
+    assert isinstance(error_of(lambda: client.models.retrieve("nope")), openai.NotFoundError)
 
 
 @pytest.mark.parametrize(
