@@ -1,11 +1,14 @@
 """Load on the OpenAI-compatible server: C concurrent clients each send R chat requests back to back,
 through the official `openai` async client. Requests mix plain answers, streamed answers, JSON Schema
-output and required tool calls (each of those validated). Reports errors, request latency p50/p99,
-time to first streamed token, throughput, and the widest decoding batch the engine formed; then the
-same requests one at a time (a single client) for comparison.
+output and required tool calls (each of those validated), and with `--kinds ...,beam` a JSON Schema
+request searched by beam search (width 2, both beams returned and validated), which runs whole on the
+engine thread while the batch keeps decoding. Reports errors, request latency p50/p99, time to first
+streamed token, throughput, and the widest decoding batch the engine formed; then the same requests
+one at a time (a single client) for comparison.
 
   python benchmarks/server_load.py                      # starts `searchdec serve`, 32 clients x 8 requests
   python benchmarks/server_load.py --url http://127.0.0.1:8000 --clients 8 --requests 2
+  python benchmarks/server_load.py --kinds plain,stream,json,tools,beam
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ async def one_request(client, model: str, kind: str, i: int, max_tokens: int, re
             if r.choices[0].finish_reason == "stop":
                 jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
             results.completion_tokens += r.usage.completion_tokens
+        elif kind == "beam":
+            r = await client.chat.completions.create(
+                model=model, messages=messages, n=2, max_tokens=max_tokens + 16,
+                response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+                extra_body={"search": {"algorithm": "beam", "width": 2}},
+            )  # fmt: skip
+            for choice in r.choices:
+                if choice.finish_reason == "stop":
+                    jsonschema.validate(json.loads(choice.message.content), PERSON)
+            results.completion_tokens += r.usage.completion_tokens
         elif kind == "tools":
             r = await client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": f"Weather in {city}?"}], tools=[WEATHER],
@@ -94,9 +107,12 @@ async def one_request(client, model: str, kind: str, i: int, max_tokens: int, re
 
 
 KINDS = ("plain", "stream", "json", "tools")
+ALL_KINDS = (*KINDS, "beam")
 
 
-async def run_load(base_url: str, clients: int, requests: int, max_tokens: int) -> tuple[Results, float]:
+async def run_load(
+    base_url: str, clients: int, requests: int, max_tokens: int, kinds: tuple[str, ...] = KINDS
+) -> tuple[Results, float]:
     import openai
 
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4), timeout=1800)
@@ -107,7 +123,7 @@ async def run_load(base_url: str, clients: int, requests: int, max_tokens: int) 
     async def user(u: int) -> None:
         for r in range(requests):
             i = u * requests + r
-            await one_request(client, model, KINDS[i % len(KINDS)], i, max_tokens, results)
+            await one_request(client, model, kinds[i % len(kinds)], i, max_tokens, results)
 
     start = time.perf_counter()
     await asyncio.gather(*(user(u) for u in range(clients)))
@@ -142,25 +158,29 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=8, help="per client, back to back")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=16, help="requests for the one-client comparison (0: skip)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"request kinds in turn, from {', '.join(ALL_KINDS)}")
     args = parser.parse_args(argv)
+    kinds = tuple(args.kinds.split(","))
+    if not kinds or set(kinds) - set(ALL_KINDS):
+        parser.error(f"--kinds takes a comma-separated list from {', '.join(ALL_KINDS)}")
     server = None
     url = args.url
     if url is None:
         server = _start_server(args.model, args.port)
         url = f"http://127.0.0.1:{args.port}"
     try:
-        loaded, elapsed = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens))
+        loaded, elapsed = asyncio.run(run_load(url, args.clients, args.requests, args.max_tokens, kinds))
         batch = httpx.get(url + "/health", timeout=60).json()["max_batch_rows"]
         rows = [summary(f"{args.clients} clients x {args.requests}", loaded, elapsed)]
         if args.sequential:
-            alone, alone_elapsed = asyncio.run(run_load(url, 1, args.sequential, args.max_tokens))
+            alone, alone_elapsed = asyncio.run(run_load(url, 1, args.sequential, args.max_tokens, kinds))
             rows.append(summary(f"1 client x {args.sequential}", alone, alone_elapsed))
     finally:
         if server is not None:
             server.terminate()
             server.wait(120)
-    print(f"\nserver load, {args.model}, max_tokens={args.max_tokens} (+16 for JSON and tool calls), "
-          f"kinds {', '.join(KINDS)} in turn\n")  # fmt: skip
+    print(f"\nserver load, {args.model}, max_tokens={args.max_tokens} (+16 for JSON, tool calls and beam), "
+          f"kinds {', '.join(kinds)} in turn\n")  # fmt: skip
     print("| run | requests | errors | latency p50 (s) | latency p99 (s) | first token p50 (s) | tokens/s | wall (s) |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import signal
 import subprocess
@@ -218,6 +219,18 @@ def test_parallel_tool_calls_can_return_several_calls(client):
     assert counts and max(counts) > 1
 
 
+def test_a_stop_string_that_cuts_a_call_never_returns_it_as_a_call(client, server):
+    kwargs = dict(model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice="required",
+                  stop=["city"], temperature=0, max_tokens=40)  # fmt: skip
+    choice = client.chat.completions.create(**kwargs).choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content and "city" not in choice.message.content
+    body = {**kwargs, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=600) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "stop"
+
+
 def test_streamed_tool_calls_reassemble_with_the_stream_helper(client):
     kwargs = dict(model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice="required",
                   temperature=0, max_tokens=64)  # fmt: skip
@@ -330,6 +343,198 @@ def test_search_extension_greedy_equals_temperature_zero(client):
     assert len(sampled.choices) == 2
 
 
+# --- the search extension -------------------------------------------------------------------------
+
+
+def test_beam_search_returns_its_n_best_hypotheses_as_choices(client, smollm):
+    import searchdec as sd
+
+    messages = ask("Name a fruit.")
+    r = client.chat.completions.create(model=MODEL, messages=messages, n=2, max_tokens=12, logprobs=True,
+                                       extra_body={"search": {"algorithm": "beam", "width": 3}})  # fmt: skip
+    out = sd.generate(smollm, messages, max_tokens=12, search=sd.Beam(width=3, num_return=2))
+    assert [c.index for c in r.choices] == [0, 1]
+    assert [c.message.content for c in r.choices] == [h.text for h in out.hypotheses]
+    assert [c.finish_reason for c in r.choices] == [h.finish_reason for h in out.hypotheses]
+    assert r.usage.completion_tokens == sum(len(h.tokens) for h in out.hypotheses)
+    for choice in r.choices:  # each token's own log-probability (a whole search keeps no alternatives)
+        assert "".join(e.token for e in choice.logprobs.content) == choice.message.content
+
+
+def test_best_of_n_ranks_its_samples_by_mean_token_logprob(client, smollm):
+    import searchdec as sd
+    from searchdec.server.searches import BestOfNByLogprob
+
+    messages = ask("Name a fruit.")
+    search = {"algorithm": "best_of_n", "n": 4, "temperature": 1.0, "seed": 3}
+    r = client.chat.completions.create(model=MODEL, messages=messages, n=2, max_tokens=10,
+                                       extra_body={"search": search})  # fmt: skip
+    spec = BestOfNByLogprob(n=4, sample=sd.Sample(temperature=1.0, n=4, seed=3))
+    out = sd.generate(smollm, messages, max_tokens=10, search=spec)
+    assert [c.message.content for c in r.choices] == [h.text for h in out.hypotheses[:2]]
+    for h in out.hypotheses:
+        assert h.score == pytest.approx(math.exp(sum(h.token_logprobs) / len(h.token_logprobs)))
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"algorithm": "best_of_n", "n": 3, "reward": "self_eval", "seed": 1},
+        {"algorithm": "best_of_n", "n": 3, "aggregate": "majority", "seed": 1},
+        {"algorithm": "diverse_beam", "width": 4, "groups": 2, "diversity_penalty": 1.0},
+        {"algorithm": "best_first_beam", "width": 2},
+    ],
+)
+def test_every_registered_search_is_served(client, search):
+    r = client.chat.completions.create(model=MODEL, messages=ask("Name a color."), n=2, max_tokens=8,
+                                       extra_body={"search": search})  # fmt: skip
+    assert [c.index for c in r.choices] == [0, 1]
+    assert all(c.message.content and c.finish_reason in ("stop", "length") for c in r.choices)
+
+
+def test_searched_json_schema_outputs_validate(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask("Describe a person as JSON."), n=2, max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        extra_body={"search": {"algorithm": "beam", "width": 2}},
+    )  # fmt: skip
+    assert [c.finish_reason for c in r.choices] == ["stop", "stop"]
+    for choice in r.choices:
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
+def test_searched_tool_calls_validate(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, max_tokens=40, extra_body={"search": {"algorithm": "best_of_n", "n": 3, "seed": 0}},
+    )  # fmt: skip
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+    check_calls(r.choices[0].message.tool_calls)
+
+
+def test_a_streamed_search_sends_each_choice_when_the_search_ends(client):
+    kwargs = dict(model=MODEL, messages=ask("Name a fruit."), n=2, max_tokens=12,
+                  extra_body={"search": {"algorithm": "beam", "width": 3}})  # fmt: skip
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    for choice in whole.choices:
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == choice.index]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(m.delta.content or "" for m in mine) == choice.message.content
+        assert mine[-1].finish_reason == choice.finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_other_requests_keep_streaming_while_a_search_runs(client, server):
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "max_tokens": 30,
+            "search": {"algorithm": "beam", "width": 4, "early_stopping": "never"}}  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        searching = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=body, timeout=600)
+        while health(server)["running"] == 0:
+            time.sleep(0.02)
+        stream = client.chat.completions.create(model=MODEL, messages=ask("Count to ten."), temperature=0,
+                                                max_tokens=6, stream=True)  # fmt: skip
+        assert [c.choices[0].finish_reason for c in stream][-1] in ("stop", "length")
+        assert not searching.done()  # the stream was served to its end while the search ran
+        assert searching.result().status_code == 200
+
+
+def test_a_client_that_gives_up_on_a_search_stops_it(server):
+    before = health(server)
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "max_tokens": 2000,
+            "search": {"algorithm": "beam", "width": 4, "early_stopping": "never"}}  # fmt: skip
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = health(server)
+        if state["cancelled"] > before["cancelled"] and state["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert state["cancelled"] > before["cancelled"] and state["running"] == 0
+    assert state["completed"] == before["completed"]  # stopped, not run to its end
+
+
+def test_completions_take_the_search_extension(client, smollm):
+    import searchdec as sd
+
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, n=2, max_tokens=6,
+                                  extra_body={"search": {"algorithm": "beam", "width": 2}})  # fmt: skip
+    out = sd.generate(smollm, prompt, max_tokens=6, search=sd.Beam(width=2, num_return=2))
+    assert [c.text for c in r.choices] == [h.text for h in out.hypotheses]
+
+
+def test_completions_best_of_returns_the_most_likely_of_its_samples(client):
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", best_of=3, max_tokens=6, seed=1)
+    assert len(r.choices) == 1 and r.choices[0].text
+    e = error_of(lambda: client.completions.create(model=MODEL, prompt="Hi", best_of=2, stream=True))
+    assert isinstance(e, openai.BadRequestError) and e.param == "best_of"
+
+
+# --- tools with response_format -------------------------------------------------------------------
+
+
+def person_format(schema=PERSON) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+
+
+def test_tools_with_response_format_call_a_tool_or_answer_in_the_format(client):
+    kwargs = dict(model=MODEL, tools=TOOLS, parallel_tool_calls=False, response_format=person_format(),
+                  temperature=0, max_tokens=48)  # fmt: skip
+    call = client.chat.completions.create(messages=ask("What's the weather in Paris?"), **kwargs).choices[0]
+    assert call.finish_reason == "tool_calls" and call.message.content is None
+    check_calls(call.message.tool_calls)
+    answer = client.chat.completions.create(messages=ask("Describe a person as JSON."), **kwargs).choices[0]
+    assert answer.finish_reason == "stop" and answer.message.tool_calls is None
+    jsonschema.validate(json.loads(answer.message.content), PERSON)
+    streamed = client.chat.completions.create(messages=ask("Describe a person as JSON."), stream=True, **kwargs)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.message.content
+
+
+@pytest.mark.parametrize(
+    "tool_choice, calls",
+    [("none", False), ("required", True), ({"type": "function", "function": {"name": "get_time"}}, True)],
+)
+def test_tool_choice_decides_whether_response_format_applies(client, tool_choice, calls):
+    choice = client.chat.completions.create(
+        model=MODEL, messages=ask("What's the weather in Paris?"), tools=TOOLS, tool_choice=tool_choice,
+        parallel_tool_calls=False, response_format=person_format(), temperature=0, max_tokens=48,
+    ).choices[0]  # fmt: skip
+    if calls:  # the call is what comes back: response_format does not apply to it
+        check_calls(choice.message.tool_calls)
+    else:
+        assert choice.message.tool_calls is None
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
+def test_parse_with_pydantic_tools_and_response_format(client):
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    class GetWeather(BaseModel):
+        city: str
+
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    kwargs = dict(model=MODEL, response_format=Person, tools=[openai.pydantic_function_tool(GetWeather)],
+                  parallel_tool_calls=False, temperature=0, max_tokens=48)  # fmt: skip
+    answer = parse(messages=ask("Describe a person as JSON."), **kwargs).choices[0].message
+    assert isinstance(answer.parsed, Person) and not answer.tool_calls
+    call = parse(messages=ask("What's the weather in Paris?"), **kwargs).choices[0].message
+    assert isinstance(call.tool_calls[0].function.parsed_arguments, GetWeather)
+
+
+def test_every_sampled_json_schema_output_validates(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask("Describe a person as JSON."), n=4, temperature=1.3, seed=5, max_tokens=40,
+        response_format=person_format(),
+    )  # fmt: skip
+    for choice in r.choices:  # the budget closes every document within max_tokens
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 
@@ -342,6 +547,9 @@ def error_of(call):
 def test_unknown_model_is_not_found(client):
     e = error_of(lambda: client.chat.completions.create(model="nope", messages=ask("hi")))
     assert isinstance(e, openai.NotFoundError) and e.code == "model_not_found" and e.param == "model"
+    e = error_of(lambda: client.completions.create(model="nope", prompt="hi"))
+    assert isinstance(e, openai.NotFoundError) and e.code == "model_not_found"
+    assert isinstance(error_of(lambda: client.models.retrieve("nope")), openai.NotFoundError)
 
 
 @pytest.mark.parametrize(
@@ -370,6 +578,20 @@ def test_unknown_model_is_not_found(client):
         ({"extra_body": {"structured_outputs": {"regex": "a", "choice": ["b"]}}}, "structured_outputs", None),
         ({"extra_body": {"search": {"algorithm": "nope"}}}, "search.algorithm", None),
         ({"extra_body": {"search": {"algorithm": "sample", "width": 3}}}, "search.width", None),
+        ({"n": 3, "extra_body": {"search": {"algorithm": "beam", "width": 2}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "beam", "width": 1000}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "beam", "num_return": 2}}}, "search.num_return", None),
+        ({"extra_body": {"search": {"algorithm": "beam", "early_stopping": "soon"}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "best_of_n", "reward": "magic"}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "best_of_n", "reward": "none"}}}, "search", None),
+        ({"temperature": 0.5, "extra_body": {"search": {"algorithm": "beam"}}}, "temperature", None),
+        ({"logprobs": True, "top_logprobs": 2, "extra_body": {"search": {"algorithm": "beam"}}}, "top_logprobs", None),
+        (
+            {"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+            "response_format.json_schema.schema",
+            "invalid_constraint",
+        ),
+        ({"tools": TOOLS, "extra_body": {"guided_regex": "a+"}}, "guided_regex", None),
         ({"n": 0}, "n", "invalid_value"),
         ({"max_tokens": 9000}, "max_tokens", "context_length_exceeded"),
         ({"frequency_penalty": 0.5}, "frequency_penalty", "unsupported_parameter"),
@@ -415,8 +637,21 @@ def test_concurrent_requests_are_batched_and_all_succeed(client, server):
     assert health(server)["max_batch_rows"] > 1
 
 
+def test_a_client_that_stops_reading_its_stream_does_not_stall_others(client, server):
+    body = {"model": MODEL, "messages": ask("Write a very long story."), "temperature": 0, "max_tokens": 2000,
+            "stream": True}  # fmt: skip
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=600) as slow:
+        lines = slow.iter_lines()
+        next(lines)  # then it reads nothing more while another client is served
+        started = time.monotonic()
+        other = client.chat.completions.create(model=MODEL, messages=ask("Say hi."), temperature=0, max_tokens=8)
+        assert other.choices[0].message.content and time.monotonic() - started < 30
+        state = health(server)
+        assert state["running"] == 1 and state["rows"] == 1  # the slow one is still being decoded, unblocked
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_work(server):
-    before = health(server)["cancelled"]
+    before = health(server)
     body = {"model": MODEL, "messages": ask("Write a very long story."), "temperature": 0, "max_tokens": 2000,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=600) as r:
@@ -426,10 +661,13 @@ def test_a_client_that_disconnects_mid_stream_frees_its_work(server):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = health(server)
-        if state["cancelled"] > before and state["running"] == 0:
+        if state["cancelled"] > before["cancelled"] and state["running"] == 0:
             break
         time.sleep(0.2)
-    assert state["cancelled"] > before and state["running"] == 0 and state["rows"] == 0
+    assert state["cancelled"] > before["cancelled"] and state["running"] == 0 and state["rows"] == 0
+    assert state["completed"] == before["completed"]  # dropped, not decoded to its end
+    time.sleep(0.5)
+    assert health(server)["steps"] == state["steps"]  # nothing is decoding any more
 
 
 def test_a_client_that_gives_up_on_a_whole_response_frees_its_work(server):
@@ -466,15 +704,25 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits():
                 assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
                 time.sleep(0.3)
         body = {"model": MODEL, "messages": ask("Write a story."), "temperature": 0, "max_tokens": 12}
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(httpx.post, url + "/v1/chat/completions", json=body, timeout=600)
-            while httpx.get(url + "/health", timeout=5).json()["running"] == 0 and not pending.done():
-                time.sleep(0.05)
+        searched = {**body, "n": 2, "search": {"algorithm": "beam", "width": 2, "early_stopping": "never"}}
+        del searched["temperature"]  # the search holds the decoding parameters
+
+        def in_flight() -> int:
+            state = httpx.get(url + "/health", timeout=5).json()
+            return state["running"] + state["queued"]
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            pending = []
+            for request in (searched, body):
+                pending.append(pool.submit(httpx.post, url + "/v1/chat/completions", json=request, timeout=600))
+                while in_flight() < len(pending) and not any(p.done() for p in pending):
+                    time.sleep(0.02)
             process.send_signal(signal.SIGTERM)
-            response = pending.result()
+            search, response = [p.result() for p in pending]
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] == 12  # all of it, not cut by the shutdown
-        assert process.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+        assert search.status_code == 200 and len(search.json()["choices"]) == 2  # a queued search runs too
+        assert process.wait(120) == 0  # a shutdown that was asked for and drained cleanly
     finally:
         if process.poll() is None:
             process.kill()

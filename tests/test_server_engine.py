@@ -124,3 +124,100 @@ def test_streamed_call_pieces_add_up_to_the_calls():
 def test_a_name_is_not_reported_until_complete():
     assert scan_calls('[{"name": "get_wea') == []
     assert scan_calls('<tool_call>\n{"name": "get_weather", "arguments": {"ci') == [("get_weather", '{"ci')]
+
+
+# --- whole searches ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "search", [sd.Beam(width=3, num_return=2), sd.DiverseBeam(width=4, groups=2, num_return=2), sd.BestFirstBeam(3)]
+)
+def test_a_whole_search_on_the_worker_gives_what_generate_gives(tiny, search):
+    constraint = sd.regex(r"[a-z ]{1,30}")
+    expected = sd.generate(tiny, "hello there", max_tokens=12, search=search, constraint=constraint)
+    engine = Engine(tiny)
+    engine.start()
+    beside = Collector(1)  # a decoding job in the batch while the search runs
+    engine.submit(job(tiny, "a", beside, 30))
+    collector = Collector(search.n)
+    engine.submit(job(tiny, "hello there", collector, 12, search=search, n=search.n, constraint=constraint))
+    assert collector.done.wait(60) and beside.done.wait(60) and collector.error is None
+    engine.stop()
+    assert collector.tokens == [h.tokens for h in expected.hypotheses]
+    assert collector.reasons == [h.finish_reason for h in expected.hypotheses]
+    assert beside.tokens[0] == sd.generate(tiny, "a", max_tokens=30).tokens
+    assert len(tiny.cache) == 0
+
+
+def test_a_cancelled_whole_search_stops_at_its_next_forward_and_frees_its_cache(tiny):
+    engine = Engine(tiny)
+    collector = Collector(1)
+    forwards = []
+    searching = job(tiny, "long", collector, 500, search=sd.Beam(width=4))
+    original = tiny.logits_last
+
+    def counted(nodes, keep):
+        forwards.append(len(nodes))
+        if len(forwards) == 5:
+            searching.cancel()  # as a client that goes away mid-search
+        return original(nodes, keep)
+
+    tiny.logits_last = counted
+    engine.start()
+    engine.submit(searching)
+    for _ in range(1000):
+        if engine.stats.cancelled:
+            break
+        threading.Event().wait(0.01)
+    engine.stop()
+    assert engine.stats.cancelled == 1 and engine.stats.running == 0
+    assert len(forwards) == 5  # no forward after the cancellation
+    assert not collector.done.is_set() and collector.tokens == [[]]
+    assert len(tiny.cache) == 0
+
+
+def test_the_batch_keeps_decoding_while_a_whole_search_runs(tiny):
+    engine = Engine(tiny)
+    order = []
+
+    class Recorder(Collector):
+        def __init__(self, name: str, n: int) -> None:
+            super().__init__(n)
+            self.name = name
+
+        def __call__(self, event) -> None:
+            super().__call__(event)
+            if isinstance(event, Done):
+                order.append(self.name)
+
+    search, beside = Recorder("search", 1), Recorder("beside", 1)
+    engine.start()
+    engine.submit(job(tiny, "long", search, 120, search=sd.Beam(width=4, early_stopping="never")))
+    while engine.stats.running == 0:
+        threading.Event().wait(0.002)
+    engine.submit(job(tiny, "a", beside, 20))  # arrives while the search runs
+    assert search.done.wait(60) and beside.done.wait(60)
+    engine.stop()
+    assert order == ["beside", "search"]
+    assert beside.tokens[0] == sd.generate(tiny, "a", max_tokens=20).tokens
+
+
+def test_searches_waiting_together_share_one_search_call(tiny):
+    search = sd.Beam(width=2, num_return=2)
+    prompts = ["hello there", "a", "the quick brown fox"]
+    expected = sd.generate(tiny, prompts, max_tokens=10, search=search)
+    engine = Engine(tiny)
+    collectors = [Collector(2) for _ in prompts]
+    for prompt, collector in zip(prompts, collectors):
+        engine.submit(job(tiny, prompt, collector, 10, search=search, n=2))
+    seeded = sd.BestOfN(n=2, aggregate="majority", sample=sd.Sample(seed=1))
+    alone = [Collector(1), Collector(1)]  # seeded samples never share a call: their draws would depend on it
+    for collector in alone:
+        engine.submit(job(tiny, "abc", collector, 6, search=seeded))
+    engine.start()
+    assert all(c.done.wait(60) and c.error is None for c in collectors + alone)
+    engine.stop()
+    assert engine.stats.searches == 3
+    assert [c.tokens for c in collectors] == [[h.tokens for h in out.hypotheses] for out in expected]
+    assert alone[0].tokens == alone[1].tokens
+    assert len(tiny.cache) == 0

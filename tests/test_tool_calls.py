@@ -1,6 +1,8 @@
 """Tool-call constraints: every call names a real tool and its arguments validate; tool_choice and
 parallel are honoured in both formats; bad tool lists fail before generation."""
 
+import json
+
 import jsonschema
 import pytest
 
@@ -109,6 +111,58 @@ def test_arguments_outside_the_schema_are_refused(tiny):
     wrong = '<tool_call>\n{"name": "add", "arguments": {"a": 100'
     with pytest.raises(ValueError):
         state.advance_many(tiny.encode(wrong, add_special_tokens=False))
+
+
+ANSWER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize("fmt", ["json", "hermes"])
+def test_an_answer_schema_replaces_free_text_beside_calls(tiny, fmt):
+    spec = sd.tool_calls(TOOLS, "auto", format=fmt, answer=sd.json_schema(ANSWER))
+    state = spec.compile(tiny).start()
+    answer = '{"city": "Paris"}'
+    assert state.advance_many(tiny.encode(answer, add_special_tokens=False)).accepting
+    assert spec.parse(answer) is None
+    call = '{"name": "add", "arguments": {"a": 1, "b": 2}}'
+    call = f"[{call}]" if fmt == "json" else f"<tool_call>\n{call}\n</tool_call>"
+    assert state.advance_many(tiny.encode(call, add_special_tokens=False)).accepting
+    for wrong in ["Sure, it is sunny.", '{"town": "Paris"}']:  # free text, or JSON outside the schema
+        with pytest.raises(ValueError):
+            state.advance_many(tiny.encode(wrong, add_special_tokens=False))
+
+
+def test_with_tool_choice_none_the_answer_schema_alone_applies(tiny):
+    state = sd.tool_calls(TOOLS, "none", answer=sd.json_schema(ANSWER)).compile(tiny).start()
+    assert state.advance_many(tiny.encode('{"city": "Rome"}', add_special_tokens=False)).accepting
+    with pytest.raises(ValueError):
+        state.advance_many(tiny.encode("<tool_call>", add_special_tokens=False))
+
+
+def test_samples_beside_an_answer_schema_are_calls_or_valid_answers(tiny):
+    spec = sd.tool_calls(TOOLS, "auto", format="json", answer=sd.json_schema(ANSWER))
+    out = sd.generate(tiny, "x", constraint=spec, max_tokens=120, search=sd.Sample(n=8, seed=4))
+    finished = [h for h in out.hypotheses if h.finish_reason == "stop"]
+    assert finished
+    for h in finished:
+        calls = spec.parse(h.text)
+        if calls is None:
+            jsonschema.validate(json.loads(h.text), ANSWER)
+        else:
+            check_calls(calls)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tool_choice="required"), "tool_choice 'auto' or 'none'"),
+        (dict(answer={"type": "array"}), "root must have a type other than array"),
+        (dict(answer={"anyOf": [{"type": "object"}]}), "root must have a type other than array"),
+    ],
+)
+def test_answer_schemas_that_cannot_sit_beside_calls_are_refused(kwargs, message):
+    answer = sd.json_schema(kwargs.pop("answer", ANSWER))
+    with pytest.raises(sd.ConstraintError, match=message):
+        sd.tool_calls(TOOLS, format="json", answer=answer, **kwargs)
 
 
 @pytest.mark.parametrize(

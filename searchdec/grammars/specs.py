@@ -87,6 +87,11 @@ class JsonSchema(ConstraintSpec):
         return json.loads(self.schema_text)
 
     def grammar(self) -> str:
+        return grammar_json("json_schema", self.engine_schema())
+
+    def engine_schema(self) -> dict | bool:
+        """The schema with the engine's options in `x-guidance` (strict mode, whitespace bounds), as
+        llguidance reads it, also inside a larger grammar (`%json {...}` in Lark)."""
         schema = self.schema
         if isinstance(schema, dict):
             if self.strict:
@@ -97,7 +102,7 @@ class JsonSchema(ConstraintSpec):
                 "whitespace_pattern": rf"[ \t\n\r]{{0,{self.max_whitespace}}}",
             }
             schema = {**schema, "x-guidance": {**schema.get("x-guidance", {}), **options}}
-        return grammar_json("json_schema", schema)
+        return schema
 
 
 # --- constructors ---------------------------------------------------------------------------

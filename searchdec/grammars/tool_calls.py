@@ -11,11 +11,16 @@ Formats:
 `{"type": "function", "function": {"name": ...}}` (calls of that tool only), "auto" (a call, or text
 that does not begin like one: its first character after whitespace is neither "[" nor "<"; the two
 languages are disjoint), "none" (such text only).
+`answer`: with "auto" or "none", a plain answer must instead be a JSON document valid under this
+`sd.json_schema` (OpenAI's `tools` with `response_format`: call a tool, or answer in the format).
+It must not begin like a call: in the "json" format its root must be typed and not an array (a
+JSON answer never begins with "<", so any schema suits "hermes").
 `parse(text)` reads the calls back out of a finished output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import llguidance
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.specs import ConstraintSpec
+from searchdec.grammars.specs import ConstraintSpec, JsonSchema
 
 FORMATS = ("json", "hermes")
 # A plain answer: its first character after any whitespace is neither "<" nor "[", so it never starts
@@ -43,10 +48,33 @@ class ToolCalls(ConstraintSpec):
     parallel: bool
     format: str
     max_whitespace: int = 4
+    answer_json: str | None = None  # a plain answer's schema (engine options included), else free text
 
     @property
     def tools(self) -> list[dict]:
         return json.loads(self.tools_json)
+
+    @property
+    def call_start(self) -> str:
+        """The first character of every call output (after whitespace); a plain answer never has it."""
+        return "[" if self.format == "json" else "<"
+
+    def with_answer(self, answer: JsonSchema) -> ToolCalls:
+        """These calls, with a plain answer that follows `answer` instead of free text."""
+        if self.choice not in ("auto", "none"):
+            raise ConstraintError(f"an answer format applies with tool_choice 'auto' or 'none', not {self.choice!r}")
+        if not isinstance(answer, JsonSchema):
+            raise ConstraintError(f"answer must be sd.json_schema(...), got {type(answer).__name__}")
+        if self.format == "json" and _may_be_array(answer.schema):
+            raise ConstraintError(
+                "the answer schema's root must have a type other than array (e.g. type: object): in the json "
+                "tool-call format calls begin with '[', and an answer must not begin like a call"
+            )
+        # One whitespace bound for both %json rules: llguidance 1.9 panics on a grammar whose %json
+        # rules bound whitespace differently, and the panic poisons its lock for every later grammar.
+        answer = dataclasses.replace(answer, max_whitespace=self.max_whitespace)
+        return ToolCalls(self.tools_json, self.choice, self.names, self.parallel, self.format, self.max_whitespace,
+                         json.dumps(answer.engine_schema()))  # fmt: skip
 
     def call_schema(self) -> dict:
         """JSON Schema of one call object."""
@@ -65,8 +93,10 @@ class ToolCalls(ConstraintSpec):
         return {**schema, "x-guidance": {"whitespace_pattern": rf"[ \t\n\r]{{0,{self.max_whitespace}}}"}}
 
     def grammar(self) -> str:
+        answer = "TEXT" if self.answer_json is None else "answer"
+        answer_rule = f"\n{_TEXT}" if self.answer_json is None else f"\nanswer: %json {self.answer_json}"
         if self.choice == "none":
-            return llguidance.LLMatcher.grammar_from_lark(f"start: TEXT\n{_TEXT}\n")
+            return llguidance.LLMatcher.grammar_from_lark(f"start: {answer}{answer_rule}\n")
         call = json.dumps(self.call_schema())
         if self.format == "json":
             item = self.call_schema()
@@ -77,8 +107,8 @@ class ToolCalls(ConstraintSpec):
         else:
             repeat = ' ("\\n" call)*' if self.parallel else ""
             calls = f'calls: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json {call}'
-        start = "start: calls | TEXT" if self.choice == "auto" else "start: calls"
-        text = f"\n{_TEXT}" if self.choice == "auto" else ""
+        start = f"start: calls | {answer}" if self.choice == "auto" else "start: calls"
+        text = answer_rule if self.choice == "auto" else ""
         return llguidance.LLMatcher.grammar_from_lark(f"{start}\n{calls}{text}\n")
 
     def parse(self, text: str) -> list[dict] | None:
@@ -92,9 +122,15 @@ class ToolCalls(ConstraintSpec):
 
 
 def tool_calls(
-    tools: list[dict], tool_choice="auto", parallel: bool = True, format: str = "hermes", max_whitespace: int = 4
+    tools: list[dict],
+    tool_choice="auto",
+    parallel: bool = True,
+    format: str = "hermes",
+    max_whitespace: int = 4,
+    answer: JsonSchema | None = None,
 ) -> ToolCalls:
-    """A constraint from an OpenAI `tools` list (`[{"type": "function", "function": {...}}]`)."""
+    """A constraint from an OpenAI `tools` list (`[{"type": "function", "function": {...}}]`); with
+    `answer` (an `sd.json_schema`), a plain answer follows that schema."""
     if format not in FORMATS:
         raise ConstraintError(f"unknown tool-call format {format!r}; choose one of {', '.join(FORMATS)}")
     normalized = [_tool(i, tool) for i, tool in enumerate(tools or [])]
@@ -105,7 +141,16 @@ def tool_calls(
     choice, allowed = _choice(tool_choice, names)
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
-    return ToolCalls(json.dumps(normalized), choice, tuple(allowed), bool(parallel), format, max_whitespace)
+    spec = ToolCalls(json.dumps(normalized), choice, tuple(allowed), bool(parallel), format, max_whitespace)
+    return spec if answer is None else spec.with_answer(answer)
+
+
+def _may_be_array(schema) -> bool:
+    """Whether a document valid under `schema` may be an array, judged by its root's `type` alone."""
+    if not isinstance(schema, dict) or "type" not in schema:
+        return True
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return "array" in types
 
 
 def _tool(index: int, tool: dict) -> dict:

@@ -25,11 +25,23 @@ def serve(
     log_level: str = "info",
     **options,
 ) -> None:
-    """Load `model_name` and serve it until interrupted (SIGINT/SIGTERM finish in-flight requests first)."""
+    """Load `model_name` and serve it until SIGINT or SIGTERM; in-flight and queued requests finish
+    first, and then this returns (the process exits 0: the shutdown was asked for and clean)."""
     import uvicorn
 
     import searchdec as sd
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal once it has drained, which would end the process
+            # by that signal (exit -15) after a clean shutdown; a second SIGINT still forces exit.
+            getattr(self, "_captured_signals", []).clear()
+
     model = sd.load(model_name, dtype=dtype)
     app = create_app(model, served_name or model_name, **options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+    server = Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run answers a server that could not start (e.g. its port is taken)

@@ -224,6 +224,9 @@ async def _sse(run: _Run, chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
     except APIError as error:
         yield f"data: {json.dumps(error.body())}\n\n"
+    except Exception as error:  # a bug must not cut the stream without an answer or its [DONE]
+        body = APIError(f"internal error: {type(error).__name__}: {error}", 500, "server_error").body()
+        yield f"data: {json.dumps(body)}\n\n"
     finally:
         run.cancel()  # a no-op when the jobs are done; frees them when the client went away
     yield "data: [DONE]\n\n"

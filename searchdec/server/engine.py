@@ -11,6 +11,16 @@ queue), so a slow reader never stalls the batch; a cancelled job (a client that 
 the batch before the next step and its cache entries are freed. `stop()` finishes every admitted
 and queued job before the thread ends.
 
+A job whose search is not stepwise (beam, best-of-N, ...) runs as one whole search call on the same
+worker thread (one thread owns the model and its prefix cache), one search call at a time in arrival
+order; searches waiting together with the same settings share one call (their prompts batched as
+`sd.generate` batches a list of prompts). The search sees the model through `_SearchModel`: before
+each of the search's forwards the batch advances one step, so running requests keep streaming and
+new ones are admitted while a search runs (the search's own forwards stay apart from the batch's, so
+it computes what `sd.generate` computes); the next forward is refused once every job of the call is
+cancelled (the search stops there); and every cache entry the search made is freed however it
+ended. Its hypotheses are reported when it ends.
+
 Tokens the grammar forces are appended without a forward of their own (jump-forward) unless the job
 asks for log-probabilities: then every token gets its own forward, so that its top alternatives are
 known when it is reported.
@@ -30,6 +40,8 @@ from searchdec.grammars.state import Constraint, apply_masks
 from searchdec.search.decode import Stopping, _finished, _forward, _StopText, extend_closable, start_budget
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
+
+Search = object  # a search spec with `run(model, roots, stopping) -> list[SearchResult]` (Beam, BestOfN, ...)
 
 
 @dataclass
@@ -73,7 +85,7 @@ class Job:
     """One request: a tokenized prompt decoded into `n` hypotheses."""
 
     prompt: list[int]
-    search: Greedy | Sample
+    search: Greedy | Sample | Search
     n: int
     stopping: Stopping
     emit: Callable[[Event], None]
@@ -99,14 +111,15 @@ class _Running:
 
 @dataclass
 class EngineStats:
-    queued: int = 0
-    running: int = 0  # jobs in the batch
+    queued: int = 0  # jobs waiting, whole searches included
+    running: int = 0  # jobs in the batch, plus those of the search call in progress
     rows: int = 0  # hypotheses in the batch
     steps: int = 0
     completed: int = 0
     cancelled: int = 0
     failed: int = 0
     max_batch_rows: int = 0  # the widest step so far
+    searches: int = 0  # whole search calls (jobs with the same search queued together share one)
 
 
 class Engine:
@@ -119,6 +132,8 @@ class Engine:
         self.max_rows = max_rows
         self._queue: deque[Job] = deque()
         self._running: list[_Running] = []
+        self._searches: deque[Job] = deque()  # admitted whole searches, waiting their turn
+        self._searching: list[Job] = []  # the jobs of the search call in progress
         self._wake = threading.Condition()
         self._stopping = False
         self._stats = EngineStats()
@@ -153,14 +168,15 @@ class Engine:
         with self._wake:
             s = self._stats
             return EngineStats(
-                len(self._queue),
-                len(self._running),
+                len(self._queue) + len(self._searches),
+                len(self._running) + len(self._searching),
                 sum(len(r.rows) if r.started else r.job.n for r in self._running),
                 s.steps,
                 s.completed,
                 s.cancelled,
                 s.failed,
                 s.max_batch_rows,
+                s.searches,
             )
 
     # --- the worker -----------------------------------------------------------------------
@@ -169,21 +185,33 @@ class Engine:
         while True:
             with self._wake:
                 self._admit()
-                while not self._running and not (self._stopping and not self._queue):
+                while not self._running and not self._searches and not (self._stopping and not self._queue):
                     self._wake.wait()
                     self._admit()
-                if not self._running and self._stopping and not self._queue:
+                if not self._running and not self._searches and self._stopping and not self._queue:
                     return
-            self._drop_cancelled()
-            if self._running:
-                try:
-                    self._step()
-                except Exception as error:  # a failed forward fails the jobs in it, not the server
-                    for running in self._running:
-                        self._release(running)
-                        self._stats.failed += 1
-                        running.job.emit(Failed(error))
-                    self._running = []
+                self._searching = self._search_group()
+            if self._searching:
+                self._search(self._searching)
+                with self._wake:
+                    self._searching = []
+            self._batch_step()
+
+    def _batch_step(self) -> None:
+        """Advance the batch by one step: from the loop, or from inside a whole search before each
+        of its forwards (so that the batch keeps decoding while a search runs)."""
+        with self._wake:
+            self._admit()
+        self._drop_cancelled()
+        if self._running:
+            try:
+                self._step()
+            except Exception as error:  # a failed forward fails the jobs in it, not the server
+                for running in self._running:
+                    self._release(running)
+                    self._stats.failed += 1
+                    running.job.emit(Failed(error))
+                self._running = []
 
     def _admit(self) -> None:
         rows = sum(len(r.rows) if r.started else r.job.n for r in self._running)
@@ -193,6 +221,9 @@ class Engine:
                 self._queue.popleft()
                 self._stats.cancelled += 1
                 continue
+            if not isinstance(job.search, (Greedy, Sample)):
+                self._searches.append(self._queue.popleft())  # runs whole, outside the batch's rows
+                continue
             if self._running and rows + job.n > self.max_rows:
                 break
             self._queue.popleft()
@@ -201,6 +232,68 @@ class Engine:
             generator = job.search.generator(self.model.device) if isinstance(job.search, Sample) else None
             self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
             rows += job.n
+
+    def _search_group(self) -> list[Job]:
+        """The next waiting search and those queued behind it that can share its search call (the
+        same search, stopping rule and compiled constraint, and no seed: a seeded sampler's draws
+        must not depend on what else is queued), as many as `max_rows` beams or samples allow."""
+        if not self._searches:
+            return []
+        first = self._searches.popleft()
+        group = [first]
+        if _seeded(first.search):
+            return group
+        width = _width(first.search)
+        kept: deque[Job] = deque()
+        while self._searches:
+            job = self._searches.popleft()
+            joins = job.search == first.search and job.stopping == first.stopping and job.constraint is first.constraint
+            if joins and width * (len(group) + 1) <= self.max_rows:
+                group.append(job)
+            else:
+                kept.append(job)
+        self._searches = kept
+        return group
+
+    def _search(self, jobs: list[Job]) -> None:
+        """Run one whole search over the jobs' prompts and report each job's hypotheses, best first,
+        as its choices."""
+        wanted = [job for job in jobs if not job.cancelled]
+        self._stats.cancelled += len(jobs) - len(wanted)
+        jobs = wanted
+        if not jobs:
+            return
+        model = _SearchModel(self.model, jobs, self._batch_step)
+        roots = [Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None) for job in jobs]
+        self._stats.searches += 1
+        try:
+            outcomes = jobs[0].search.run(model, roots, jobs[0].stopping)
+        except _Cancelled:
+            self._stats.cancelled += len(jobs)
+            return
+        except Exception as error:  # a failed search fails its jobs, not the server
+            for job in jobs:
+                self._stats.failed += 1
+                job.emit(Failed(error))
+            return
+        finally:
+            model.release()
+        for job, outcome in zip(jobs, outcomes):
+            if job.cancelled:  # went away while others of its group were still wanted
+                self._stats.cancelled += 1
+                continue
+            leaves = outcome.leaves[: job.n]
+            for choice, leaf in enumerate(leaves):
+                tokens, logprobs = leaf.generated()
+                entries = None
+                if job.top_logprobs is not None:
+                    entries = [TokenLogprob(token, lp) for token, lp in zip(tokens, logprobs)]
+                job.emit(Tokens(choice, tokens, entries))
+                job.emit(Finished(choice, leaf.finish_reason or "length", leaf.depth))
+            for choice in range(len(leaves), job.n):  # a search that found fewer hypotheses than asked
+                job.emit(Finished(choice, "length", 0))
+            self._stats.completed += 1
+            job.emit(Done())
 
     def _drop_cancelled(self) -> None:
         kept = []
@@ -306,3 +399,48 @@ class Engine:
         running.rows = rows
         running.started = True
         running.open_choices = len(rows)
+
+
+class _Cancelled(Exception):
+    """Raised inside a whole search at its next forward once its job was cancelled."""
+
+
+def _seeded(search) -> bool:
+    return getattr(getattr(search, "sample", None), "seed", None) is not None
+
+
+def _width(search) -> int:
+    """Rows one prompt of this search forwards at a time, at most (beams, or samples)."""
+    return max(getattr(search, "width", 0) or 0, getattr(search, "n", 1) or 1)
+
+
+class _SearchModel:
+    """The model as a whole search on the worker sees it: before each of the search's forwards the
+    batch advances one step (`between`), then the forward runs if any of the jobs is still wanted;
+    every node forwarded is remembered so that its cache entry can be freed when the search ends,
+    whether it finished, failed or was cancelled."""
+
+    def __init__(self, model, jobs: list[Job], between: Callable[[], None]) -> None:
+        self._model = model
+        self._jobs = jobs
+        self._between = between
+        self._forwarded: dict[int, Node] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def logits(self, nodes) -> torch.Tensor:
+        return self.logits_last(nodes, 1)[:, 0]
+
+    def logits_last(self, nodes, keep: int) -> torch.Tensor:
+        self._between()
+        if all(job.cancelled for job in self._jobs):
+            raise _Cancelled
+        for node in nodes:
+            self._forwarded[id(node)] = node
+        return self._model.logits_last(nodes, keep)
+
+    def release(self) -> None:
+        for node in self._forwarded.values():
+            self._model.cache.discard(node)
+        self._forwarded.clear()

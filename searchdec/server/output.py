@@ -107,13 +107,17 @@ class ChoiceOutput:
 
     def calls(self) -> list[dict] | None:
         """The tool calls of a finished output ([{"name", "arguments"}]), or None for a plain answer.
-        An output cut by max_tokens is never presented as calls."""
+        An output cut by max_tokens, or by a stop string inside a call, is never presented as calls
+        (it comes back as content, finish_reason "length" or "stop", as the cut happened)."""
         if self.tools is None or self.tools.choice == "none" or self.finish_reason != "stop":
             return None
         text = self.text
-        if self.tools.choice == "auto" and text[:1] not in ("<", "["):
-            return None  # the grammar's plain-answer branch: its first character is neither
-        return self.tools.parse(text)
+        if self.tools.choice == "auto" and not text.lstrip().startswith(self.tools.call_start):
+            return None  # the grammar's plain-answer branch, which never begins like a call
+        try:
+            return self.tools.parse(text)
+        except ValueError:  # the request's stop string cut a call short
+            return None
 
     def chat_finish_reason(self, named: bool) -> str:
         if self.calls():
@@ -142,9 +146,10 @@ class ChoiceOutput:
         if not final and text.endswith("\ufffd"):
             return {}
         if self.mode is None:
-            if not text:
+            if not text.strip() and not final:
                 return {}
-            self.mode = "calls" if text[0] in "<[" else "text"  # as the grammar branches
+            # As the grammar branches: a plain answer never begins like a call.
+            self.mode = "calls" if text.lstrip().startswith(self.tools.call_start) else "text"
         if self.mode == "text":
             end = len(text) if final else max(len(text) - self._hold, self.sent_text)
             piece = text[self.sent_text : end]

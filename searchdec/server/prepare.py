@@ -69,7 +69,7 @@ class ServedModel:
 @dataclass
 class Plan:
     prompts: list[list[int]]
-    search: Greedy | Sample
+    search: object  # Greedy | Sample (decoded in the batch) or a whole search (Beam, BestOfN, ...)
     n: int
     stopping: Stopping
     stops: tuple[str, ...]
@@ -89,7 +89,7 @@ def chat_plan(served: ServedModel, req: ChatCompletionRequest) -> Plan:
     _refuse_unsupported(req)
     tools = [tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None
     tool_spec, named = _tool_spec(served, req, tools)
-    spec, param = _constraint_spec(req, tool_spec)
+    spec, param = _constraint_spec(req, tool_spec, served)
     messages = _render(served, req.messages, tools)
     if not getattr(served.model.tokenizer, "chat_template", None):
         raise bad_request(f"model {served.name!r} has no chat template; use /v1/completions", "messages")
@@ -101,12 +101,23 @@ def chat_plan(served: ServedModel, req: ChatCompletionRequest) -> Plan:
         raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param_max = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    plan = _plan(served, req, [prompt], max_tokens, param_max, "messages")
+    question = next((_text(m, i) for i, m in reversed(list(enumerate(req.messages))) if m.role == "user"), "")
+    plan = _plan(served, req, [prompt], max_tokens, param_max, "messages", question)
     plan.constraint = served.compile(spec, param) if spec is not None else None
-    plan.tools = tool_spec if spec is tool_spec else None
+    plan.tools = spec if isinstance(spec, ToolCalls) else None
     plan.named_tool = named
     plan.top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    _check_search_logprobs(plan, "top_logprobs")
     return plan
+
+
+def _check_search_logprobs(plan: Plan, param: str) -> None:
+    if plan.top_logprobs and not searches.is_stepwise(plan.search):
+        raise bad_request(
+            f"{param} > 0 is not available with search {type(plan.search).__name__}: a whole search keeps each "
+            "token's log-probability, not its alternatives (logprobs without top alternatives works)",
+            param,
+        )
 
 
 def _tool_spec(served: ServedModel, req: ChatCompletionRequest, tools: list[dict] | None):
@@ -145,14 +156,33 @@ def _parameters(tool: dict) -> dict:
     return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
 
-def _constraint_spec(req, tool_spec: ToolCalls | None):
-    """The one constraint a request asks for, and the field that asked (None, None when free)."""
+def _constraint_spec(req, tool_spec: ToolCalls | None, served: ServedModel):
+    """The one constraint a request asks for, and the field that asked (None, None when free).
+
+    `tools` with `response_format`, as OpenAI takes them: with tool_choice "auto" the output is a
+    call or an answer in the format (one grammar holds both branches); "none": an answer in the
+    format; "required" or a named tool: a call, which the format does not apply to."""
     found = []
+    response_format = getattr(req, "response_format", None)
+    answer = None
+    if response_format is not None and response_format.type != "text":
+        answer = _response_format_spec(response_format)
+        if tool_spec is not None:
+            served.compile(*answer)  # the schema's own errors name response_format
+            if tool_spec.choice == "auto":
+                try:
+                    tool_spec = tool_spec.with_answer(answer[0])
+                except ConstraintError as error:
+                    raise from_constraint_error(error, answer[1]) from None
+                answer = None
+            elif tool_spec.choice == "none":
+                tool_spec = None
+            else:
+                answer = None
     if tool_spec is not None and tool_spec.choice != "none":
         found.append((tool_spec, "tools"))
-    response_format = getattr(req, "response_format", None)
-    if response_format is not None and response_format.type != "text":
-        found.append(_response_format_spec(response_format))
+    if answer is not None:
+        found.append(answer)
     if req.structured_outputs is not None:
         found.append(_structured_outputs_spec(req.structured_outputs))
     legacy = {
@@ -169,7 +199,8 @@ def _constraint_spec(req, tool_spec: ToolCalls | None):
         if found[0][1] == "tools":
             raise bad_request(
                 f"tools (tool_choice={tool_spec.choice!r}) cannot be combined with another output constraint "
-                f"({fields}); set tool_choice='none' to constrain a plain answer",
+                f"({fields}); response_format can shape a plain answer beside tools, or set tool_choice='none' to "
+                "constrain a plain answer",
                 found[1][1],
             )
         raise bad_request(f"at most one output constraint per request; got {fields}", found[1][1])
@@ -317,14 +348,36 @@ def completion_plan(served: ServedModel, req: CompletionRequest) -> Plan:
         raise bad_request("echo is not supported", "echo")
     if req.suffix is not None:
         raise bad_request("suffix is not supported: this model does not fill in the middle", "suffix")
-    if req.best_of is not None and req.best_of != req.n:
-        raise bad_request('best_of is not supported; use "search" for best-of-N', "best_of")
     prompts = _completion_prompts(served, req.prompt)
-    spec, param = _constraint_spec(req, None)
-    plan = _plan(served, req, prompts, req.max_tokens, "max_tokens", "prompt")
+    spec, param = _constraint_spec(req, None, served)
+    question = req.prompt if isinstance(req.prompt, str) else ""
+    plan = _plan(served, req, prompts, req.max_tokens, "max_tokens", "prompt", question)
+    if req.best_of is not None and req.best_of != req.n:
+        plan.search = _best_of(served, req)
     plan.constraint = served.compile(spec, param) if spec is not None else None
     plan.top_logprobs = req.logprobs
+    _check_search_logprobs(plan, "logprobs")
     return plan
+
+
+def _best_of(served: ServedModel, req: CompletionRequest):
+    """OpenAI's legacy `best_of`: that many samples, the `n` with the highest mean token
+    log-probability returned (best-of-N with the "logprob" reward)."""
+    if req.best_of < req.n:
+        raise bad_request(f"best_of ({req.best_of}) must be >= n ({req.n})", "best_of")
+    if req.stream:
+        raise bad_request("best_of cannot be used with stream", "best_of")
+    if req.search is not None:
+        raise bad_request("best_of and search are two ways to choose a search; give one", "best_of")
+    sampling = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "min_p", "seed")}
+    sampling = {k: v for k, v in sampling.items() if v is not None}
+    if sampling.get("temperature", 1.0) < searches.MIN_TEMPERATURE:
+        raise bad_request("best_of needs temperature > 0: greedy samples are all the same", "temperature")
+    params = {"n": req.best_of, "reward": "logprob", "temperature": 1.0, **sampling}
+    try:
+        return searches.build({"algorithm": "best_of_n", **params}, searches.SearchContext(req.n, served.model))
+    except APIError as error:
+        raise bad_request(error.message.replace("search 'best_of_n': n", "best_of"), "best_of") from None
 
 
 def _completion_prompts(served: ServedModel, prompt) -> list[list[int]]:
@@ -381,15 +434,12 @@ def _refuse_unsupported(req: _Sampling) -> None:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
 
-def _search(req: _Sampling):
+def _search(served: ServedModel, req: _Sampling, question: str):
     if req.search is not None:
         beside = [k for k in ("temperature", "top_p", "top_k", "min_p", "seed") if getattr(req, k) is not None]
         if beside:
             raise bad_request(f"search holds the decoding parameters; move {', '.join(beside)} into it", beside[0])
-        spec = searches.build(req.search.model_dump(), req.n)
-        if not searches.REGISTRY[req.search.algorithm].stepwise:
-            raise bad_request(f"search {req.search.algorithm!r} is not served over HTTP yet", "search.algorithm")
-        return spec
+        return searches.build(req.search.model_dump(), searches.SearchContext(req.n, served.model, question))
     temperature = 1.0 if req.temperature is None else req.temperature
     if temperature < searches.MIN_TEMPERATURE:
         return Greedy()  # a temperature this close to 0 overflows the scaled logits; it means arg-max
@@ -410,7 +460,9 @@ def _stops(stop) -> tuple[str, ...]:
     return stops
 
 
-def _plan(served: ServedModel, req: _Sampling, prompts, max_tokens, max_param: str, prompt_param: str) -> Plan:
+def _plan(
+    served: ServedModel, req: _Sampling, prompts, max_tokens, max_param: str, prompt_param: str, question: str
+) -> Plan:
     model = served.model
     if req.n > served.max_n:
         raise bad_request(f"n must be at most {served.max_n} on this server, got {req.n}", "n")
@@ -432,7 +484,7 @@ def _plan(served: ServedModel, req: _Sampling, prompts, max_tokens, max_param: s
         if served.default_max_tokens is not None:
             max_tokens = min(max_tokens, served.default_max_tokens)
     stops = _stops(req.stop)
-    search = _search(req)
+    search = _search(served, req, question)
     stopping = Stopping(max_tokens, model.eos_token_ids, stops, window)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Plan(prompts, search, req.n, stopping, stops, stream=bool(req.stream), include_usage=include_usage)

@@ -104,11 +104,11 @@ class StructuredOutputs(_Strict):
 
 
 class SearchSpec(BaseModel):
-    """searchdec's search extension: `{"algorithm": "sample", "temperature": 0.7, ...}`; the
-    algorithm's own parameters sit beside its name and are checked by the algorithm's entry."""
+    """searchdec's search extension: `{"algorithm": "beam", "width": 4, ...}`; the algorithm's own
+    parameters sit beside its name and are checked by the algorithm's entry (searchdec/server/searches.py)."""
 
     model_config = ConfigDict(extra="allow")
-    algorithm: str
+    algorithm: str = Field(description="greedy, sample, beam, diverse_beam, best_first_beam or best_of_n")
 
 
 Stop = str | list[str] | None

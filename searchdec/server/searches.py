@@ -1,36 +1,84 @@
 """The `search` request extension: a registry from algorithm names to search specs.
 
 A request names an algorithm and its parameters side by side:
-`"search": {"algorithm": "sample", "temperature": 0.7, "top_p": 0.9}`. Each entry checks its own
-parameters (an unknown one is a 400 naming it) and builds the spec `sd.generate` takes. Entries
-marked `stepwise` decode inside the server's shared continuous batch (one token per hypothesis per
-step: greedy, sampling); an algorithm that needs the whole search loop (beam, best-of-N) registers
-with `stepwise=False` and is run as one `sd.generate` call by the engine's worker.
+`"search": {"algorithm": "beam", "width": 4, "length_penalty": 1.0}`. Each entry checks its own
+parameters (an unknown one is a 400 naming it) and builds the spec the engine runs. Entries marked
+`stepwise` (greedy, sample) decode inside the server's shared continuous batch, one token per
+hypothesis per step. The others need the whole search loop; the engine's worker runs each as one
+search call, advancing the batch one step before each of the search's forwards (the model and its
+prefix cache belong to that thread).
+
+The request's `n` is the number of choices returned: beam searches return their `n` best hypotheses
+(`num_return`), best-of-N its `n` best samples. Grammar constraints (`response_format`, `tools`,
+`structured_outputs`) hold for every searched hypothesis, as they do for decoded ones.
+
+Algorithms and parameters (defaults in brackets):
+- `greedy`: none.
+- `sample`: temperature [1.0], top_p [1.0], top_k [none], min_p [0.0], seed.
+- `beam` (transformers' beam search): width [max(4, n)], length_penalty [1.0],
+  early_stopping [false; true or "never"], patience [1.0].
+- `diverse_beam` (Hamming diversity between groups): width [groups * max(2, ceil(n / groups))],
+  groups [2], diversity_penalty [0.5], length_penalty [1.0], early_stopping [false].
+- `best_first_beam` (returns what beam with length_penalty 0 returns, with fewer expansions):
+  width [max(4, n)].
+- `best_of_n`: n [max(8, request n)] samples, reward ["logprob"], aggregate ["max"; "weighted",
+  "majority"], temperature [0.8], top_p, top_k, min_p, seed. Built-in rewards, by name:
+  "logprob", the sample's mean token log-probability under the model (OpenAI's legacy `best_of`
+  criterion; free: no extra forward), reported as its exponential, the geometric-mean token
+  probability; "self_eval", the model asked whether its answer to the
+  request's last user message is correct, P(Yes) / (P(Yes) + P(No)) (one extra batched forward);
+  "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
+  not offered: under `response_format` the grammar already makes every finished sample valid, so it
+  could not tell them apart.
+
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from searchdec.rewards.models import SelfEvaluation
+from searchdec.search.beam import Beam
+from searchdec.search.best_first import BestFirstBeam
+from searchdec.search.best_of_n import BestOfN
+from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.expand import SearchResult, text_of
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.tree import Node
 from searchdec.server.errors import bad_request
+
+MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
+MAX_WIDTH = 64  # beams or samples of one request: one search holds the worker for its whole run
+MAX_LENGTH_PENALTY = 20.0  # context_window ** 20 stays a finite float for any window below 1e15
+MAX_PATIENCE = 16.0
+MAX_DIVERSITY_PENALTY = 1e6
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What an entry may need besides its parameters."""
+
+    n: int  # choices the request returns
+    model: object = None  # the served model (model-based rewards score with it)
+    question: str = ""  # the request's last user message (or completion prompt): what "self_eval" asks about
 
 
 @dataclass(frozen=True)
 class SearchEntry:
     name: str
     params: tuple[str, ...]  # the parameters it accepts besides "algorithm"
-    build: Callable[[dict[str, Any], int], Any]  # (parameters, n) -> a search spec
+    build: Callable[[dict[str, Any], SearchContext], Any]  # (parameters, context) -> a search spec
     stepwise: bool = True
     description: str = ""
 
 
 REGISTRY: dict[str, SearchEntry] = {}
-MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
 
 
 def register(entry: SearchEntry) -> None:
@@ -39,7 +87,12 @@ def register(entry: SearchEntry) -> None:
     REGISTRY[entry.name] = entry
 
 
-def build(spec: dict[str, Any], n: int):
+def is_stepwise(search) -> bool:
+    """Whether the engine decodes `search` inside its continuous batch (else: as one whole search)."""
+    return isinstance(search, (Greedy, Sample))
+
+
+def build(spec: dict[str, Any], context: SearchContext):
     """The search spec for a request's `search` field (`{"algorithm": ..., **parameters}`)."""
     name = spec.get("algorithm")
     entry = REGISTRY.get(name)
@@ -50,44 +103,196 @@ def build(spec: dict[str, Any], n: int):
     unknown = sorted(set(params) - set(entry.params))
     if unknown:
         accepted = ", ".join(entry.params) or "none"
+        hint = "; the request's n sets how many hypotheses come back" if "num_return" in unknown else ""
         raise bad_request(
-            f"search algorithm {name!r} has no parameter {', '.join(map(repr, unknown))}; it accepts: {accepted}",
+            f"search algorithm {name!r} has no parameter {', '.join(map(repr, unknown))}; it accepts: {accepted}"
+            + hint,
             f"search.{unknown[0]}",
         )
     try:
-        return entry.build(params, n)
+        return entry.build(params, context)
     except (TypeError, ValueError) as error:
         raise bad_request(f"search {name!r}: {error}", "search") from None
 
 
-def _greedy(params: dict, n: int) -> Greedy:
+def _number(params: dict, key: str, kind=(int, float)):
+    value = params.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        raise TypeError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+    return value
+
+
+def _bounded(params: dict, key: str, default: float, low: float, high: float) -> float:
+    """A float parameter within [low, high]: the searches raise length ** length_penalty and
+    patience * width, which overflow (a 500, found by the fuzzer) far outside any useful range."""
+    value = _number(params, key)
+    value = default if value is None else float(value)
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be within [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
+def _width(params: dict, key: str, default: int, context: SearchContext) -> int:
+    width = _number(params, key, int)
+    width = default if width is None else width
+    if width > MAX_WIDTH:
+        raise ValueError(f"{key} must be at most {MAX_WIDTH} on this server, got {width}")
+    if width < context.n:
+        raise ValueError(f"{key} ({width}) must be >= the request's n ({context.n}): n hypotheses come back")
+    return width
+
+
+def _greedy(params: dict, context: SearchContext) -> Greedy:
     return Greedy()  # n > 1 greedy hypotheses are identical; the engine decodes them side by side
 
 
-def _sample(params: dict, n: int) -> Sample:
-    for key, value in params.items():
-        kind = int if key in ("top_k", "seed") else (int, float)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise TypeError(f"{key} must be a number, got {value!r}")
+def _sample(params: dict, context: SearchContext, n: int | None = None, temperature: float = 1.0) -> Sample:
+    for key in ("temperature", "top_p", "min_p"):
+        _number(params, key)
+    for key in ("top_k", "seed"):
+        _number(params, key, int)
     top_k = params.get("top_k")
     if params.get("temperature") is not None and params["temperature"] < MIN_TEMPERATURE:
         raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} to sample; use the greedy algorithm for arg-max")
     return Sample(
-        temperature=float(params.get("temperature", 1.0)),
+        temperature=float(params.get("temperature", temperature)),
         top_k=None if top_k in (None, -1, 0) else top_k,
         top_p=float(params.get("top_p", 1.0)),
         min_p=float(params.get("min_p", 0.0)),
-        n=n,
+        n=context.n if n is None else n,
         seed=params.get("seed"),
     )
 
 
+def _early_stopping(params: dict):
+    value = params.get("early_stopping", False)
+    if value is not True and value is not False and value != "never":
+        raise ValueError(f'early_stopping must be true, false or "never", got {value!r}')
+    return value
+
+
+def _beam(params: dict, context: SearchContext) -> Beam:
+    return Beam(
+        width=_width(params, "width", max(4, context.n), context),
+        length_penalty=_bounded(params, "length_penalty", 1.0, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
+        early_stopping=_early_stopping(params),
+        num_return=context.n,
+        patience=_bounded(params, "patience", 1.0, 1e-3, MAX_PATIENCE),
+    )
+
+
+def _diverse_beam(params: dict, context: SearchContext) -> DiverseBeam:
+    groups = _number(params, "groups", int) or 2
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    return DiverseBeam(
+        width=_width(params, "width", groups * max(2, math.ceil(context.n / groups)), context),
+        groups=groups,
+        diversity_penalty=_bounded(params, "diversity_penalty", 0.5, 0.0, MAX_DIVERSITY_PENALTY),
+        length_penalty=_bounded(params, "length_penalty", 1.0, -MAX_LENGTH_PENALTY, MAX_LENGTH_PENALTY),
+        early_stopping=_early_stopping(params),
+        num_return=context.n,
+    )
+
+
+def _best_first_beam(params: dict, context: SearchContext) -> BestFirstBeam:
+    return BestFirstBeam(width=_width(params, "width", max(4, context.n), context), num_return=context.n)
+
+
+REWARDS = ("logprob", "self_eval", "none")
+
+
+@dataclass(frozen=True)
+class BestOfNByLogprob(BestOfN):
+    """Best-of-N ranked by each sample's mean token log-probability, read off its tokens (the
+    criterion of OpenAI's legacy `best_of`): no reward model, no extra forward. The reward is its
+    exponential, the geometric-mean token probability in (0, 1]: the same order, and positive, so
+    that "weighted" sums weights that grow with agreement."""
+
+    def check(self) -> None:
+        pass
+
+    def _rank(self, model, root: Node, leaves: list[Node]) -> SearchResult:
+        means: dict[str, float] = {}
+        for leaf in leaves:
+            _, logprobs = leaf.generated()
+            means.setdefault(text_of(model, leaf), math.exp(sum(logprobs) / max(len(logprobs), 1)))
+        scored = dataclasses.replace(self, reward=lambda prompt, output: means[output])
+        return BestOfN._rank(scored, model, root, leaves)
+
+
+class _AboutQuestion:
+    """A reward asked about the request's question rather than the prompt the chat template rendered."""
+
+    def __init__(self, reward, question: str) -> None:
+        self.reward = reward
+        self.question = question
+
+    def __call__(self, prompt: str, output: str) -> float:
+        return self.reward.score(self.question, output)
+
+    def batch(self, prompt: str, outputs: list[str]) -> list[float]:
+        return self.reward.score_batch([self.question] * len(outputs), outputs)
+
+
+def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
+    samples = _width(params, "n", max(8, context.n), context)
+    aggregate = params.get("aggregate", "max")
+    reward = params.get("reward", "none" if aggregate == "majority" else "logprob")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got {reward!r}")
+    if reward == "none" and aggregate != "majority":
+        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob" or "self_eval"')
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    if reward == "logprob":
+        return BestOfNByLogprob(n=samples, aggregate=aggregate, sample=sample)
+    scorer = _AboutQuestion(SelfEvaluation(context.model), context.question) if reward == "self_eval" else None
+    return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
+
+
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed")
+
 register(SearchEntry("greedy", (), _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
-        "sample",
-        ("temperature", "top_p", "top_k", "min_p", "seed"),
-        _sample,
-        description="ancestral sampling with temperature, top-k, top-p and min-p, seeded",
+        "sample", _SAMPLING, _sample, description="ancestral sampling with temperature, top-k, top-p and min-p, seeded"
+    )
+)
+register(
+    SearchEntry(
+        "beam",
+        ("width", "length_penalty", "early_stopping", "patience"),
+        _beam,
+        stepwise=False,
+        description="beam search as transformers' num_beams; the n best hypotheses come back",
+    )
+)
+register(
+    SearchEntry(
+        "diverse_beam",
+        ("width", "groups", "diversity_penalty", "length_penalty", "early_stopping"),
+        _diverse_beam,
+        stepwise=False,
+        description="group beam search with Hamming diversity between groups",
+    )
+)
+register(
+    SearchEntry(
+        "best_first_beam",
+        ("width",),
+        _best_first_beam,
+        stepwise=False,
+        description="best-first beam search: beam's result with length_penalty 0, in fewer expansions",
+    )
+)
+register(
+    SearchEntry(
+        "best_of_n",
+        ("n", "reward", "aggregate", *_SAMPLING),
+        _best_of_n,
+        stepwise=False,
+        description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
     )
 )
