@@ -99,12 +99,21 @@ def test_trace_json_holds_the_tree_and_the_winning_path(tiny):
         (lambda: sd.Beam(2, early_stopping="sometimes"), "early_stopping"),
         (lambda: sd.Beam(2, patience=0), "patience"),
         (lambda: sd.Beam(2, length_penalty=float("nan")), "length_penalty"),
+        (lambda: sd.Beam(2, length_penalty=1000), "length_penalty must be within"),
+        (lambda: sd.DiverseBeam(4, 2, length_penalty=-100), "length_penalty must be within"),
         (lambda: sd.BestFirstBeam(0), "width must be >= 1"),
     ],
 )
 def test_bad_search_parameters_fail_early(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_an_integer_length_penalty_scores_like_its_float(tiny):
+    # length ** 32 with ints is an exact, huge int that torch cannot divide by (the server's fuzzer found it).
+    as_int = sd.generate(tiny, "hello", max_tokens=12, search=sd.Beam(2, length_penalty=32))
+    as_float = sd.generate(tiny, "hello", max_tokens=12, search=sd.Beam(2, length_penalty=32.0))
+    assert as_int.tokens == as_float.tokens and as_int.score == as_float.score
 
 
 def test_width_must_be_an_int():

@@ -41,6 +41,7 @@ from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 
 EARLY_STOPPING = (False, True, "never")
+MAX_LENGTH_PENALTY = 64.0  # 8192 tokens ** 64 = 2 ** 832, still a float
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class Beam:
             raise TypeError(f"length_penalty must be a number, got {type(self.length_penalty).__name__}")
         if not math.isfinite(self.length_penalty):
             raise ValueError(f"length_penalty must be finite, got {self.length_penalty}")
+        if abs(self.length_penalty) > MAX_LENGTH_PENALTY:
+            raise ValueError(f"length_penalty must be within ±{MAX_LENGTH_PENALTY:g}, got {self.length_penalty}")
+        object.__setattr__(self, "length_penalty", float(self.length_penalty))  # int ** int would be exact, huge
         if not (isinstance(self.patience, (int, float)) and self.patience > 0 and math.isfinite(self.patience)):
             raise ValueError(f"patience must be a positive number, got {self.patience!r}")
 

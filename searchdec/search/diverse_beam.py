@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from searchdec.search.beam import EARLY_STOPPING, root_leaf
+from searchdec.search.beam import EARLY_STOPPING, MAX_LENGTH_PENALTY, root_leaf
 from searchdec.search.decode import Stopping
 from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int
 from searchdec.search.trace import Trace
@@ -58,6 +58,9 @@ class DiverseBeam:
             raise ValueError(f'early_stopping must be False, True or "never", got {self.early_stopping!r}')
         if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
             raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if abs(self.length_penalty) > MAX_LENGTH_PENALTY:
+            raise ValueError(f"length_penalty must be within ±{MAX_LENGTH_PENALTY:g}, got {self.length_penalty}")
+        object.__setattr__(self, "length_penalty", float(self.length_penalty))  # int ** int would be exact, huge
 
     @property
     def n(self) -> int:
