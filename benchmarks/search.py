@@ -5,8 +5,10 @@
    prompt for each engine and the ratio ours/theirs (<= 1.0 means at least as fast).
 2. Prefix reuse: tokens forwarded through the network per returned token, for every algorithm on the
    same prompts (the prompt is forwarded once; a search that re-read prefixes would show it here).
-3. Arithmetic puzzles with an exact reward (the answer checked by evaluation): solve rate and tokens
-   forwarded for greedy, best-of-N, beam, A* and MCTS, with a digits-only constraint and without.
+3. Countdown-style arithmetic puzzles (use three given digits once each with + - * to reach a
+   target), the answer checked by evaluation: solve rate, tokens forwarded and reward calls for
+   greedy, best-of-N, beam, A* and MCTS at similar token budgets, with a constraint that admits only
+   expressions over the given digits and without.
 
 Run:  python benchmarks/search.py [--repeats 3] [--puzzles 16] [--skip-speed] [--skip-puzzles]
 """
@@ -138,55 +140,91 @@ def reuse(model, args) -> None:
         assert len(model.cache) == 0, f"{name} left cache entries"
 
 
-def puzzles(n: int, seed: int = 0) -> list[tuple[str, int]]:
+def puzzles(n: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """Countdown-style puzzles: three distinct digits and a target that `a op b op c` reaches."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        op = rng.choice(["+", "-"])
-        out.append((f"{a} {op} {b}", a + b if op == "+" else a - b))
+    while len(out) < n:
+        digits = rng.sample(range(2, 10), 3)
+        a, b, c = digits
+        expression = f"{a} {rng.choice('+-*')} {b} {rng.choice('+-*')} {c}"
+        target = eval(expression)  # digits and operators we just wrote
+        if 1 <= target <= 99 and target not in digits:
+            out.append((sorted(digits), target))
     return out
+
+
+EXPRESSION = re.compile(r"\d+(?:\s*[-+*]\s*\d+)+")
+
+
+def evaluate(text: str, digits: list[int]) -> tuple[int | None, bool]:
+    """The value of the first arithmetic expression in `text`, and whether it uses each digit once."""
+    found = EXPRESSION.search(text)
+    if not found:
+        return None, False
+    expression = found.group(0)
+    value = eval(expression, {"__builtins__": {}})  # digits, spaces and + - * only (matched above)
+    return value, sorted(int(n) for n in re.findall(r"\d+", expression)) == digits
 
 
 def solve(model, args) -> None:
     tasks = puzzles(args.puzzles)
-    messages = [[{"role": "user", "content": f"What is {q}? Reply with the number only."}] for q, _ in tasks]
-    answers = {i: a for i, (_, a) in enumerate(tasks)}
-    index = {}
-
-    def exact(prompt: str, output: str) -> float:
-        i = index[prompt]
-        found = re.findall(r"-?\d+", output)
-        return 1.0 if found and int(found[0]) == answers[i] else 0.0
-
+    messages = [
+        [
+            {
+                "role": "user",
+                "content": f"Using each of {d[0]}, {d[1]} and {d[2]} once with + - *, write an expression equal "
+                f"to {t}. Reply with the expression only.",
+            }
+        ]
+        for d, t in tasks
+    ]
     prompts_text = [model.decode(model.apply_chat_template(m)) for m in messages]
-    for i, text in enumerate(prompts_text):
-        index[text] = i
-    number = sd.regex(r"-?[0-9]{1,4}")
+    index = {text: i for i, text in enumerate(prompts_text)}
+
+    def execution(prompt: str, output: str) -> float:
+        """1 for the target with every digit once; less the further off; -0.5 unless the digits are right."""
+        digits, target = tasks[index[prompt]]
+        value, used = evaluate(output, digits)
+        if value is None:
+            return -1.0
+        return (1.0 if value == target else 1 / (1 + abs(value - target))) - (0.0 if used else 0.5)
+
+    def solved(i: int, text: str) -> bool:
+        value, used = evaluate(text, tasks[i][0])
+        return used and value == tasks[i][1]
+
     sample = sd.Sample(temperature=1.0, seed=0)
     searches = {
         "greedy": sd.Greedy(),
-        "best-of-8": sd.BestOfN(8, exact, sample=sample),
-        "beam(8)": sd.Beam(8),
-        "A*(token, 2 exp)": sd.AStar(exact, budget=120, step="token", expansions=2, sample=sample),
-        "MCTS(8, token)": sd.MCTS(8, reward=exact, max_children=4),
+        "best-of-16": sd.BestOfN(16, execution, sample=sample),
+        "beam(16)": sd.Beam(16),
+        "A*(token, 3 exp)": sd.AStar(execution, budget=160, step="token", expansions=3, sample=sample),
+        "MCTS(24, token)": sd.MCTS(24, reward=execution, max_children=6),
     }
-    print(f"\n## Arithmetic puzzles ({len(tasks)}: two-digit + and -), exact reward; solve rate and tokens forwarded")
-    print("| search | constraint | solved | tokens forwarded/puzzle |")
-    print("|---|---|---|---|")
+    print(
+        f"\n## Countdown puzzles ({len(tasks)}: three digits, + - *, reach the target), execution reward; "
+        "solved = the target with each digit once"
+    )
+    print("| search | constraint | solved | tokens forwarded/puzzle | reward calls/puzzle | s |")
+    print("|---|---|---|---|---|---|")
     for constrained in (False, True):
         for name, search in searches.items():
             before = model.stats.tokens
-            outs = sd.generate(
-                model,
-                messages,
-                max_tokens=8 if constrained else 16,
-                search=search,
-                constraint=number if constrained else None,
-            )
+            start = time.perf_counter()
+            outs = []
+            for (digits, _), m in zip(tasks, messages):
+                allowed = "[" + "".join(map(str, digits)) + "]"
+                constraint = sd.regex(f"{allowed} [-+*] {allowed} [-+*] {allowed}") if constrained else None
+                outs.append(sd.generate(model, m, max_tokens=12, search=search, constraint=constraint))
+            elapsed = time.perf_counter() - start
             forwarded = (model.stats.tokens - before) / len(tasks)
-            solved = sum(exact(prompts_text[i], o.text) for i, o in enumerate(outs))
-            print(f"| {name} | {'digits' if constrained else 'none'} | {int(solved)}/{len(tasks)} | {forwarded:.0f} |")
+            calls = sum(o.stats.reward_calls for o in outs) / len(tasks) if outs[0].stats else 0
+            wins = sum(solved(i, o.text) for i, o in enumerate(outs))
+            print(
+                f"| {name} | {'digits' if constrained else 'none'} | {wins}/{len(tasks)} | {forwarded:.0f} "
+                f"| {calls:.0f} | {elapsed:.1f} |"
+            )
 
 
 def main() -> None:
