@@ -12,11 +12,11 @@ CPU. A reward is shipped once per call by reference; `LazyReward` builds a model
 worker instead of pickling it. `placement="PACK" | "SPREAD" | ...` reserves every worker's bundle in
 one placement group first (all or nothing), as multi-node clusters need.
 
-Scheduling. Tasks are pulled: each live worker holds at most `in_flight` calls; when one returns,
-the worker takes the first pending task whose prompt it already holds (its KV entry and logits are
-kept by its runner: prefix affinity), else the first task whose prompt no worker holds, else the
-first pending one — so the follow-up work of a prompt goes where its cache is, and an idle worker
-still takes work. Results are placed by task position, whatever order they come back in.
+Scheduling. Tasks are pulled: each live worker holds at most `in_flight` calls, and the next call
+goes to the least busy one (on a tie, one holding the next task's prompt). A worker takes the first
+pending task whose prompt it already holds (its runner keeps that prompt's KV entry and logits:
+prefix affinity), else the first task whose prompt no worker holds, else the first pending one — so
+the follow-up work of a prompt goes where its cache is, and an idle worker still takes work. Results are placed by task position, whatever order they come back in.
 
 Faults. A call that fails because its actor died (`ray.kill`, a crashed process, a lost node) marks
 the worker gone and puts every task it held back at the front of the queue, for the live workers;
@@ -159,12 +159,17 @@ class _Pool:
                     f"every {self.kind} worker is gone ({'; '.join(self.lost) or 'none started'}); "
                     f"{remaining} of {len(items)} tasks were left unfinished"
                 )
-            for member in sorted(live, key=lambda m: m.load):
-                while member.load < self.in_flight and pending:
-                    i = self._pick(member, pending, key, live)
-                    ref = getattr(member.actor, method).remote(*items[i])
-                    flying[ref] = (member, i)
-                    member.load += 1
+            while pending:
+                free = [m for m in live if m.load < self.in_flight]
+                if not free:
+                    break
+                low = min(m.load for m in free)
+                level = [m for m in free if m.load == low]
+                member = next((m for m in level if key is not None and key(pending[0]) in m.prompts), level[0])
+                i = self._pick(member, pending, key, live)
+                ref = getattr(member.actor, method).remote(*items[i])
+                flying[ref] = (member, i)
+                member.load += 1
             ready, _ = self.ray.wait(list(flying), num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref not in flying:
@@ -232,6 +237,7 @@ class RayExecutor(Executor):
         prompts: int = 64,
         dtype: str = "float32",
         init: dict | None = None,
+        placement_timeout: float = 120.0,
     ) -> None:
         if not isinstance(model, str) and not callable(model):
             raise TypeError(f"model must be a name or path (or a factory), got {type(model).__name__}")
@@ -264,6 +270,7 @@ class RayExecutor(Executor):
                 workers = max(1, int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9)) - reward_workers)
         self.workers = workers
         self._placement_group = None
+        self.placement_timeout = placement_timeout
         self._rewards: dict[int, tuple[Callable, object, str]] = {}
         self._checked: set[int] = set()
         model_bundle = {
@@ -357,6 +364,7 @@ class RayExecutor(Executor):
 
             remove_placement_group(self._placement_group)
             self._placement_group = None
+        self.placement_timeout = placement_timeout
         self._rewards.clear()
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
@@ -371,12 +379,13 @@ class RayExecutor(Executor):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         group = placement_group(bundles, strategy=strategy)
-        if not group.wait(timeout_seconds=120):
+        if not group.wait(timeout_seconds=self.placement_timeout):
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(group)
             raise ExecutorError(
-                f"the cluster cannot place {len(bundles)} worker bundles with strategy {strategy} "
+                f"the cluster cannot place {len(bundles)} worker bundles with strategy {strategy} within "
+                f"{self.placement_timeout:g} s "
                 f"(resources: {self.ray.cluster_resources()}; asked for {bundles[0]} per model worker)"
             )
         self._placement_group = group
