@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 from tiny import tiny_model
 
 import searchdec as sd

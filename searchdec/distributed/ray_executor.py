@@ -16,7 +16,8 @@ Scheduling. Tasks are pulled: each live worker holds at most `in_flight` calls, 
 goes to the least busy one (on a tie, one holding the next task's prompt). A worker takes the first
 pending task whose prompt it already holds (its runner keeps that prompt's KV entry and logits:
 prefix affinity), else the first task whose prompt no worker holds, else the first pending one — so
-the follow-up work of a prompt goes where its cache is, and an idle worker still takes work. Results are placed by task position, whatever order they come back in.
+the follow-up work of a prompt goes where its cache is, and an idle worker still takes work.
+Results are placed by task position, whatever order they come back in.
 
 Faults. A call that fails because its actor died (`ray.kill`, a crashed process, a lost node) marks
 the worker gone and puts every task it held back at the front of the queue, for the live workers;
@@ -364,7 +365,6 @@ class RayExecutor(Executor):
 
             remove_placement_group(self._placement_group)
             self._placement_group = None
-        self.placement_timeout = placement_timeout
         self._rewards.clear()
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
