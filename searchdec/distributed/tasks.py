@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class TaskResult:
     top: list[tuple[int, float]] = field(default_factory=list)  # (token, log-probability), best first
     tokens_forwarded: int = 0
     worker: str = ""
+    seconds: float = 0.0  # time the runner spent on the task
 
 
 class TaskRunner:
@@ -116,8 +118,9 @@ class TaskRunner:
 
     def run(self, task: Task) -> TaskResult:
         with _threads(task.threads):
-            before = self.model.stats.tokens
+            before, start = self.model.stats.tokens, time.perf_counter()
             result = self._run(task)
+            result.seconds = time.perf_counter() - start
             result.tokens_forwarded = self.model.stats.tokens - before
             result.worker = self.name
             return result
