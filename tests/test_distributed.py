@@ -86,11 +86,14 @@ def test_task_seeds_are_stable_across_processes():
 def test_in_process_executor_is_reproducible_and_leaves_no_cache_after_close():
     model = tiny_model()
     search = sd.BestOfN(5, words_near_six, sample=sd.Sample(seed=3))
-    with InProcessExecutor(batch_rows=2) as executor:
-        first = sd.generate(model, ["hello", "abc"], max_tokens=10, search=search, executor=executor)
-        second = sd.generate(model, ["hello", "abc"], max_tokens=10, search=search, executor=InProcessExecutor(2))
-    assert hypotheses(first) == hypotheses(second)
-    assert [len(g.hypotheses) for g in first] == [5, 5]
+    runs = []
+    for _ in range(2):
+        with InProcessExecutor(batch_rows=2) as executor:
+            runs.append(sd.generate(model, ["hello", "abc"], max_tokens=10, search=search, executor=executor))
+            assert len(model.cache) == 2  # each prompt kept once, for later tasks
+        assert len(model.cache) == 0
+    assert hypotheses(runs[0]) == hypotheses(runs[1])
+    assert [len(g.hypotheses) for g in runs[0]] == [5, 5]
 
 
 def test_an_unsupported_search_on_an_executor_is_refused():
