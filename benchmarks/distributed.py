@@ -6,8 +6,9 @@
    leaves per round. Prints wall time, throughput (tasks/s, and returned tokens/s), speed-up over
    one Ray worker and scaling efficiency (speed-up / workers; the target is >= 0.8), and p50/p99 of the time a task
    spends on its worker. Every executor must return the same outputs (checked).
-2. The real default model (SmolLM2-135M-Instruct) on 2 Ray workers beside the in-process executor,
-   best-of-N over 8 prompts; each worker and the in-process executor run tasks on one torch thread.
+2. The real default model (SmolLM2-135M-Instruct) on 1 and 2 Ray workers beside the in-process
+   executor, best-of-N over 8 prompts; each worker and the in-process executor run tasks on one torch
+   thread (speed-up here is over the in-process executor).
 
 Run:  python benchmarks/distributed.py [--latency 0.01] [--workers 1 2 4] [--skip-real] [--skip-simulated]
 Starts (and stops) its own local Ray cluster.
@@ -150,28 +151,22 @@ def simulated(args, ray) -> None:
 def real(args, ray) -> None:
     model = sd.load(args.model)
     search = sd.BestOfN(4, length_reward, sample=sd.Sample(temperature=0.8, seed=0))
-    executor = sd.RayExecutor(args.model, workers=2, batch_rows=4)
+    executors = {n: sd.RayExecutor(args.model, workers=n, batch_rows=4) for n in args.real_workers}
+    rows = []
     try:
-        measure(model, executor, REAL_PROMPTS[:2], search, 4)  # warm-up: each worker's first forward
         with InProcessExecutor(batch_rows=4) as local:
-            measure(model, local, REAL_PROMPTS[:2], search, 4)
-            rows = []
-            for name, ex, n in (("in-process", local, 1), ("Ray", executor, 2)):
+            for ex in [local, *executors.values()]:
+                measure(model, ex, REAL_PROMPTS[:2], search, 4)  # warm-up: each worker's first forwards
+            for name, ex, n in [("in-process", local, 1), *(("Ray", ex, n) for n, ex in executors.items())]:
                 wall, generated, seconds, outputs = measure(model, ex, REAL_PROMPTS, search, args.real_tokens)
                 rows.append((name, n, wall, generated, seconds, outputs))
     finally:
-        executor.close()
-    assert rows[0][5] == rows[1][5], "Ray returned different outputs from the in-process executor"
-    print(f"\n## {model.name}: BestOfN(4) over {len(REAL_PROMPTS)} prompts, {args.real_tokens} tokens, 1 thread/worker")
-    print("| executor | workers | wall s | tokens/s | speed-up vs in-process | efficiency | task p50 s | task p99 s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, n, wall, generated, seconds, _ in rows:
-        speedup = rows[0][2] / wall
-        print(
-            f"| {name} | {n} | {wall:.2f} | {generated / wall:.0f} | {speedup:.2f} | {speedup / n:.2f} "
-            f"| {np.percentile(seconds, 50):.3f} | {np.percentile(seconds, 99):.3f} |"
-        )
-    print("outputs identical: yes")
+        for ex in executors.values():
+            ex.close()
+    assert all(row[5] == rows[0][5] for row in rows), "Ray returned different outputs from the in-process executor"
+    title = f"{model.name}: BestOfN(4) over {len(REAL_PROMPTS)} prompts, {args.real_tokens} tokens, 1 thread/worker"
+    table(title, [row[:5] for row in rows], rows[0][2])
+    print("outputs identical on every executor: yes")
 
 
 def main() -> None:
@@ -181,6 +176,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--max-tokens", type=int, default=12)
     parser.add_argument("--real-tokens", type=int, default=32)
+    parser.add_argument("--real-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-simulated", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()

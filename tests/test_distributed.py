@@ -10,6 +10,7 @@ tiny random model and no Ray.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -110,6 +111,19 @@ def test_a_compiled_constraint_on_an_executor_is_refused():
 def test_a_ray_executor_refuses_a_loaded_model():
     with pytest.raises(TypeError, match="name or path"):
         sd.RayExecutor(tiny_model())
+
+
+def test_a_lazy_reward_is_built_once_where_it_runs_and_pickles_as_its_recipe():
+    built = []
+
+    def factory(offset: float):
+        built.append(offset)
+        return lambda prompt, output: len(output) + offset
+
+    reward = sd.LazyReward(factory, 0.5)
+    assert reward.batch("p", ["ab", "abc"]) == [2.5, 3.5] and reward("p", "a") == 1.5
+    assert built == [0.5]
+    assert pickle.loads(pickle.dumps(sd.LazyReward(len)))._built is None
 
 
 # --- on a local Ray cluster ----------------------------------------------------------------
@@ -231,6 +245,11 @@ def test_losing_every_worker_is_a_clear_error(cluster, smollm):
             sd.generate(smollm, PROMPTS, max_tokens=4, search=sd.BestOfN(2, words_near_six), executor=executor)
     finally:
         executor.close()
+
+
+def test_a_placement_group_the_cluster_cannot_hold_is_a_clear_error(cluster):
+    with pytest.raises(sd.ExecutorError, match="cannot place 64 worker bundles"):
+        sd.RayExecutor("smollm2-135m", workers=64, placement="STRICT_PACK", placement_timeout=1)
 
 
 @pytest.mark.integration
