@@ -126,6 +126,23 @@ def test_a_lazy_reward_is_built_once_where_it_runs_and_pickles_as_its_recipe():
     assert pickle.loads(pickle.dumps(sd.LazyReward(len)))._built is None
 
 
+def test_a_worker_takes_the_tasks_of_the_prompts_it_holds_first():
+    from collections import deque
+
+    from searchdec.distributed.ray_executor import _Member, _Pool
+
+    a, b = _Member(None, "a"), _Member(None, "b")
+    pool = _Pool(ray, "model", [a, b], in_flight=2, prompts=4)
+    keys = ["p", "q", "p", "r", "q"].__getitem__
+    pending = deque(range(5))
+    a.prompts["q"] = True
+    assert pool._pick(a, pending, keys, [a, b]) == 1  # its own prompt, though not first in line
+    assert pool._pick(b, pending, keys, [a, b]) == 0  # a prompt nobody holds
+    assert pool._pick(b, pending, keys, [a, b]) == 2  # now b holds "p"
+    assert pool._pick(a, pending, keys, [a, b]) == 4
+    assert pool._pick(a, pending, keys, [a, b]) == 3  # nothing of its own left: the next free prompt
+
+
 # --- on a local Ray cluster ----------------------------------------------------------------
 
 

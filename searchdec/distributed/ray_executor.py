@@ -146,7 +146,7 @@ class _Pool:
         on_done: Callable[[object], None] | None = None,
     ) -> list:
         """`actor.method(*items[i])` for every i, each on some live worker, results in item order."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
         results: list = [None] * len(items)
         finished = [False] * len(items)
@@ -181,6 +181,10 @@ class _Pool:
                     value = self.ray.get(ref)
                 except (RayActorError, ActorUnavailableError) as error:
                     self._lose(member, error, flying, pending, i)
+                    continue
+                except ObjectLostError:  # the result was lost with its node's object store: compute it again
+                    self.retried += 1
+                    pending.appendleft(i)
                     continue
                 if finished[i]:
                     continue
@@ -334,7 +338,8 @@ class RayExecutor(Executor):
     def run(self, tasks: Sequence[Task], model, on_done: OnDone = None) -> list[TaskResult]:
         self._check_model(model)
         tasks = list(tasks)
-        return self._models.call("run", [(t,) for t in tasks], key=lambda i: tasks[i].prompt, on_done=on_done)
+        keys = [hash(task.prompt) for task in tasks]  # hashed once: routing looks keys up many times
+        return self._models.call("run", [(t,) for t in tasks], key=keys.__getitem__, on_done=on_done)
 
     def score(self, reward: Callable, prompt: str, outputs: Sequence[str]) -> list[float]:
         if not self._reward_pool.members:

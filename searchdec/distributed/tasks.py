@@ -16,7 +16,9 @@ task alone forming every batch (batched padded forwards differ from single ones 
 enough to flip a sample, so no other task ever shares a forward). (3) Row i draws from its own
 generator seeded with its own seed, so its draws depend on nothing else. (4) CPU matrix products
 split their reductions by thread, so each task runs under `threads` torch threads. Any executor
-running the same tasks therefore returns the same results, whichever worker ran each one.
+running the same tasks therefore returns the same results, whichever worker ran each one, as long
+as the workers' models match (same weights, dtype and device type: GPU kernels and generators differ
+from CPU ones).
 
 Decoding a row follows `search/decode.py`: logits are masked by the row's constraint state,
 jump-forward appends forced text, the budget check keeps a constrained row closable, reported
@@ -130,9 +132,6 @@ class TaskRunner:
         for root, _ in self._roots.values():
             self.model.cache.discard(root)
         self._roots.clear()
-
-    def holds(self, prompt: tuple[int, ...]) -> bool:
-        return prompt in self._roots
 
     def _root(self, prompt: tuple[int, ...]) -> tuple[Node, torch.Tensor]:
         kept = self._roots.get(prompt)
