@@ -264,9 +264,15 @@ def test_losing_every_worker_is_a_clear_error(cluster, smollm):
         executor.close()
 
 
+def test_workers_the_cluster_cannot_hold_are_a_clear_error_not_a_hang(cluster):
+    with pytest.raises(sd.ExecutorError, match="the workers need 3 GPU in all but the cluster has 0"):
+        sd.RayExecutor("smollm2-135m", workers=3, num_gpus_per_worker=1)
+
+
 def test_a_placement_group_the_cluster_cannot_hold_is_a_clear_error(cluster):
-    with pytest.raises(sd.ExecutorError, match="cannot place 64 worker bundles"):
-        sd.RayExecutor("smollm2-135m", workers=64, placement="STRICT_PACK", placement_timeout=1)
+    # One node cannot spread two bundles strictly over two nodes.
+    with pytest.raises(sd.ExecutorError, match="cannot place 2 worker bundles with strategy STRICT_SPREAD"):
+        sd.RayExecutor("smollm2-135m", workers=2, placement="STRICT_SPREAD", placement_timeout=1)
 
 
 @pytest.mark.integration

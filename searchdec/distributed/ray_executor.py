@@ -29,6 +29,7 @@ exception raised by the task itself is not retried (it would fail again) and pro
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -222,6 +223,17 @@ class _Pool:
         pending.extendleft(sorted(back, reverse=True))
 
 
+def _check_fits(resources: dict, bundles: list[dict]) -> None:
+    """Refuse, before anything starts, workers whose resources the cluster does not have at all."""
+    for name in ("CPU", "GPU"):
+        needed = sum(bundle.get(name, 0) for bundle in bundles)
+        if needed > resources.get(name, 0) + 1e-9:
+            raise ExecutorError(
+                f"the workers need {needed:g} {name} in all but the cluster has {resources.get(name, 0):g}: start Ray "
+                f"with more (ray.init(num_{name.lower()}s=...)), or ask for fewer workers or less per worker"
+            )
+
+
 class RayExecutor(Executor):
     """Model workers (and optionally reward workers) on a Ray cluster; see the module docstring."""
 
@@ -243,6 +255,7 @@ class RayExecutor(Executor):
         dtype: str = "float32",
         init: dict | None = None,
         placement_timeout: float = 120.0,
+        start_timeout: float = 600.0,
     ) -> None:
         if not isinstance(model, str) and not callable(model):
             raise TypeError(f"model must be a name or path (or a factory), got {type(model).__name__}")
@@ -264,7 +277,12 @@ class RayExecutor(Executor):
         self.batch_rows, self.threads = batch_rows, threads
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=address, include_dashboard=False, **(init or {}))
+            settings = {"include_dashboard": False, **(init or {})}
+            if address is None and workers is not None and "num_cpus" not in settings:
+                # Logical CPUs: a worker mostly waits on its GPU (or shares cores), and Ray would
+                # otherwise leave the workers beyond the core count unscheduled.
+                settings["num_cpus"] = max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker) + reward_workers)
+            ray.init(address=address, **settings)
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0)
         self.num_gpus_per_worker = (1.0 if gpus else 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
@@ -283,6 +301,9 @@ class RayExecutor(Executor):
             **({"GPU": self.num_gpus_per_worker} if self.num_gpus_per_worker else {}),
         }
         reward_bundle = {"CPU": 1, **({"GPU": reward_gpus_per_worker} if reward_gpus_per_worker else {})}
+        if address is None:  # a local cluster has no autoscaler: what it lacks now, it will never have
+            _check_fits(resources, [model_bundle] * workers + [reward_bundle] * reward_workers)
+        self.start_timeout = start_timeout
         options = self._placement([model_bundle] * workers + [reward_bundle] * reward_workers, placement)
         device = "cuda" if self.num_gpus_per_worker else "cpu"
         body = ray.remote(max_restarts=0)(ModelWorker)
@@ -408,10 +429,19 @@ class RayExecutor(Executor):
         """Wait for every worker to be up; a worker that failed to start is dropped with its cause."""
         from ray.exceptions import RayActorError
 
+        calls = {member.name: member.actor.describe.remote() for member in pool.members}
+        ready, waiting = self.ray.wait(list(calls.values()), num_returns=len(calls), timeout=self.start_timeout)
+        if waiting:
+            names = [name for name, ref in calls.items() if ref in set(waiting)]
+            self.close()
+            raise ExecutorError(
+                f"{', '.join(names)} did not start within {self.start_timeout:g} s: not scheduled (the cluster has "
+                f"{self.ray.available_resources()} free) or still loading; raise start_timeout for a slow load"
+            )
         info = []
         for member in pool.members:
             try:
-                info.append(self.ray.get(member.actor.describe.remote()))
+                info.append(self.ray.get(calls[member.name]))
             except RayActorError as error:
                 member.alive = False
                 pool.lost.append(f"{member.name} failed to start: {str(error).strip()[:400]}")
