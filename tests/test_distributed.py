@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -229,28 +230,51 @@ def test_many_prompts_spread_over_workers_with_a_progress_bar(workers, smollm, c
     assert "8/8" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def fragile(cluster):
+    """Three workers in a placement group, for the tests that kill them one by one."""
+    executor = sd.RayExecutor("smollm2-135m", workers=3, placement="PACK")
+    yield executor
+    executor.close()
+
+
+MCTS_9 = sd.MCTS(9, reward=words_near_six, max_children=3, parallel=3)
+
+
 @pytest.mark.integration
-def test_a_worker_killed_mid_mcts_changes_nothing(cluster, smollm):
-    search = sd.MCTS(9, reward=words_near_six, max_children=3, parallel=3)
-    expected = sd.generate(smollm, PROMPTS, max_tokens=10, search=search, executor=InProcessExecutor())
-    executor = sd.RayExecutor("smollm2-135m", workers=2, placement="PACK")
+def test_a_worker_killed_mid_mcts_changes_nothing(fragile, smollm):
+    expected = sd.generate(smollm, PROMPTS, max_tokens=10, search=MCTS_9, executor=InProcessExecutor())
     calls = []
 
     def killing_reward(prompt: str, output: str) -> float:
         calls.append(output)
         if len(calls) == 4:  # between rounds: the next round's tasks reach a dead worker
-            ray.kill(executor.actors[0])
+            ray.kill(fragile.actors[0])
         return words_near_six(prompt, output)
 
-    try:
-        killed = sd.generate(
-            smollm, PROMPTS, max_tokens=10, search=replace(search, reward=killing_reward), executor=executor
-        )
-    finally:
-        executor.close()
+    search = replace(MCTS_9, reward=killing_reward)
+    killed = sd.generate(smollm, PROMPTS, max_tokens=10, search=search, executor=fragile)
     assert hypotheses(killed) == hypotheses(expected)
-    assert len(executor.lost) == 1 and executor.lost[0].startswith("worker-0")
-    assert executor.retried >= 1
+    assert len(fragile.lost) == 1 and fragile.lost[0].startswith("worker-0")
+    assert fragile.retried >= 1
+
+
+@pytest.mark.integration
+def test_a_worker_killed_while_its_tasks_run_changes_nothing(fragile, smollm):
+    expected = sd.generate(smollm, PROMPTS, max_tokens=10, search=MCTS_9, executor=InProcessExecutor())
+    lost_before = len(fragile.lost)
+    calls = []
+
+    def killing_reward(prompt: str, output: str) -> float:
+        calls.append(output)
+        if len(calls) == 2:  # the next round's tasks take about a second each: kill during them
+            threading.Timer(0.3, ray.kill, [fragile.actors[1]]).start()
+        return words_near_six(prompt, output)
+
+    search = replace(MCTS_9, reward=killing_reward)
+    killed = sd.generate(smollm, PROMPTS, max_tokens=10, search=search, executor=fragile)
+    assert hypotheses(killed) == hypotheses(expected)
+    assert len(fragile.lost) == lost_before + 1 and fragile.lost[-1].startswith("worker-1")
 
 
 @pytest.mark.integration
