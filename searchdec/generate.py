@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from searchdec.distributed.executor import Executor
+from searchdec.distributed.executor import Executor, InProcessExecutor
 from searchdec.distributed.work import Job, Work
 from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
@@ -86,7 +86,8 @@ def generate(
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
     every new token (the CLI streams with it). `executor` runs Greedy, Sample, BestOfN, MCTS, StepBeam
     and DVTS as tasks (in process or on Ray workers; a list of prompts is spread over the workers);
-    `progress` shows a progress bar of those tasks.
+    `progress` shows a progress bar of those tasks. `MCTS(parallel=K > 1)` always runs as tasks (on
+    `sd.InProcessExecutor()` when no executor is given), so its result is the same on any executor.
     """
     search = search or Greedy()
     if not isinstance(search, (Greedy, Sample, RewardGuidedSpeculative)) and not callable(getattr(search, "run", None)):
@@ -102,6 +103,9 @@ def generate(
     prompts = list(prompt) if batched else [prompt]
     if not prompts:
         raise ValueError("prompt list is empty")
+    owned = None
+    if executor is None and isinstance(search, MCTS) and search.parallel > 1:
+        executor = owned = InProcessExecutor()  # K leaves a round are a task-level algorithm
     if executor is not None:
         _check_executor(executor, search, constraint, on_token)
     compiled = _compile(model, constraint)
@@ -124,6 +128,8 @@ def generate(
                 results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
         finally:
             work.close()
+            if owned is not None:
+                owned.close()
         return results if batched else results[0]
     if isinstance(search, RewardGuidedSpeculative):
         results = [search.generation(model, p, budget) for p in prompts]

@@ -98,6 +98,16 @@ def test_in_process_executor_is_reproducible_and_leaves_no_cache_after_close():
     assert [len(g.hypotheses) for g in runs[0]] == [5, 5]
 
 
+def test_parallel_mcts_without_an_executor_runs_in_process_as_tasks():
+    model = tiny_model()
+    search = sd.MCTS(6, reward=words_near_six, max_children=3, parallel=3)
+    default = sd.generate(model, ["hello", "abc"], max_tokens=8, search=search)
+    with InProcessExecutor() as executor:
+        explicit = sd.generate(model, ["hello", "abc"], max_tokens=8, search=search, executor=executor)
+    assert hypotheses(default) == hypotheses(explicit)
+    assert len(model.cache) == 0
+
+
 def test_an_unsupported_search_on_an_executor_is_refused():
     with pytest.raises(ValueError, match="Beam does not run on an executor"):
         sd.generate(tiny_model(), "hi", search=sd.Beam(2), executor=InProcessExecutor())

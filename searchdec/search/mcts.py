@@ -29,8 +29,9 @@ choice samples another step). The round's expansions and rollouts run as tasks i
 token-level leaf's expansion (its `max_children` top tokens) and its rollout are one task — their
 rewards are scored in one batch per prompt, and the paths are backed up in selection order, virtual
 loss removed. Simulation s of prompt i samples with the seed `task_seed(sample.seed, i, s, ...)`,
-so the search depends on `parallel` but not on which worker runs what. `parallel=1` is sequential
-PUCT, as above.
+so the search depends on `parallel` but not on which worker runs what. `generate` runs `parallel > 1`
+this way even without an executor (on an in-process one); `parallel=1` without an executor is the
+sequential PUCT above.
 """
 
 from __future__ import annotations
