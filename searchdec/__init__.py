@@ -7,10 +7,12 @@ print(out.text)
 """
 
 from searchdec import rewards  # sd.rewards.JsonValid, sd.rewards.SqlExecution, ...
+from searchdec.distributed import Executor, InProcessExecutor, LazyReward, RayExecutor
 from searchdec.errors import (
     ConstraintError,
     DatabaseNotFoundError,
     EmptyLanguageError,
+    ExecutorError,
     GrammarSyntaxError,
     ModelLoadError,
     ModelNotFoundError,
@@ -18,6 +20,7 @@ from searchdec.errors import (
     SchemaError,
     SearchdecError,
     UnsupportedKeywordError,
+    WorkersLostError,
 )
 from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
@@ -59,6 +62,12 @@ __all__ = [
     "ConstraintError",
     "DatabaseNotFoundError",
     "EmptyLanguageError",
+    "Executor",
+    "ExecutorError",
+    "InProcessExecutor",
+    "LazyReward",
+    "RayExecutor",
+    "WorkersLostError",
     "GrammarSyntaxError",
     "SchemaError",
     "State",

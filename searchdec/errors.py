@@ -1,4 +1,5 @@
-"""Errors searchdec raises before any generation starts, each naming its cause."""
+"""Errors searchdec raises, each naming its cause: bad input before any generation starts, and the
+executor's own failures (a cluster that cannot place its workers, every worker lost)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,11 @@ class EmptyLanguageError(ConstraintError):
 
 class DatabaseNotFoundError(ConstraintError):
     """A database path that names no file, or a file SQLite cannot read."""
+
+
+class ExecutorError(SearchdecError, RuntimeError):
+    """An executor that cannot do its work (for instance a cluster that cannot place its workers)."""
+
+
+class WorkersLostError(ExecutorError):
+    """Every worker of a distributed executor is gone (dead or never started): nothing is left to retry on."""

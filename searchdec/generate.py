@@ -1,6 +1,9 @@
 """`generate`: one call from a prompt (text or chat messages, or a list of them) to finished text.
 
 Prompts are validated and tokenized before any forward pass; a list of prompts runs as one batch.
+With `executor=` (`sd.InProcessExecutor()`, `sd.RayExecutor(...)`), the search's model work and
+rewards run as tasks on that executor (searchdec/distributed), with the same seeded results on every
+executor; `progress=True` shows a bar of tasks done.
 """
 
 from __future__ import annotations
@@ -8,18 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from searchdec.distributed.executor import Executor, InProcessExecutor
+from searchdec.distributed.work import Job, Work
 from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
+from searchdec.search.best_of_n import BestOfN
 from searchdec.search.decode import Stopping, decode
 from searchdec.search.expand import SearchResult, SearchStats
+from searchdec.search.mcts import MCTS
 from searchdec.search.reward import with_reward
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import Speculative
+from searchdec.search.step_beam import StepBeam
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 
+_ON_EXECUTORS = (Greedy, Sample, BestOfN, MCTS, StepBeam)
 Search = object  # any search spec with `run(model, roots, stopping) -> list[SearchResult]`
 Messages = list[dict]
 Prompt = str | Messages
@@ -60,6 +69,8 @@ def generate(
     jump_forward: bool = True,
     on_token: Callable[[int, Node], None] | None = None,
     reward: Callable[[str, str], float] | None = None,
+    executor: Executor | None = None,
+    progress: bool = False,
 ) -> Generation | list[Generation]:
     """Generate from `prompt` (a string, chat messages, or a list of either: then a list comes back).
 
@@ -73,7 +84,10 @@ def generate(
     `MCTS`, ...; `reward` fills in the reward of one that needs it). A search's `.hypotheses` are ranked
     by its score, and `.trace` holds its tree. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
-    every new token (the CLI streams with it).
+    every new token (the CLI streams with it). `executor` runs Greedy, Sample, BestOfN, MCTS, StepBeam
+    and DVTS as tasks (in process or on Ray workers; a list of prompts is spread over the workers);
+    `progress` shows a progress bar of those tasks. `MCTS(parallel=K > 1)` always runs as tasks (on
+    `sd.InProcessExecutor()` when no executor is given), so its result is the same on any executor.
     """
     search = search or Greedy()
     if not isinstance(search, (Greedy, Sample, RewardGuidedSpeculative)) and not callable(getattr(search, "run", None)):
@@ -89,6 +103,11 @@ def generate(
     prompts = list(prompt) if batched else [prompt]
     if not prompts:
         raise ValueError("prompt list is empty")
+    owned = None
+    if executor is None and isinstance(search, MCTS) and search.parallel > 1:
+        executor = owned = InProcessExecutor()  # K leaves a round are a task-level algorithm
+    if executor is not None:
+        _check_executor(executor, search, constraint, on_token)
     compiled = _compile(model, constraint)
     roots = [Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None) for p in prompts]
     for root in roots:
@@ -96,6 +115,22 @@ def generate(
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
+    if executor is not None:
+        spec = from_outlines(constraint) if is_outlines_type(constraint) else constraint
+        work = Work(executor, model, stopping, spec, jump_forward, progress)
+        try:
+            if isinstance(search, (Greedy, Sample)):
+                results = [
+                    _result(model, root, nodes, stops) for root, nodes in zip(roots, _decoded(work, search, roots))
+                ]
+            else:
+                outcomes = search.run(model, roots, stopping, work=work)
+                results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
+        finally:
+            work.close()
+            if owned is not None:
+                owned.close()
+        return results if batched else results[0]
     if isinstance(search, RewardGuidedSpeculative):
         results = [search.generation(model, p, budget, stops) for p in prompts]
         for result in results:
@@ -111,6 +146,33 @@ def generate(
         outcomes = search.run(model, roots, stopping)
         results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
     return results if batched else results[0]
+
+
+def _check_executor(executor, search, constraint, on_token) -> None:
+    if not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be sd.InProcessExecutor() or sd.RayExecutor(...), got {type(executor).__name__}"
+        )
+    if not isinstance(search, _ON_EXECUTORS):
+        names = ", ".join(cls.__name__ for cls in _ON_EXECUTORS)
+        raise ValueError(f"{type(search).__name__} does not run on an executor; searches that do: {names}")
+    if isinstance(constraint, Constraint):
+        raise ValueError(
+            "with an executor, pass the constraint spec (sd.json_schema(...), sd.regex(...), ...), not a compiled "
+            "Constraint: each worker compiles it for its own model"
+        )
+    if on_token is not None:
+        raise ValueError("on_token streaming is not available with an executor (tasks return whole outputs)")
+
+
+def _decoded(work: Work, search: Greedy | Sample, roots: list[Node]) -> list[list[Node]]:
+    """Greedy or sampled completions of every root as tasks: sample j of prompt i has seed (seed, i, j)."""
+    if isinstance(search, Greedy):
+        jobs = [Job(root, root, [None]) for root in roots]
+        return [result.rows for result in work.run(jobs)]
+    base = work.base_seed(search)
+    jobs = [Job(root, root, [work.seed(base, i, j) for j in range(search.n)]) for i, root in enumerate(roots)]
+    return [result.rows for result in work.run(jobs, search)]
 
 
 def _compile(model: Model, constraint) -> Constraint | None:

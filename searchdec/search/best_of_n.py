@@ -11,6 +11,10 @@ prompt is forwarded once and its KV entry shared by all N), each is scored by
   breaks ties, else the earlier sample wins).
 Under a constraint every completion follows it; one cut by `max_tokens` ranks after all that
 finished. Every completion is returned (`.hypotheses`, N of them), best first.
+
+On an executor (`generate(..., executor=...)`), sample j of prompt i is drawn with its own seed
+`task_seed(sample.seed, i, j)`, the N samples are cut into tasks of `executor.batch_rows`, and the
+rewards of a prompt's N outputs are scored in one batch where the executor runs rewards.
 """
 
 from __future__ import annotations
@@ -52,21 +56,36 @@ class BestOfN:
         if self.aggregate != "majority" or self.reward is not None:
             check_reward("reward", self.reward, "BestOfN")
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, model, roots: list[Node], stopping: Stopping, work=None) -> list[SearchResult]:
         self.check()
+        if work is not None:
+            return self._run_on(work, model, roots)
         sampler = Sample(
             self.sample.temperature, self.sample.top_k, self.sample.top_p, self.sample.min_p, self.n, self.sample.seed
         )
         all_leaves = decode(model, roots, sampler, stopping)
         return [self._rank(model, root, leaves) for root, leaves in zip(roots, all_leaves)]
 
-    def _rank(self, model, root: Node, leaves: list[Node]) -> SearchResult:
+    def _run_on(self, work, model, roots: list[Node]) -> list[SearchResult]:
+        from searchdec.distributed.work import Job
+
+        base = work.base_seed(self.sample)
+        stats = [SearchStats() for _ in roots]
+        jobs = [
+            Job(root, root, [work.seed(base, i, j) for j in range(self.n)], stats=stats[i])
+            for i, root in enumerate(roots)
+        ]
+        results = work.run(jobs, self.sample)
+        return [self._rank(model, root, result.rows, work, stats=s) for root, result, s in zip(roots, results, stats)]
+
+    def _rank(self, model, root: Node, leaves: list[Node], work=None, stats: SearchStats | None = None) -> SearchResult:
         prompt = model.decode(list(root.new_tokens))
         texts = [text_of(model, leaf) for leaf in leaves]
-        stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
-        stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
+        if stats is None:
+            stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
+            stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
         if self.reward is not None:
-            rewards = score_outputs(self.reward, prompt, texts)
+            rewards = work.score(self.reward, prompt, texts) if work else score_outputs(self.reward, prompt, texts)
             stats.reward_calls = len(texts)
         else:
             rewards = [0.0] * len(texts)

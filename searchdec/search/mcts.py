@@ -19,6 +19,19 @@ is the best-rewarded complete output found, and the trace holds the tree with vi
 All prompts' simulations advance together: each round, one selection per prompt, then one batched
 forward per token for all expansions and rollouts. A rollout starts from its tree node's cached
 entry, so it forwards only its own new tokens.
+
+On an executor (`generate(..., executor=...)`), each round selects up to `parallel` leaves per
+prompt with virtual loss (Chaslot et al., "Parallel Monte-Carlo Tree Search", 2008; as AlphaGo):
+every node on a selected path counts one extra visit of value `-virtual_loss` until its simulation
+backs up, which steers the next selection elsewhere; a token-level leaf or a terminal node already
+chosen this round ends the round's selection (a node that widens by a step may be chosen again: each
+choice samples another step). The round's expansions and rollouts run as tasks in parallel — a
+token-level leaf's expansion (its `max_children` top tokens) and its rollout are one task — their
+rewards are scored in one batch per prompt, and the paths are backed up in selection order, virtual
+loss removed. Simulation s of prompt i samples with the seed `task_seed(sample.seed, i, s, ...)`,
+so the search depends on `parallel` but not on which worker runs what. `generate` runs `parallel > 1`
+this way even without an executor (on an in-process one); `parallel=1` without an executor is the
+sequential PUCT above.
 """
 
 from __future__ import annotations
@@ -52,9 +65,14 @@ class MCTS:
     alpha: float = 0.5
     sample: Sample = field(default_factory=lambda: Sample(temperature=1.0, seed=0))
     num_return: int = 1
+    parallel: int = 1  # leaves selected per round on an executor (virtual loss keeps them apart)
+    virtual_loss: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive_int("simulations", self.simulations)
+        check_positive_int("parallel", self.parallel)
+        if not (isinstance(self.virtual_loss, (int, float)) and self.virtual_loss >= 0):
+            raise ValueError(f"virtual_loss must be a number >= 0, got {self.virtual_loss!r}")
         check_positive_int("max_children", self.max_children)
         check_positive_int("num_return", self.num_return)
         if not (isinstance(self.c_puct, (int, float)) and self.c_puct >= 0):
@@ -69,9 +87,11 @@ class MCTS:
     def n(self) -> int:
         return self.num_return
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, model, roots: list[Node], stopping: Stopping, work=None) -> list[SearchResult]:
         check_reward("reward", self.reward, "MCTS")
         expander = Expander(model, stopping)
+        if work is not None:
+            return self._run_on(work, model, roots, expander)
         generator = self.sample.generator(model.device)
         trees = [_Tree(root, self, model, expander) for root in roots]
         for _ in range(self.simulations):
@@ -114,6 +134,84 @@ class MCTS:
             if target.finish_reason is not None:
                 tree.record(target, value)
             tree.backup(path, value)
+
+    def _run_on(self, work, model, roots: list[Node], expander: Expander) -> list[SearchResult]:
+        """Rounds of `parallel` simulations per prompt, dispatched as tasks (see module docstring)."""
+        from searchdec.distributed.work import Job
+
+        pattern = step_pattern(self.step)
+        base = work.base_seed(self.sample)
+        trees = [_Tree(root, self, model, expander) for root in roots]
+        done = [0] * len(trees)
+        policy = self.sample if self.rollout == "sample" else None
+        while any(d < self.simulations for d in done):
+            picks: list[tuple[int, list[Node], int]] = []  # (tree, path, simulation number)
+            for t, tree in enumerate(trees):
+                chosen: set[int] = set()
+                for _ in range(min(self.parallel, self.simulations - done[t])):
+                    path = tree.select()
+                    leaf = path[-1]
+                    if id(leaf) in chosen:
+                        break
+                    if pattern is None or tree.is_terminal(leaf):
+                        chosen.add(id(leaf))
+                    tree.visit(path, -self.virtual_loss)
+                    picks.append((t, path, done[t]))
+                    done[t] += 1
+
+            def rollout_seed(t: int, sim: int) -> int | None:
+                return None if self.rollout == "greedy" else work.seed(base, t, sim, "rollout")
+
+            grow = [(t, path, sim) for t, path, sim in picks if not trees[t].is_terminal(path[-1])]
+            evaluated: dict[int, tuple[list[Node], Node]] = {}  # pick -> (path, node whose value backs up)
+            finals: dict[int, Node] = {}
+            if pattern is None:
+                jobs = [
+                    Job(
+                        trees[t].root,
+                        path[-1],
+                        [rollout_seed(t, sim)] if self.rollout else [],
+                        self.max_children,
+                        trees[t].stats,
+                    )
+                    for t, path, sim in grow
+                ]
+                for (t, path, _), result in zip(grow, work.run(jobs, policy)):
+                    trees[t].add_children(path[-1], result.top)
+                    evaluated[id(path)] = (path, path[-1])
+                    if result.rows:
+                        finals[id(path)] = result.rows[0]
+            else:
+                jobs = [
+                    Job(trees[t].root, path[-1], [work.seed(base, t, sim, "step")], 0, trees[t].stats)
+                    for t, path, sim in grow
+                ]
+                for (t, path, _), result in zip(grow, work.run(jobs, self.sample, to_end=False, step=pattern)):
+                    child = result.rows[0]
+                    trees[t].add_step_child(path[-1], child)
+                    evaluated[id(path)] = ([*path, child], child)
+                roll = [(t, path, sim) for t, path, sim in grow if not trees[t].is_terminal(evaluated[id(path)][1])]
+                if self.rollout is not None and roll:
+                    jobs = [
+                        Job(trees[t].root, evaluated[id(p)][1], [rollout_seed(t, sim)], 0, trees[t].stats)
+                        for t, p, sim in roll
+                    ]
+                    for (_, path, _), result in zip(roll, work.run(jobs, policy)):
+                        finals[id(path)] = result.rows[0]
+            targets: list[tuple[int, list[Node], Node]] = []
+            for t, path, _ in picks:
+                full, node = evaluated.get(id(path), (path, path[-1]))
+                targets.append((t, full, finals.get(id(path), node)))
+            for t, tree in enumerate(trees):
+                tree.score([target for owner, _, target in targets if owner == t], work)
+            for (t, path, _), (_, full, target) in zip(picks, targets):
+                tree = trees[t]
+                value = tree.value(target)
+                if target.finish_reason is not None:
+                    tree.record(target, value)
+                tree.visit(path, -self.virtual_loss, undo=True)
+                tree.backup(full, value)
+        return [tree.result() for tree in trees]
 
 
 class _Tree:
@@ -161,10 +259,14 @@ class _Tree:
 
     def add_token_children(self, node: Node, logprobs: torch.Tensor) -> None:
         values, tokens = torch.topk(logprobs, min(self.spec.max_children, logprobs.numel()))
-        keep = [(float(v), int(t)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
-        norm = sum(math.exp(v) for v, _ in keep) or 1.0
+        keep = [(int(t), float(v)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
+        self.add_children(node, keep)
+
+    def add_children(self, node: Node, keep: list[tuple[int, float]]) -> None:
+        """Children for the (token, log-probability) pairs, best first; priors renormalised over them."""
+        norm = sum(math.exp(v) for _, v in keep) or 1.0
         children = []
-        for v, t in keep:
+        for t, v in keep:
             child = node.child((t,), (v,))
             self.prior[id(child)] = math.exp(v) / norm
             self._finish(child)
@@ -191,6 +293,20 @@ class _Tree:
             self.rewards[text] = score_outputs(self.spec.reward, self.prompt, [text])[0]
             self.stats.reward_calls += 1
         return self.rewards[text]
+
+    def score(self, nodes: list[Node], work) -> None:
+        """Reward every node's text not scored yet, in one batch where `work`'s executor runs rewards."""
+        texts = list(dict.fromkeys(t for t in (text_of(self.model, n) for n in nodes) if t not in self.rewards))
+        if texts:
+            self.rewards.update(zip(texts, work.score(self.spec.reward, self.prompt, texts)))
+            self.stats.reward_calls += len(texts)
+
+    def visit(self, path: list[Node], value: float, undo: bool = False) -> None:
+        """Count (or, with `undo`, uncount) one visit of `value` along `path`: virtual loss."""
+        sign = -1 if undo else 1
+        for node in path:
+            self.visits[id(node)] = self.visits.get(id(node), 0) + sign
+            self.total[id(node)] = self.total.get(id(node), 0.0) + sign * value
 
     def record(self, leaf: Node, value: float) -> None:
         state = leaf.state

@@ -16,6 +16,11 @@ diverse subtrees; completions of all subtrees are ranked together.
 
 Steps end at `step` (a delimiter string or regex, as search-and-learn's "\\n\\n"), at the end of
 sequence, or at `max_step_tokens`. All candidates of all prompts extend in one forward per token.
+
+On an executor (`generate(..., executor=...)`), the `expansions` samples of a kept candidate are one
+task (the candidate's step is forwarded once for all of them), sample j of prompt i's frontier in
+round r has the seed `task_seed(sample.seed, i, r, j)`, and each round's new candidates of a prompt
+are scored by the PRM in one batch where the executor runs rewards.
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ class StepBeam:
     def n(self) -> int:
         return self.width * self.expansions
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, model, roots: list[Node], stopping: Stopping, work=None) -> list[SearchResult]:
         check_reward("prm", self.prm, type(self).__name__)
+        if work is not None:
+            return self._run_on(work, model, roots)
         expander = Expander(model, stopping)
         pattern = step_pattern(self.step)
         generator = self.sample.generator(model.device)
@@ -81,6 +88,46 @@ class StepBeam:
                 if id(s) in by_search:
                     frontier += [(s, g, node) for g, node in s.select(by_search[id(s)])]
         expander.release()
+        return [s.result() for s in searches]
+
+    def _run_on(self, work, model, roots: list[Node]) -> list[SearchResult]:
+        """The same rounds, each dispatched as tasks: one per kept candidate (see module docstring)."""
+        from searchdec.distributed.work import Job
+
+        pattern = step_pattern(self.step)
+        base = work.base_seed(self.sample)
+        name = "DVTS" if self.independent else "StepBeam"
+        searches = [_Population(root, self, model, name) for root in roots]
+        frontier = [
+            (i, g, s.root)
+            for i, s in enumerate(searches)
+            for g in range(self.groups)
+            for _ in range(self.per_group_start)
+        ]
+        round_ = 0
+        while frontier:
+            runs: list[list] = []  # [prompt, group, start, count]: consecutive samples from one node
+            for i, g, start in frontier:
+                if runs and runs[-1][0] == i and runs[-1][1] == g and runs[-1][2] is start:
+                    runs[-1][3] += 1
+                else:
+                    runs.append([i, g, start, 1])
+            jobs, placed = [], {}
+            for i, _, start, count in runs:
+                first = placed.get(i, 0)
+                placed[i] = first + count
+                seeds = [work.seed(base, i, round_, first + j) for j in range(count)]
+                jobs.append(Job(searches[i].root, start, seeds, 0, searches[i].stats))
+            results = work.run(jobs, self.sample, to_end=False, step=pattern, max_step_tokens=self.max_step_tokens)
+            by_search: dict[int, list[tuple[int, Node]]] = {}
+            for (i, g, start, _), result in zip(runs, results):
+                for node in result.rows:
+                    searches[i].trace.add(node, status="step", parent=start)
+                    by_search.setdefault(i, []).append((g, node))
+            frontier = []
+            for i, candidates in sorted(by_search.items()):
+                frontier += [(i, g, node) for g, node in searches[i].select(candidates, work)]
+            round_ += 1
         return [s.result() for s in searches]
 
     @property
@@ -112,7 +159,10 @@ class _Population:
 
     def score(self, node: Node) -> float:
         steps = step_texts(self.model, node, self.boundaries)
-        value = self.spec.prm(self.prompt, steps)
+        return self.aggregate(self.spec.prm(self.prompt, steps), steps)
+
+    def aggregate(self, value, steps: list[str]) -> float:
+        """The candidate's score from what the PRM returned for its `steps`."""
         self.stats.reward_calls += 1
         if isinstance(value, (list, tuple)):
             if len(value) != len(steps):
@@ -122,13 +172,20 @@ class _Population:
             value = value.item()
         return float(value)
 
-    def select(self, candidates: list[tuple[int, Node]]) -> list[tuple[int, Node]]:
-        """Score the new steps; return (group, node) pairs to extend next round."""
+    def select(self, candidates: list[tuple[int, Node]], work=None) -> list[tuple[int, Node]]:
+        """Score the new steps (in one batch through `work`, if given); return (group, node) pairs to
+        extend next round."""
         target = self.spec.width * self.spec.expansions
         live: dict[int, list[tuple[float, int, Node]]] = {}
-        for group, node in candidates:
+        scored: list[float] = []
+        if work is not None:
+            self.boundaries.update(id(node) for _, node in candidates)
+            steps = [step_texts(self.model, node, self.boundaries) for _, node in candidates]
+            raw = work.score_steps(self.spec.prm, self.prompt, steps)
+            scored = [self.aggregate(v, s) for v, s in zip(raw, steps)]
+        for k, (group, node) in enumerate(candidates):
             self.boundaries.add(id(node))
-            value = self.score(node)
+            value = scored[k] if work is not None else self.score(node)
             node.score = value
             self.order += 1
             if node.finish_reason is not None:
