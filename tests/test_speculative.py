@@ -48,6 +48,7 @@ def test_a_draft_that_agrees_with_the_target_is_accepted_whole(tiny):
     out = sd.generate(tiny, "x", max_tokens=25, search=spec)
     assert spec.stats.acceptance_rate == 1.0
     assert spec.stats.target_calls <= 1 + -(-(len(out.tokens) - 1) // 5)  # k + 1 tokens per target call
+    assert spec.stats.target_calls_avoided == len(out.tokens) - spec.stats.target_calls > 0
 
 
 def chi_square_of(rule, p, q, draws=60_000, seed=0):

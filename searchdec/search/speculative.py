@@ -56,6 +56,11 @@ class SpeculativeStats:
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
 
+    @property
+    def target_calls_avoided(self) -> int:
+        """Target forwards saved against one forward per generated token."""
+        return self.generated - self.target_calls
+
 
 # --- draft sources -------------------------------------------------------------------------------
 
