@@ -167,3 +167,37 @@ def test_bfloat16_model_returns_float32_logits_equal_to_its_own_full_forward():
     with torch.inference_mode():
         full = model.hf(torch.tensor([list(range(40, 60)) + [3, 4]])).logits[0, -1].float()
     torch.testing.assert_close(logits[0], full, rtol=2e-2, atol=2e-2)
+
+
+def test_a_cut_entry_is_extended_in_place_over_the_dropped_positions(tiny):
+    prompt = list(range(40, 80))
+    root = Node(tuple(prompt))
+    tiny.logits([root])
+    drafts = Node((5, 6, 7, 8), root)  # as speculative decoding verifies four drafted tokens
+    tiny.logits_last([drafts], 4)
+    entry = tiny.cache.get(drafts)
+    tiny.cache.discard(drafts)
+    kept = Node((5, 6), root)  # two accepted, two dropped
+    tiny.cache.put_cut(kept, entry, entry.length - 2)
+    storage = entry.block.buffers
+    child = Node((9,), kept)
+    logits = tiny.logits([child])[0]
+    assert tiny.cache.get(child).block.buffers is storage  # appended in place: no copy of the cache
+    torch.testing.assert_close(logits, full_logits(tiny, prompt + [5, 6, 9]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_cut_never_rewinds_over_an_entry_still_stored(tiny):
+    prompt = list(range(40, 80))
+    root = Node(tuple(prompt))
+    tiny.logits([root])
+    longer = Node((1, 2), root)
+    tiny.logits([longer])  # stays stored, covering 42 positions
+    entry = tiny.cache.get(longer)
+    used = entry.block.buffers.used
+    kept = Node((1,), root)
+    tiny.cache.put_cut(kept, entry, entry.length - 1)
+    assert entry.block.buffers.used == used  # not rewound: `longer` still owns position 42
+    a = tiny.logits([Node((3,), kept)])[0]
+    b = tiny.logits([Node((3,), longer)])[0]
+    torch.testing.assert_close(a, full_logits(tiny, prompt + [1, 3]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b, full_logits(tiny, prompt + [1, 2, 3]), rtol=1e-4, atol=1e-4)

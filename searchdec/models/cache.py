@@ -120,6 +120,21 @@ class PrefixCache:
         self._latest = storage
         self._evict()
 
+    def put_cut(self, key: object, entry: KVEntry, length: int) -> None:
+        """Store the first `length` positions of `entry` (not itself stored) as `key`'s entry. When
+        `entry` is the single row its buffers were last extended with and no stored entry reaches
+        past the cut, the buffers are rewound to the cut, so the next forward of `key`'s children
+        appends there in place, overwriting the dropped positions (speculative decoding drops its
+        rejected drafts this way); otherwise the entry is a shorter view, which a forward copies."""
+        block, storage = entry.block, entry.block.buffers
+        end = entry.start + length
+        reaches_past = any(e.block.buffers is storage and e.start + e.length > end for e in self._entries.values())
+        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not reaches_past:
+            storage.used = end
+            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length))
+        else:
+            self.put(key, entry.truncated(length))
+
     def discard(self, key: object) -> None:
         """Forget `key`'s entry (a search calls this for hypotheses it will never expand again)."""
         entry = self._entries.pop(key, None)

@@ -364,7 +364,7 @@ class Speculative:
             return self._count(node.child(tuple(new), logprobs), new)
         # The verifying forward computed node + accepted drafts: keep that much of its entry.
         kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
-        model.cache.put(kept, entry.truncated(entry.length - (len(drafts) - len(accepted))))
+        model.cache.put_cut(kept, entry, entry.length - (len(drafts) - len(accepted)))
         if extra is None:
             return self._count(kept, new)
         return self._count(kept.child((extra,), logprobs[len(accepted) :]), new)
