@@ -79,11 +79,7 @@ def decode(
             if reason is None:
                 still.append((owner, node))
             else:
-                node.finish_reason = reason
-                leaves[owner].append(node)
-                # A root may still serve the node's siblings; forced tokens still need their parent.
-                if node.parent.parent is not None and not node.forced:
-                    model.cache.discard(node.parent)
+                _retire(model, node, reason, leaves[owner])
         if first is not None:
             still = _cut_when_done(model, still, leaves, first)
         if not still:
@@ -111,11 +107,17 @@ def _cut_when_done(model, still: list[tuple[int, Node]], leaves: list[list[Node]
         return still
     for owner, node in still:
         if owner in done:
-            node.finish_reason = "length"
-            leaves[owner].append(node)
-            if node.parent.parent is not None and not node.forced:
-                model.cache.discard(node.parent)
+            _retire(model, node, "length", leaves[owner])
     return [(owner, node) for owner, node in still if owner not in done]
+
+
+def _retire(model, node: Node, reason: str, leaves: list[Node]) -> None:
+    """Finish `node` as a leaf and drop its parent's cache entry (a root may still serve the node's
+    siblings; forced tokens still need their parent for their log-probabilities)."""
+    node.finish_reason = reason
+    leaves.append(node)
+    if node.parent.parent is not None and not node.forced:
+        model.cache.discard(node.parent)
 
 
 def start_budget(root: Node, stopping: Stopping) -> None:
