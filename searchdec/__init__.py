@@ -7,7 +7,7 @@ print(out.text)
 """
 
 from searchdec import rewards  # sd.rewards.JsonValid, sd.rewards.SqlExecution, ...
-from searchdec.distributed import Executor, InProcessExecutor, LazyReward, RayExecutor
+from searchdec.distributed import LazyReward, RayExecutor
 from searchdec.errors import (
     ConstraintError,
     DatabaseNotFoundError,
@@ -26,45 +26,19 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
-from searchdec.search import (
-    DVTS,
-    MCTS,
-    AStar,
-    Beam,
-    BestFirstBeam,
-    BestOfN,
-    DiverseBeam,
-    FirstFinish,
-    SearchStats,
-    StepBeam,
-    Trace,
-)
-from searchdec.search.reward_guided import RewardGuidedSpeculative
-from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
+from searchdec.search import *  # noqa: F403 — every search, registered by its import in searchdec/search
+from searchdec.search import __all__ as _searches
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AStar",
-    "Beam",
-    "BestFirstBeam",
-    "BestOfN",
-    "DiverseBeam",
-    "FirstFinish",
-    "DVTS",
-    "MCTS",
-    "SearchStats",
-    "StepBeam",
-    "Trace",
+    *_searches,
     "ALIASES",
     "Constraint",
     "ConstraintError",
     "DatabaseNotFoundError",
     "EmptyLanguageError",
-    "Executor",
     "ExecutorError",
-    "InProcessExecutor",
     "LazyReward",
     "RayExecutor",
     "WorkersLostError",
@@ -81,17 +55,11 @@ __all__ = [
     "tool_calls",
     "DEFAULT_MODEL",
     "Generation",
-    "Greedy",
     "Hypothesis",
     "Model",
     "ModelLoadError",
     "ModelNotFoundError",
     "PromptTooLongError",
-    "PromptLookup",
-    "RewardGuidedSpeculative",
-    "Sample",
-    "SelfSpeculative",
-    "Speculative",
     "SearchdecError",
     "generate",
     "load",

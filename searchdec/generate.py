@@ -8,28 +8,21 @@ executor; `progress=True` shows a bar of tasks done.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from searchdec.distributed.executor import Executor, InProcessExecutor
-from searchdec.distributed.work import Job, Work
 from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
-from searchdec.search.best_of_n import BestOfN
-from searchdec.search.decode import Stopping, decode
-from searchdec.search.expand import SearchResult, SearchStats
-from searchdec.search.mcts import MCTS
-from searchdec.search.reward import with_reward
+from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.reward_guided import RewardGuidedSpeculative
+from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.speculative import Speculative
-from searchdec.search.step_beam import StepBeam
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Executor, Work
 
-_ON_EXECUTORS = (Greedy, Sample, BestOfN, MCTS, StepBeam)
-Search = object  # any search spec with `run(model, roots, stopping) -> list[SearchResult]`
 Messages = list[dict]
 Prompt = str | Messages
 
@@ -80,20 +73,21 @@ def generate(
     cut by `max_tokens` finishes with "length". With `jump_forward`, text the grammar fixes is appended
     without a forward pass of its own (its log-probabilities come from the next forward).
     `max_tokens=None` generates until the end-of-sequence token or the context window.
-    `search` is `Greedy()` (default), `Sample(...)` or a search (`Beam`, `BestFirstBeam`, `BestOfN`,
-    `MCTS`, ...; `reward` fills in the reward of one that needs it). A search's `.hypotheses` are ranked
+    `search` is any search spec (`Greedy()`, the default, `Sample(...)`, `Beam`, `BestFirstBeam`,
+    `BestOfN`, `MCTS`, ...; `reward` fills in the reward of one that needs it), run by its one `run`.
+    A search's `.hypotheses` are ranked
     by its score, and `.trace` holds its tree. `stop` strings end a hypothesis and are cut from
     its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
-    every new token (the CLI streams with it). `executor` runs Greedy, Sample, BestOfN, MCTS, StepBeam
-    and DVTS as tasks (in process or on Ray workers; a list of prompts is spread over the workers);
-    `progress` shows a progress bar of those tasks. `MCTS(parallel=K > 1)` always runs as tasks (on
-    `sd.InProcessExecutor()` when no executor is given), so its result is the same on any executor.
+    every new token (the CLI streams with it). Sampling searches run their model work as seeded tasks on
+    `executor` (none given: in this process), so a seed gives the same result with no executor,
+    `sd.InProcessExecutor()` or `sd.RayExecutor(...)` (a list of prompts is spread over the workers);
+    `progress` shows a progress bar of those tasks.
     """
     search = search or Greedy()
-    if not isinstance(search, (Greedy, Sample, RewardGuidedSpeculative)) and not callable(getattr(search, "run", None)):
+    if not isinstance(search, (Search, RewardGuidedSpeculative)):
         raise TypeError(f"search must be a search spec such as sd.Greedy() or sd.Beam(4), got {type(search).__name__}")
     if reward is not None:
-        search = with_reward(search, reward)
+        search = _with_reward(search, reward)
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise TypeError(f"max_tokens must be an int or None, got {type(max_tokens).__name__}")
     if max_tokens is not None and max_tokens < 0:
@@ -103,76 +97,57 @@ def generate(
     prompts = list(prompt) if batched else [prompt]
     if not prompts:
         raise ValueError("prompt list is empty")
-    owned = None
-    if executor is None and isinstance(search, MCTS) and search.parallel > 1:
-        executor = owned = InProcessExecutor()  # K leaves a round are a task-level algorithm
     if executor is not None:
-        _check_executor(executor, search, constraint, on_token)
+        _check_executor(executor, search, constraint)
     compiled = _compile(model, constraint)
     roots = [Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None) for p in prompts]
     for root in roots:
         model.check_prompt_length(len(root.new_tokens))
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
-    stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
-    if executor is not None:
-        spec = from_outlines(constraint) if is_outlines_type(constraint) else constraint
-        work = Work(executor, model, stopping, spec, jump_forward, progress)
-        try:
-            if isinstance(search, (Greedy, Sample)):
-                results = [
-                    _result(model, root, nodes, stops) for root, nodes in zip(roots, _decoded(work, search, roots))
-                ]
-            else:
-                outcomes = search.run(model, roots, stopping, work=work)
-                results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
-        finally:
-            work.close()
-            if owned is not None:
-                owned.close()
-        return results if batched else results[0]
     if isinstance(search, RewardGuidedSpeculative):
         results = [search.generation(model, p, budget, stops) for p in prompts]
         for result in results:
             result.hypotheses = [result]
         return results if batched else results[0]
-    if isinstance(search, (Greedy, Sample)):
-        leaves = decode(model, roots, search, stopping, on_token, jump_forward)
-        results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
-    elif isinstance(search, Speculative):
-        leaves = search.run(model, roots, stopping)
-        results = [_result(model, root, nodes, stops) for root, nodes in zip(roots, leaves)]
-    else:
-        outcomes = search.run(model, roots, stopping)
-        results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
+    stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
+    # Tasks compile the spec where they run; in this process a compiled constraint is used as it is.
+    spec = compiled if executor is None or getattr(executor, "local", False) else _spec(constraint)
+    with Work(
+        model, stopping, spec, executor=executor, jump_forward=jump_forward, progress=progress, on_token=on_token
+    ) as work:
+        outcomes = search.run(work, roots)
+    results = [_searched(model, root, outcome, stops) for root, outcome in zip(roots, outcomes)]
     return results if batched else results[0]
 
 
-def _check_executor(executor, search, constraint, on_token) -> None:
+def _with_reward(search, reward):
+    """`search` with `reward` filled in where it takes one and has none yet."""
+    fields = {f.name for f in dataclasses.fields(search)} if dataclasses.is_dataclass(search) else set()
+    if "reward" not in fields:
+        raise TypeError(f"{type(search).__name__} does not use a reward; drop reward= or pick a reward-driven search")
+    return search if search.reward is not None else dataclasses.replace(search, reward=reward)
+
+
+def _spec(constraint):
+    return from_outlines(constraint) if is_outlines_type(constraint) else constraint
+
+
+def _check_executor(executor, search, constraint) -> None:
     if not isinstance(executor, Executor):
         raise TypeError(
             f"executor must be sd.InProcessExecutor() or sd.RayExecutor(...), got {type(executor).__name__}"
         )
-    if not isinstance(search, _ON_EXECUTORS):
-        names = ", ".join(cls.__name__ for cls in _ON_EXECUTORS)
-        raise ValueError(f"{type(search).__name__} does not run on an executor; searches that do: {names}")
-    if isinstance(constraint, Constraint):
+    if not getattr(search, "distributable", False):
         raise ValueError(
-            "with an executor, pass the constraint spec (sd.json_schema(...), sd.regex(...), ...), not a compiled "
-            "Constraint: each worker compiles it for its own model"
+            f"{type(search).__name__} does not run on an executor; searches that do: Greedy, Sample, BestOfN, "
+            "FirstFinish, MCTS, StepBeam, DVTS"
         )
-    if on_token is not None:
-        raise ValueError("on_token streaming is not available with an executor (tasks return whole outputs)")
-
-
-def _decoded(work: Work, search: Greedy | Sample, roots: list[Node]) -> list[list[Node]]:
-    """Greedy or sampled completions of every root as tasks: sample j of prompt i has seed (seed, i, j)."""
-    if isinstance(search, Greedy):
-        jobs = [Job(root, root, [None]) for root in roots]
-        return [result.rows for result in work.run(jobs)]
-    base = work.base_seed(search)
-    jobs = [Job(root, root, [work.seed(base, i, j) for j in range(search.n)]) for i, root in enumerate(roots)]
-    return [result.rows for result in work.run(jobs, search)]
+    if isinstance(constraint, Constraint) and not executor.local:
+        raise ValueError(
+            "with a remote executor, pass the constraint spec (sd.json_schema(...), sd.regex(...), ...), not a "
+            "compiled Constraint: each worker compiles it for its own model"
+        )
 
 
 def _compile(model: Model, constraint) -> Constraint | None:
@@ -225,8 +200,10 @@ def _stop_strings(stop) -> tuple[str, ...]:
     return stops
 
 
-def _result(model: Model, root: Node, leaves: list[Node], stops: tuple[str, ...]) -> Generation:
-    hypotheses = [_hypothesis(model, leaf, stops) for leaf in leaves]
+def _searched(model: Model, root: Node, outcome: SearchResult, stops: tuple[str, ...]) -> Generation:
+    hypotheses = [_hypothesis(model, leaf, stops) for leaf in outcome.leaves]
+    for hypothesis, score in zip(hypotheses, outcome.scores):
+        hypothesis.score = score
     best = hypotheses[0]
     return Generation(
         best.text,
@@ -237,16 +214,9 @@ def _result(model: Model, root: Node, leaves: list[Node], stops: tuple[str, ...]
         best.score,
         hypotheses=hypotheses,
         prompt_tokens=len(root.new_tokens),
+        trace=outcome.trace,
+        stats=outcome.stats,
     )
-
-
-def _searched(model: Model, root: Node, outcome: SearchResult, stops: tuple[str, ...]) -> Generation:
-    result = _result(model, root, outcome.leaves, stops)
-    for hypothesis, score in zip(result.hypotheses, outcome.scores):
-        hypothesis.score = score
-    result.score = result.hypotheses[0].score
-    result.trace, result.stats = outcome.trace, outcome.stats
-    return result
 
 
 def _hypothesis(model: Model, leaf: Node, stops: tuple[str, ...]) -> Hypothesis:

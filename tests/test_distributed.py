@@ -22,7 +22,7 @@ from tiny import tiny_model
 
 import searchdec as sd
 from searchdec.distributed import InProcessExecutor, Task, TaskRunner, task_seed
-from searchdec.search.decode import Stopping
+from searchdec.search.rows import Stopping
 
 ray = pytest.importorskip("ray")
 

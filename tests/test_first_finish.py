@@ -31,7 +31,7 @@ def test_first_finish_returns_the_shortest_of_the_same_seeded_samples_with_fewer
 
 def test_first_finish_stops_at_num_return_finished_and_cuts_the_rest_under_a_constraint(tiny):
     word = sd.regex(r"[a-z]{1,20}")
-    search = sd.FirstFinish(8, num_return=2, sample=sd.Sample(seed=1))
+    search = sd.FirstFinish(8, num_return=2, sample=sd.Sample(seed=2))
     out = sd.generate(tiny, "hello", max_tokens=24, constraint=word, search=search)
     assert len(out.hypotheses) == 2
     assert all(h.finish_reason == "stop" for h in out.hypotheses)

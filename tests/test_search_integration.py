@@ -116,4 +116,6 @@ def test_diverse_beam_equals_transformers_4_56_group_beam_search(smollm, index):
     for prompt, ids, out, run in zip(prompts["prompts"], prompts["ids"], outs, config["runs"]):
         assert run["prompt_ids"] == ids and out.prompt_tokens == len(ids)
         assert [h.tokens for h in out.hypotheses] == [h["tokens"] for h in run["hypotheses"]], prompt
-        assert [h.score for h in out.hypotheses] == pytest.approx([h["score"] for h in run["hypotheses"]], rel=1e-5, abs=1e-6)
+        assert [h.score for h in out.hypotheses] == pytest.approx(
+            [h["score"] for h in run["hypotheses"]], rel=1e-5, abs=1e-6
+        )

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import searchdec as sd
-from searchdec.search.decode import Stopping
+from searchdec.search.rows import Stopping
 
 pytest.importorskip("fastapi")
 from searchdec.server.engine import Done, Engine, Failed, Finished, Job, Tokens  # noqa: E402

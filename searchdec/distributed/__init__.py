@@ -2,10 +2,9 @@
 (model workers, one per GPU, and reward workers) with the same results. `ray` is imported only when
 a `RayExecutor` is made."""
 
-from searchdec.distributed.executor import Executor, InProcessExecutor
 from searchdec.distributed.ray_executor import LazyReward, RayExecutor
-from searchdec.distributed.tasks import Completion, Task, TaskResult, TaskRunner, task_seed
-from searchdec.distributed.work import Job, JobResult, Work
+from searchdec.search.tasks import Completion, Task, TaskResult, TaskRunner, task_seed
+from searchdec.search.work import Executor, InProcessExecutor, Job, JobResult, Work
 
 __all__ = [
     "Completion",

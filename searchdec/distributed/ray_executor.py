@@ -4,7 +4,7 @@ Framework for Emerging AI Applications", OSDI 2018, arXiv 1712.05889), with the 
 
 Workers. Each model worker is an actor that loads the model itself — `sd.load(name)` for a name or
 path, or a zero-argument factory called on the worker — so no model is ever pickled; it runs tasks
-with its own `TaskRunner` (`distributed/tasks.py`), one at a time. One worker per GPU when the
+with its own `TaskRunner` (`search/tasks.py`), one at a time. One worker per GPU when the
 cluster has GPUs (`num_gpus_per_worker`, default 1, is honoured by Ray's scheduler and the worker
 loads onto its GPU); CPU workers otherwise. Reward workers (`reward_workers=N`, optionally with
 `reward_gpus_per_worker`) score rewards in batches: PRMs on their own GPUs, or execution rewards on
@@ -35,11 +35,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from searchdec.distributed.executor import Executor, OnDone
-from searchdec.distributed.tasks import Task, TaskResult, TaskRunner
 from searchdec.errors import ExecutorError, WorkersLostError
-from searchdec.search.expand import check_positive_int
-from searchdec.search.reward import score_outputs
+from searchdec.rewards.base import Reward, as_reward
+from searchdec.search.base import check_positive_int
+from searchdec.search.tasks import Task, TaskResult, TaskRunner
+from searchdec.search.work import Executor, OnDone, score_batch
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -73,45 +73,46 @@ class RewardWorker:
     def __init__(self) -> None:
         self._rewards: dict[str, Callable] = {}
 
-    def score(self, key: str, reward, prompt: str, outputs: list[str]) -> list[float]:
-        return score_outputs(self._rewards.setdefault(key, reward), prompt, outputs)
+    def score(self, key: str, reward, prompts: list[str], outputs: list[str], logprobs) -> list[float]:
+        return score_batch(self._rewards.setdefault(key, reward), prompts, outputs, logprobs)
 
-    def score_steps(self, key: str, prm, prompt: str, steps_list: list[list[str]]) -> list:
-        kept = self._rewards.setdefault(key, prm)
-        return [kept(prompt, steps) for steps in steps_list]
+    def score_steps(self, key: str, reward, prompt: str, steps_list: list[list[str]]) -> list:
+        kept = self._rewards.setdefault(key, reward)
+        return [list(kept.score_steps(prompt, steps)) for steps in steps_list]
 
     def describe(self) -> dict:
         return {"pid": os.getpid()}
 
 
-class LazyReward:
-    """A reward built where it is first called: `factory(*args, **kwargs)`. Pickles as its recipe, so a
-    process reward model is loaded by the reward worker that runs it, never shipped."""
+class LazyReward(Reward):
+    """A reward built where it is first called: `factory(*args, **kwargs)` (a `rewards.Reward` or a
+    callable). Pickles as its recipe, so a process reward model is loaded by the reward worker that
+    runs it, never shipped."""
 
     def __init__(self, factory: Callable, *args, **kwargs) -> None:
+        super().__init__()
         if not callable(factory):
             raise TypeError(f"LazyReward needs a callable factory, got {type(factory).__name__}")
         self.factory, self.args, self.kwargs = factory, args, kwargs
         self._built = None
 
-    def built(self):
+    def built(self) -> Reward:
         if self._built is None:
-            self._built = self.factory(*self.args, **self.kwargs)
+            self._built = as_reward(self.factory(*self.args, **self.kwargs))
         return self._built
 
-    def __call__(self, prompt: str, output):
-        return self.built()(prompt, output)
+    def score_batch(self, prompts, outputs, **kwargs) -> list[float]:
+        return self.built().score_batch(prompts, outputs, **kwargs)
 
-    def batch(self, prompt: str, outputs: list[str]) -> list[float]:
-        reward = self.built()
-        if callable(getattr(reward, "batch", None)):
-            return list(reward.batch(prompt, outputs))
-        if callable(getattr(reward, "score_batch", None)):
-            return list(reward.score_batch([prompt] * len(outputs), outputs))
-        return [reward(prompt, o) for o in outputs]
+    def score_steps(self, prompt: str, steps) -> list[float]:
+        return self.built().score_steps(prompt, steps)
 
     def __getstate__(self) -> dict:
         return {"factory": self.factory, "args": self.args, "kwargs": self.kwargs, "_built": None}
+
+    def __setstate__(self, state: dict) -> None:
+        Reward.__init__(self)
+        self.__dict__.update(state)
 
 
 @dataclass(eq=False)
@@ -356,24 +357,34 @@ class RayExecutor(Executor):
     def tasks_done(self) -> dict[str, int]:
         return {m.name: m.done for m in self._models.members}
 
-    def run(self, tasks: Sequence[Task], model, on_done: OnDone = None) -> list[TaskResult]:
+    def run(self, tasks: Sequence[Task], model, on_done: OnDone = None, on_token=None) -> list[TaskResult]:
         self._check_model(model)
         tasks = list(tasks)
         keys = [hash(task.prompt) for task in tasks]  # hashed once: routing looks keys up many times
         return self._models.call("run", [(t,) for t in tasks], key=keys.__getitem__, on_done=on_done)
 
-    def score(self, reward: Callable, prompt: str, outputs: Sequence[str]) -> list[float]:
+    def score(self, reward, prompts: Sequence[str], outputs: Sequence[str], logprobs=None) -> list[float]:
         if not self._reward_pool.members:
-            return super().score(reward, prompt, outputs)
+            return super().score(reward, prompts, outputs, logprobs)
         key, ref = self._shipped(reward)
-        chunks = self._chunks(list(outputs))
-        parts = self._reward_pool.call("score", [(key, ref, prompt, chunk) for chunk in chunks])
+        spans = self._chunks(list(range(len(outputs))))
+        calls = [
+            (
+                key,
+                ref,
+                [prompts[i] for i in span],
+                [outputs[i] for i in span],
+                None if logprobs is None else [logprobs[i] for i in span],
+            )
+            for span in spans
+        ]
+        parts = self._reward_pool.call("score", calls)
         return [value for part in parts for value in part]
 
-    def score_steps(self, prm: Callable, prompt: str, steps_list: Sequence[list[str]]) -> list:
+    def score_steps(self, reward, prompt: str, steps_list: Sequence[list[str]]) -> list:
         if not self._reward_pool.members:
-            return super().score_steps(prm, prompt, steps_list)
-        key, ref = self._shipped(prm)
+            return super().score_steps(reward, prompt, steps_list)
+        key, ref = self._shipped(reward)
         chunks = self._chunks(list(steps_list))
         parts = self._reward_pool.call("score_steps", [(key, ref, prompt, chunk) for chunk in chunks])
         return [value for part in parts for value in part]

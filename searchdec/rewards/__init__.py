@@ -7,6 +7,7 @@ from searchdec.rewards.base import FunctionReward, Reward, Weighted, as_reward
 from searchdec.rewards.models import OutcomeRewardModel, ProcessRewardModel, SelfEvaluation
 from searchdec.rewards.python import PythonTests, Run, extract_code
 from searchdec.rewards.sql import SqlExecution
+from searchdec.rewards.steps import StepFunction, as_step_reward
 from searchdec.rewards.structure import Accepts, JsonValid
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "Run",
     "SelfEvaluation",
     "SqlExecution",
+    "StepFunction",
     "Weighted",
     "as_reward",
+    "as_step_reward",
     "extract_code",
 ]

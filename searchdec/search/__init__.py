@@ -1,18 +1,21 @@
-"""Search: the node tree and the algorithms that expand it, one module per algorithm."""
+"""Search: the node tree, the one decoding step (rows.py), the Work interface (work.py), and the
+algorithms over them, one module per algorithm, each registered by its import line below."""
 
 from searchdec.search.astar import AStar
+from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
-from searchdec.search.expand import SearchResult, SearchStats
 from searchdec.search.first_finish import FirstFinish
 from searchdec.search.mcts import MCTS
-from searchdec.search.reward import Reward, StepReward
+from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
 from searchdec.search.step_beam import DVTS, StepBeam
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Executor, InProcessExecutor
 
 __all__ = [
     "DVTS",
@@ -22,14 +25,19 @@ __all__ = [
     "BestFirstBeam",
     "BestOfN",
     "DiverseBeam",
+    "Executor",
     "FirstFinish",
     "Greedy",
+    "InProcessExecutor",
     "Node",
-    "Reward",
+    "PromptLookup",
+    "RewardGuidedSpeculative",
     "Sample",
+    "Search",
     "SearchResult",
     "SearchStats",
+    "SelfSpeculative",
+    "Speculative",
     "StepBeam",
-    "StepReward",
     "Trace",
 ]

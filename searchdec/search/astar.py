@@ -3,15 +3,18 @@ heuristic (A*-decoding, Chatziveroglou et al., arXiv 2505.13672) or on a greedy 
 continuation (NeuroLogic A*esque decoding, Lu et al., arXiv 2112.08726).
 
 g(node) = `weight` * the mean token log-probability of the output so far (length-normalised, so
-depth itself is not penalised); h(node) = `heuristic(prompt_text, text)`, where text is the output
-so far, or, with `lookahead=L > 0`, the output so far plus its greedy continuation of up to L tokens
+depth itself is not penalised); h(node) = the `reward` of the text, where text is the output
+so far (the reward's `score_steps` over the steps so far, its last score: a PRM scores a partial
+solution step by step), or, with `lookahead=L > 0`, the output so far plus its greedy continuation of up to L tokens
 (the future the model would write). The open set pops the highest f (ties: the earlier pushed).
 Popping an unfinished node expands it into `expansions` sampled next steps (`step`: "token", a
 delimiter string or a regex), each scored and pushed; popping a finished node makes it a result.
 The search stops after `num_return` results, when the open set is empty, or when the budget is
 spent — `budget` tokens forwarded or `reward_budget` heuristic calls — and then returns the best
 open node (finish_reason "length") if no result was found. Every prompt pops one node per round;
-all expansions and lookaheads of a round are one batched forward per token over the prefix cache.
+all expansions and lookaheads of a round are one batched forward per token over the prefix cache,
+and the round's new nodes of a prompt are scored in one batch (`score_batch` of their lookahead
+texts, or `score_steps` of their steps without lookahead).
 """
 
 from __future__ import annotations
@@ -22,22 +25,23 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from searchdec.search.decode import Stopping
-from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int, text_of
-from searchdec.search.reward import check_reward, score_outputs
-from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.steps import Extension, extend, step_pattern
+from searchdec.rewards.base import Reward, as_reward
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
+from searchdec.search.expand import Expander
+from searchdec.search.sampling import Sample
+from searchdec.search.steps import Extension, extend, step_pattern, step_texts
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 _NEVER = re.compile(r"(?!)")
 
 
 @dataclass(frozen=True)
-class AStar:
-    """Best-first search on f = weight * mean log-probability + heuristic."""
+class AStar(Search):
+    """Best-first search on f = weight * mean log-probability + heuristic (the `reward`)."""
 
-    heuristic: Callable[[str, str], float] | None = None
+    reward: Reward | Callable | None = None
     budget: int = 4096
     reward_budget: int | None = None
     expansions: int = 4
@@ -55,18 +59,24 @@ class AStar:
         if self.reward_budget is not None:
             check_positive_int("reward_budget", self.reward_budget)
         step_pattern(self.step)
+        if self.reward is not None:
+            object.__setattr__(self, "reward", as_reward(self.reward))
 
     @property
     def n(self) -> int:
         return self.num_return
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
-        check_reward("heuristic", self.heuristic, "AStar")
-        expander = Expander(model, stopping)
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        if self.reward is None:
+            raise ValueError(
+                "AStar needs reward= (the heuristic: a rewards.Reward or a callable f(prompt_text, output_text))"
+            )
+        model = work.model
+        expander = Expander(model, work.stopping, work.jump_forward)
         generator = self.sample.generator(model.device)
         pattern = step_pattern(self.step)
         searches = [_Open(root, self, model) for root in roots]
-        self._score(expander, searches, [(s, s.root) for s in searches])
+        self._score(expander, work, searches, [(s, s.root) for s in searches])
         while True:
             popped = [(s, s.pop()) for s in searches if s.live()]
             popped = [(s, node) for s, node in popped if node is not None]
@@ -83,23 +93,32 @@ class AStar:
                 if key not in seen:
                     seen.add(key)
                     fresh.append((s, node))
-            self._score(expander, searches, fresh)
+            self._score(expander, work, searches, fresh)
         expander.release()
         return [s.result() for s in searches]
 
-    def _score(self, expander: Expander, searches, items: list[tuple[object, Node]]) -> None:
-        texts = {}
-        if self.lookahead:
-            todo = [(s, n) for s, n in items if n.finish_reason is None]
-            jobs = [Extension(s.root, n, s.stats) for s, n in todo]
-            ends = extend(expander, jobs, Greedy(), None, _NEVER, max_step_tokens=self.lookahead) if jobs else []
-            texts = {id(n): text_of(expander.model, end) for (_, n), end in zip(todo, ends)}
-        for s, node in items:
-            text = texts.get(id(node)) or text_of(expander.model, node)
-            h = score_outputs(self.heuristic, s.prompt, [text])[0]
-            s.stats.reward_calls += 1
-            g = node.logprob / node.depth if node.depth else 0.0
-            s.push(node, self.weight * g + h)
+    def _score(self, expander: Expander, work: Work, searches, items: list[tuple[object, Node]]) -> None:
+        model = expander.model
+        for s in searches:
+            mine = [node for owner, node in items if owner is s]
+            if not mine:
+                continue
+            if self.lookahead:
+                todo = [node for node in mine if node.finish_reason is None]
+                jobs = [Extension(s.root, node, s.stats) for node in todo]
+                ends = extend(expander, jobs, None, None, _NEVER, max_step_tokens=self.lookahead) if jobs else []
+                ahead = {id(node): end for node, end in zip(todo, ends)}
+                leaves = [ahead.get(id(node), node) for node in mine]
+                texts = [text_of(model, leaf) for leaf in leaves]
+                hs = work.score(self.reward, s.prompt, texts, [leaf.generated()[1] for leaf in leaves])
+            else:
+                s.boundaries.update(id(node) for node in mine)
+                steps = [step_texts(model, node, s.boundaries) for node in mine]
+                hs = [scores[-1] if scores else 0.0 for scores in work.score_steps(self.reward, s.prompt, steps)]
+            s.stats.reward_calls += len(mine)
+            for node, h in zip(mine, hs):
+                g = node.logprob / node.depth if node.depth else 0.0
+                s.push(node, self.weight * g + h)
 
 
 class _Open:
@@ -107,6 +126,7 @@ class _Open:
         self.root = root
         self.spec = spec
         self.prompt = model.decode(list(root.new_tokens))
+        self.boundaries: set[int] = set()  # ids of step-end nodes (for the steps of a partial output)
         self.heap: list[tuple[float, int, Node]] = []
         self.order = itertools.count()
         self.results: list[tuple[float, Node]] = []

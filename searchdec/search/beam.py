@@ -35,17 +35,18 @@ from dataclasses import dataclass
 
 import torch
 
-from searchdec.search.decode import Stopping
-from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
+from searchdec.search.expand import Expander
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 EARLY_STOPPING = (False, True, "never")
 MAX_LENGTH_PENALTY = 64.0  # 8192 tokens ** 64 = 2 ** 832, still a float
 
 
 @dataclass(frozen=True)
-class Beam:
+class Beam(Search):
     """Beam search of `width` beams (transformers' `num_beams`)."""
 
     width: int = 4
@@ -79,7 +80,8 @@ class Beam:
     def pool_size(self) -> int:
         return max(self.num_return, round(self.patience * self.width))
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        model, stopping = work.model, work.stopping
         expander = Expander(model, stopping)
         k = max(2, 1 + len(stopping.eos_token_ids)) * self.width
         beams = [_PromptBeams(root, self, model) for root in roots]

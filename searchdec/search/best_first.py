@@ -29,15 +29,16 @@ from dataclasses import dataclass
 
 import torch
 
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
 from searchdec.search.beam import root_leaf
-from searchdec.search.decode import Stopping
-from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int
+from searchdec.search.expand import Expander
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 
 @dataclass(frozen=True)
-class BestFirstBeam:
+class BestFirstBeam(Search):
     """Best-first beam search of `width` (equal to `Beam(width, length_penalty=0.0)`)."""
 
     width: int = 4
@@ -56,7 +57,8 @@ class BestFirstBeam:
     def n(self) -> int:
         return self.num_return
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        model, stopping = work.model, work.stopping
         expander = Expander(model, stopping)
         k = max(2, 1 + len(stopping.eos_token_ids)) * self.width
         searches = [_Queue(root, self, model, k) for root in roots]

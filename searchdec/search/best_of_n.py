@@ -12,9 +12,10 @@ prompt is forwarded once and its KV entry shared by all N), each is scored by
 Under a constraint every completion follows it; one cut by `max_tokens` ranks after all that
 finished. Every completion is returned (`.hypotheses`, N of them), best first.
 
-On an executor (`generate(..., executor=...)`), sample j of prompt i is drawn with its own seed
-`task_seed(sample.seed, i, j)`, the N samples are cut into tasks of `executor.batch_rows`, and the
-rewards of a prompt's N outputs are scored in one batch where the executor runs rewards.
+Sample j of prompt i is drawn with its own seed `task_seed(sample.seed, i, j)` (the same on every
+executor), the N samples are cut into tasks of `executor.batch_rows`, and the rewards of a prompt's N
+outputs are scored in one `score_batch` call (with each output's token log-probabilities) where the
+executor runs rewards.
 """
 
 from __future__ import annotations
@@ -23,22 +24,24 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from searchdec.search.decode import Stopping, decode
-from searchdec.search.expand import SearchResult, SearchStats, check_positive_int, text_of
-from searchdec.search.reward import check_reward, score_outputs
+from searchdec.rewards.base import Reward, as_reward
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
 from searchdec.search.sampling import Sample
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Job, Work
 
 AGGREGATES = ("max", "weighted", "majority")
 
 
 @dataclass(frozen=True)
-class BestOfN:
+class BestOfN(Search):
     """Sample `n` completions, score them, pick by `aggregate`."""
 
+    distributable = True
+
     n: int = 8
-    reward: Callable[[str, str], float] | None = None
+    reward: Reward | Callable[[str, str], float] | None = None
     aggregate: str = "max"
     answer: Callable[[str], object] | None = None
     sample: Sample = field(default_factory=lambda: Sample(temperature=0.8))
@@ -51,41 +54,33 @@ class BestOfN:
             raise TypeError(f"answer must be callable (text -> answer), got {type(self.answer).__name__}")
         if not isinstance(self.sample, Sample):
             raise TypeError(f"sample must be sd.Sample(...), got {type(self.sample).__name__}")
+        if self.reward is not None:
+            object.__setattr__(self, "reward", as_reward(self.reward))
 
     def check(self) -> None:
-        if self.aggregate != "majority" or self.reward is not None:
-            check_reward("reward", self.reward, "BestOfN")
+        if self.aggregate != "majority" and self.reward is None:
+            raise ValueError(
+                "BestOfN needs reward= (a rewards.Reward or a callable f(prompt_text, output_text) -> float)"
+            )
 
-    def run(self, model, roots: list[Node], stopping: Stopping, work=None) -> list[SearchResult]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         self.check()
-        if work is not None:
-            return self._run_on(work, model, roots)
-        sampler = Sample(
-            self.sample.temperature, self.sample.top_k, self.sample.top_p, self.sample.min_p, self.n, self.sample.seed
-        )
-        all_leaves = decode(model, roots, sampler, stopping)
-        return [self._rank(model, root, leaves) for root, leaves in zip(roots, all_leaves)]
-
-    def _run_on(self, work, model, roots: list[Node]) -> list[SearchResult]:
-        from searchdec.distributed.work import Job
-
         base = work.base_seed(self.sample)
         stats = [SearchStats() for _ in roots]
         jobs = [
             Job(root, root, [work.seed(base, i, j) for j in range(self.n)], stats=stats[i])
             for i, root in enumerate(roots)
         ]
-        results = work.run(jobs, self.sample)
-        return [self._rank(model, root, result.rows, work, stats=s) for root, result, s in zip(roots, results, stats)]
+        results = work.run(jobs, self.sample, owners=range(len(roots)))
+        return [self._rank(work, root, result.rows, s) for root, result, s in zip(roots, results, stats)]
 
-    def _rank(self, model, root: Node, leaves: list[Node], work=None, stats: SearchStats | None = None) -> SearchResult:
+    def _rank(self, work: Work, root: Node, leaves: list[Node], stats: SearchStats) -> SearchResult:
+        model = work.model
         prompt = model.decode(list(root.new_tokens))
         texts = [text_of(model, leaf) for leaf in leaves]
-        if stats is None:
-            stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
-            stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
         if self.reward is not None:
-            rewards = work.score(self.reward, prompt, texts) if work else score_outputs(self.reward, prompt, texts)
+            logprobs = [leaf.generated()[1] for leaf in leaves]
+            rewards = work.score(self.reward, prompt, texts, logprobs)
             stats.reward_calls = len(texts)
         else:
             rewards = [0.0] * len(texts)

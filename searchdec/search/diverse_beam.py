@@ -26,15 +26,17 @@ from dataclasses import dataclass
 
 import torch
 
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
 from searchdec.search.beam import EARLY_STOPPING, MAX_LENGTH_PENALTY, root_leaf
-from searchdec.search.decode import Stopping
-from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int
+from searchdec.search.expand import Expander
+from searchdec.search.rows import Stopping
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 
 @dataclass(frozen=True)
-class DiverseBeam:
+class DiverseBeam(Search):
     """Group beam search with Hamming diversity (`width` beams in `groups` groups)."""
 
     width: int = 4
@@ -70,7 +72,8 @@ class DiverseBeam:
     def group_size(self) -> int:
         return self.width // self.groups
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        model, stopping = work.model, work.stopping
         expander = Expander(model, stopping)
         pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         k = max(2, 1 + len(stopping.eos_token_ids)) * self.group_size

@@ -1,8 +1,9 @@
 """First-finish search (Agarwal et al., "First Finish Search: Efficient Test-Time Scaling in Large
 Language Models", arXiv 2505.18149): launch `n` samples side by side and keep the first to finish.
 
-The n samples of a prompt decode in one batch (ancestral sampling with `sample`, the prompt forwarded
-once and shared). Decoding of that prompt stops at the step where `num_return` of them have ended
+The n samples of a prompt decode in one batch, one task on any executor (ancestral sampling with
+`sample`, sample j of prompt i seeded by `task_seed(seed, i, j)`, the prompt forwarded once).
+Decoding of that prompt stops at the step where `num_return` of them have ended
 with "stop" (end-of-sequence, a stop string, or, under a constraint, a complete output); the rest
 are cut where they are and finish with "length". Shorter reasoning traces are more often correct
 for reasoning models (the paper's finding), and cutting the longer ones saves their tokens.
@@ -15,20 +16,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from searchdec.search.decode import Stopping, decode
-from searchdec.search.expand import SearchResult, SearchStats, check_positive_int
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
+from searchdec.search.decode import complete
 from searchdec.search.sampling import Sample
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 
 @dataclass(frozen=True)
-class FirstFinish:
+class FirstFinish(Search):
     """Sample `n` completions in parallel; stop when `num_return` have finished; return those first."""
 
     n: int = 8
     sample: Sample = field(default_factory=lambda: Sample(temperature=0.8))
     num_return: int = 1
+
+    distributable = True
 
     def __post_init__(self) -> None:
         check_positive_int("n", self.n)
@@ -38,11 +42,9 @@ class FirstFinish:
         if not isinstance(self.sample, Sample):
             raise TypeError(f"sample must be sd.Sample(...), got {type(self.sample).__name__}")
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[SearchResult]:
-        s = self.sample
-        sampler = Sample(s.temperature, s.top_k, s.top_p, s.min_p, self.n, s.seed)
-        all_leaves = decode(model, roots, sampler, stopping, first=self.num_return)
-        return [self._rank(model, root, leaves) for root, leaves in zip(roots, all_leaves)]
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        all_leaves = complete(work, roots, self.sample, self.n, first=self.num_return)
+        return [self._rank(work.model, root, leaves) for root, leaves in zip(roots, all_leaves)]
 
     def _rank(self, model, root: Node, leaves: list[Node]) -> SearchResult:
         order = sorted(

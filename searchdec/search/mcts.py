@@ -16,11 +16,8 @@ the path (visit counts +1, value sums +value). Every terminal hypothesis reached
 a rollout, is a result; results are ranked by reward (then by log-probability), so the returned best
 is the best-rewarded complete output found, and the trace holds the tree with visit counts.
 
-All prompts' simulations advance together: each round, one selection per prompt, then one batched
-forward per token for all expansions and rollouts. A rollout starts from its tree node's cached
-entry, so it forwards only its own new tokens.
-
-On an executor (`generate(..., executor=...)`), each round selects up to `parallel` leaves per
+All prompts' simulations advance together, as tasks on the call's executor (none given: an
+in-process one), so a seed gives the same search everywhere. Each round selects up to `parallel` leaves per
 prompt with virtual loss (Chaslot et al., "Parallel Monte-Carlo Tree Search", 2008; as AlphaGo):
 every node on a selected path counts one extra visit of value `-virtual_loss` until its simulation
 backs up, which steers the next selection elsewhere; a token-level leaf or a terminal node already
@@ -29,9 +26,8 @@ choice samples another step). The round's expansions and rollouts run as tasks i
 token-level leaf's expansion (its `max_children` top tokens) and its rollout are one task — their
 rewards are scored in one batch per prompt, and the paths are backed up in selection order, virtual
 loss removed. Simulation s of prompt i samples with the seed `task_seed(sample.seed, i, s, ...)`,
-so the search depends on `parallel` but not on which worker runs what. `generate` runs `parallel > 1`
-this way even without an executor (on an in-process one); `parallel=1` without an executor is the
-sequential PUCT above.
+so the search depends on `parallel` but not on which worker runs what; `parallel=1` is sequential
+PUCT.
 """
 
 from __future__ import annotations
@@ -40,32 +36,33 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
-from searchdec.search.decode import Stopping
-from searchdec.search.expand import Expander, SearchResult, SearchStats, check_positive_int, text_of
-from searchdec.search.reward import check_reward, score_outputs
-from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.steps import Extension, extend, step_pattern
+from searchdec.rewards.base import Reward, as_reward
+from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
+from searchdec.search.expand import Expander
+from searchdec.search.sampling import Sample
+from searchdec.search.steps import step_pattern
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.work import Job, Work
 
 
 @dataclass(frozen=True)
-class MCTS:
+class MCTS(Search):
     """PUCT tree search whose values come from `reward` (of rollouts, or of partial outputs)."""
+
+    distributable = True
 
     simulations: int = 32
     c_puct: float = 1.0
     step: object = "token"
-    reward: Callable[[str, str], float] | None = None
+    reward: Reward | Callable[[str, str], float] | None = None
     rollout: str | None = "greedy"
     max_children: int = 4
     widen: float = 1.0
     alpha: float = 0.5
     sample: Sample = field(default_factory=lambda: Sample(temperature=1.0, seed=0))
     num_return: int = 1
-    parallel: int = 1  # leaves selected per round on an executor (virtual loss keeps them apart)
+    parallel: int = 1  # leaves selected per round (virtual loss keeps them apart)
     virtual_loss: float = 1.0
 
     def __post_init__(self) -> None:
@@ -82,63 +79,19 @@ class MCTS:
         if not self.widen > 0 or not 0 <= self.alpha <= 1:
             raise ValueError(f"widening needs widen > 0 and 0 <= alpha <= 1, got {self.widen}, {self.alpha}")
         step_pattern(self.step)
+        if self.reward is not None:
+            object.__setattr__(self, "reward", as_reward(self.reward))
 
     @property
     def n(self) -> int:
         return self.num_return
 
-    def run(self, model, roots: list[Node], stopping: Stopping, work=None) -> list[SearchResult]:
-        check_reward("reward", self.reward, "MCTS")
-        expander = Expander(model, stopping)
-        if work is not None:
-            return self._run_on(work, model, roots, expander)
-        generator = self.sample.generator(model.device)
-        trees = [_Tree(root, self, model, expander) for root in roots]
-        for _ in range(self.simulations):
-            paths = [tree.select() for tree in trees]
-            self._grow(expander, trees, paths, generator)
-        expander.release()
-        return [tree.result() for tree in trees]
-
-    def _grow(self, expander: Expander, trees: list[_Tree], paths: list[list[Node]], generator) -> None:
-        pattern = step_pattern(self.step)
-        new: list[tuple[_Tree, list[Node], Node]] = []  # (tree, path, node to evaluate)
-        token_level = [(t, p) for t, p in zip(trees, paths) if pattern is None and not t.is_terminal(p[-1])]
-        if token_level:
-            nodes = [p[-1] for _, p in token_level]
-            logprobs = expander.logprobs(nodes, [t.stats for t, _ in token_level])
-            for (tree, path), row in zip(token_level, logprobs):
-                tree.add_token_children(path[-1], row)
-                new.append((tree, path, path[-1]))
-        step_level = [(t, p) for t, p in zip(trees, paths) if pattern is not None and not t.is_terminal(p[-1])]
-        if step_level:
-            jobs = [Extension(t.root, p[-1], t.stats) for t, p in step_level]
-            ends = extend(expander, jobs, self.sample, generator, pattern)
-            for (tree, path), child in zip(step_level, ends):
-                tree.add_step_child(path[-1], child)
-                new.append((tree, [*path, child], child))
-        for tree, path in zip(trees, paths):
-            if tree.is_terminal(path[-1]):
-                new.append((tree, path, path[-1]))
-        # Values: terminal nodes are scored as they are; others by a rollout or as partial outputs.
-        to_roll = [(t, p, n) for t, p, n in new if not t.is_terminal(n) and self.rollout is not None]
-        finals: dict[int, Node] = {}
-        if to_roll:
-            policy = Greedy() if self.rollout == "greedy" else self.sample
-            jobs = [Extension(t.root, n, t.stats) for t, _, n in to_roll]
-            for (_, _, n), leaf in zip(to_roll, extend(expander, jobs, policy, generator, None, to_end=True)):
-                finals[id(n)] = leaf
-        for tree, path, node in new:
-            target = finals.get(id(node), node)
-            value = tree.value(target)
-            if target.finish_reason is not None:
-                tree.record(target, value)
-            tree.backup(path, value)
-
-    def _run_on(self, work, model, roots: list[Node], expander: Expander) -> list[SearchResult]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         """Rounds of `parallel` simulations per prompt, dispatched as tasks (see module docstring)."""
-        from searchdec.distributed.work import Job
-
+        if self.reward is None:
+            raise ValueError("MCTS needs reward= (a rewards.Reward or a callable f(prompt_text, output_text) -> float)")
+        model = work.model
+        expander = Expander(model, work.stopping)
         pattern = step_pattern(self.step)
         base = work.base_seed(self.sample)
         trees = [_Tree(root, self, model, expander) for root in roots]
@@ -257,11 +210,6 @@ class _Tree:
         q = self.total.get(id(child), 0.0) / n if n else 0.0
         return q + self.spec.c_puct * self.prior[id(child)] * math.sqrt(self.visits.get(id(parent), 0)) / (1 + n)
 
-    def add_token_children(self, node: Node, logprobs: torch.Tensor) -> None:
-        values, tokens = torch.topk(logprobs, min(self.spec.max_children, logprobs.numel()))
-        keep = [(int(t), float(v)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
-        self.add_children(node, keep)
-
     def add_children(self, node: Node, keep: list[tuple[int, float]]) -> None:
         """Children for the (token, log-probability) pairs, best first; priors renormalised over them."""
         norm = sum(math.exp(v) for _, v in keep) or 1.0
@@ -288,17 +236,15 @@ class _Tree:
         node.finish_reason = self.expander.finish_reason(node, self.root)
 
     def value(self, node: Node) -> float:
-        text = text_of(self.model, node)
-        if text not in self.rewards:
-            self.rewards[text] = score_outputs(self.spec.reward, self.prompt, [text])[0]
-            self.stats.reward_calls += 1
-        return self.rewards[text]
+        """The reward of `node`'s text, scored by `score` this round."""
+        return self.rewards[text_of(self.model, node)]
 
     def score(self, nodes: list[Node], work) -> None:
         """Reward every node's text not scored yet, in one batch where `work`'s executor runs rewards."""
         texts = list(dict.fromkeys(t for t in (text_of(self.model, n) for n in nodes) if t not in self.rewards))
         if texts:
-            self.rewards.update(zip(texts, work.score(self.spec.reward, self.prompt, texts)))
+            logprobs = [next(n for n in nodes if text_of(self.model, n) == t).generated()[1] for t in texts]
+            self.rewards.update(zip(texts, work.score(self.spec.reward, self.prompt, texts, logprobs)))
             self.stats.reward_calls += len(texts)
 
     def visit(self, path: list[Node], value: float, undo: bool = False) -> None:

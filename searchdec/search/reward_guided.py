@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from searchdec.rewards.base import Reward, as_reward
-from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.rows import Decoder, Row, Rule, Stopping, decode_rows
+from searchdec.search.sampling import Sample
+from searchdec.search.tree import Node
 
 
 @dataclass
@@ -122,15 +124,18 @@ class RewardGuidedSpeculative:
         """One step by `model`: its text (with the delimiter, if it ended there), its token count, and
         whether the answer ended (end of sequence). A stop string also ends the step (the caller
         cuts the answer there)."""
-        from searchdec.search.decode import Stopping, decode
-        from searchdec.search.tree import Node
-
         ids = _prompt_ids(model, prompt) + (
             model.encode(answer_so_far, add_special_tokens=False) if answer_so_far else []
         )
         model.check_prompt_length(len(ids))
         stopping = Stopping(budget, model.eos_token_ids, (self.step, *stop), model.context_window)
-        leaf = decode(model, [Node(tuple(ids))], self.sample or Greedy(), stopping)[0][0]
+        root = Node(tuple(ids))
+        generator = self.sample.generator(model.device) if self.sample is not None else None
+        row = Row(root, root, len(ids), Rule(stopping), self.sample, generator)
+        try:
+            leaf = decode_rows(Decoder(model), [row])[0]
+        finally:
+            model.cache.discard(root)
         tokens, _ = leaf.generated()
         ended = bool(tokens) and tokens[-1] in model.eos_token_ids
         text = model.decode(tokens[:-1] if ended else tokens)

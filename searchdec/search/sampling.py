@@ -13,21 +13,33 @@ from dataclasses import dataclass
 
 import torch
 
+from searchdec.search.base import Search, SearchResult, SearchStats
+from searchdec.search.decode import complete
+from searchdec.search.tree import Node
+from searchdec.search.work import Work
+
 
 @dataclass(frozen=True)
-class Greedy:
+class Greedy(Search):
     """Pick the most probable next token."""
 
     n: int = 1
+    distributable = True
 
     def __post_init__(self) -> None:
         if self.n != 1:
             raise ValueError("Greedy returns one hypothesis; use Sample(n=...) or a beam search for more")
 
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, None, 1))]
+
 
 @dataclass(frozen=True)
-class Sample:
-    """Draw each next token from the processed model distribution."""
+class Sample(Search):
+    """Draw each next token from the processed model distribution; `n` independent samples per
+    prompt, sample j of prompt i with its own generator seeded by `task_seed(seed, i, j)`."""
+
+    distributable = True
 
     temperature: float = 1.0
     top_k: int | None = None
@@ -47,6 +59,9 @@ class Sample:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, self, self.n))]
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Warped logits ([batch, vocab], float32); removed tokens are -inf."""
@@ -85,3 +100,11 @@ class Sample:
         else:
             generator.manual_seed(self.seed)
         return generator
+
+
+def _unranked(root: Node, leaves: list[Node]) -> SearchResult:
+    """Leaves in the order they were drawn; no score, no tree beyond the rows."""
+    stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
+    stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
+    stats.generated_tokens = sum(leaf.depth for leaf in leaves)
+    return SearchResult(leaves, [None] * len(leaves), None, stats)

@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 import torch
 
 from searchdec.grammars.state import apply_masks
-from searchdec.search.decode import Stopping, _finished, _StopText
+from searchdec.search.base import Search, SearchResult, SearchStats
+from searchdec.search.rows import Stopping, StopText, finish_reason
 from searchdec.search.sampling import Sample
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 
 @dataclass
@@ -249,7 +251,7 @@ SCHEDULES = ("constant", "heuristic")
 
 
 @dataclass
-class Speculative:
+class Speculative(Search):
     """`sd.Speculative(draft=..., k=4, sample=None)`: `draft` is "prompt_lookup" (default), a
     `PromptLookup(...)`, an `sd.Model` sharing the tokenizer, or `SelfSpeculative(layers)`;
     `sample=sd.Sample(...)` samples (losslessly), None decodes greedily. `schedule="heuristic"`
@@ -278,11 +280,16 @@ class Speculative:
             raise ValueError("Speculative decodes one hypothesis per prompt (sample.n must be 1)")
         self.source = _source(self.draft)
 
-    def run(self, model, roots: list[Node], stopping: Stopping) -> list[list[Node]]:
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        model, stopping = work.model, work.stopping
         self.stats = SpeculativeStats()
         generator = self.sample.generator(model.device) if self.sample is not None else None
-        texts = _StopText(model, stopping.stop)
-        return [[self._one(model, root, stopping, generator, texts)] for root in roots]
+        texts = StopText(model, stopping.stop)
+        results = []
+        for root in roots:
+            leaf = self._one(model, root, stopping, generator, texts)
+            results.append(SearchResult(leaf and [leaf], [None], None, SearchStats(generated_tokens=leaf.depth)))
+        return results
 
     def _one(self, model, root: Node, stopping: Stopping, generator, texts) -> Node:
         drafter = self.source.start(model, self)
@@ -298,7 +305,7 @@ class Speculative:
         self.stats.generated += 1
         k = self.k
         while True:
-            reason = _finished(node, stopping, prompt_length, texts)
+            reason = finish_reason(node, stopping, prompt_length, texts)
             if reason is not None:
                 node.finish_reason = reason
                 model.cache.discard(root)

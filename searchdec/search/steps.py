@@ -10,14 +10,20 @@ entries of a step's inner tokens are dropped as soon as the next token is forwar
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from searchdec.search.expand import Expander, SearchStats
-from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.base import SearchStats
+from searchdec.search.expand import Expander
+from searchdec.search.rows import Row, Rule, decode_rows
 from searchdec.search.tree import Node
+
+if TYPE_CHECKING:
+    from searchdec.search.sampling import Sample
 
 
 @dataclass
@@ -43,57 +49,34 @@ def step_pattern(step) -> re.Pattern | None:
 def extend(
     expander: Expander,
     jobs: list[Extension],
-    policy: Greedy | Sample,
+    policy: Sample | None,
     generator: torch.Generator | None,
     pattern: re.Pattern | None,
     to_end: bool = False,
     max_step_tokens: int | None = None,
 ) -> list[Node]:
-    """The node each job ends at: after one step (or, with `to_end`, when it finishes). A finished
-    node has its `finish_reason` set. Entries of inner tokens are dropped; `expander.release()` drops
-    the rest when the search ends."""
-    model = expander.model
-    done: list[Node | None] = [None] * len(jobs)
-    active = [(i, job.start) for i, job in enumerate(jobs)]
-    inner: set[int] = set()  # tokens this call appended that a later token of the same step follows
-    while active:
-        # Jobs starting from one node share its forward (a search often extends a node k times).
-        unique: dict[int, int] = {}
-        nodes, charged = [], []
-        for i, node in active:
-            if id(node) not in unique:
-                unique[id(node)] = len(nodes)
-                nodes.append(node)
-                charged.append(jobs[i].stats)
-        logprobs = expander.logprobs(nodes, charged)
-        logprobs = logprobs[torch.tensor([unique[id(node)] for _, node in active], device=logprobs.device)]
-        for node in nodes:  # an inner token of a step is never expanded again
-            if node.parent is not None and id(node.parent) in inner:
-                model.cache.discard(node.parent)
-        if isinstance(policy, Greedy):
-            tokens = logprobs.argmax(dim=-1, keepdim=True)
-        else:
-            tokens = policy.draw(logprobs, generator, 1)
-        chosen = logprobs.gather(-1, tokens).squeeze(-1).tolist()
-        still = []
-        for row, (i, node) in enumerate(active):
-            child = node.child((int(tokens[row, 0]),), (chosen[row],))
-            reason = expander.finish_reason(child, jobs[i].root)
-            length = child.depth - jobs[i].start.depth
-            if reason is not None:
-                child.finish_reason = reason
-                done[i] = child
-            elif not to_end and (
-                pattern is None
-                or pattern.search(model.decode(_since(child, jobs[i].start)))
-                or (max_step_tokens is not None and length >= max_step_tokens)
-            ):
-                done[i] = child
-            else:
-                inner.add(id(child))
-                still.append((i, child))
-        active = still
-    return done  # type: ignore[return-value]
+    """The node each job ends at, after one step (or, with `to_end`, when it finishes), decoded by the
+    one decoding step in this process (policy None: greedy). A finished node has its `finish_reason`
+    set. The entry under each end is kept for the search to expand it later; `expander.release()`
+    drops every entry when the search ends."""
+    rule = Rule(expander.stopping, expander.jump_forward, to_end, pattern, max_step_tokens)
+    rows = [Row(job.start, job.start, len(job.root.new_tokens), rule, policy, generator, job.stats) for job in jobs]
+    return decode_rows(expander.decoder, rows, keep_ends=True)
+
+
+def aggregate_steps(scores: list[float], how: str) -> float:
+    """search-and-learn's aggregation of step scores: the last, the minimum, or the product (a step
+    a reward left unscored, NaN, is skipped)."""
+    scores = [s for s in scores if not math.isnan(s)]
+    if not scores:
+        return 0.0
+    if how == "last":
+        return scores[-1]
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        return math.prod(scores)
+    raise ValueError(f'aggregate must be "last", "min" or "prod", got {how!r}')
 
 
 def step_texts(model, node: Node, boundaries: set[int]) -> list[str]:
@@ -104,12 +87,3 @@ def step_texts(model, node: Node, boundaries: set[int]) -> list[str]:
         if id(n) in boundaries and n is not node:
             steps.append([])
     return [model.decode(s) for s in steps]
-
-
-def _since(node: Node, start: Node) -> list[int]:
-    tokens: list[int] = []
-    current = node
-    while current is not None and current is not start:
-        tokens[:0] = current.new_tokens
-        current = current.parent
-    return tokens

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from searchdec.grammars.state import Constraint, apply_masks
-from searchdec.search.decode import Stopping, _finished, _forward, _StopText, extend_closable, start_budget
+from searchdec.grammars.state import Constraint
+from searchdec.search.base import Search
+from searchdec.search.rows import Decoder, Row, Rule, Stopping, forward, start_budget
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
-
-Search = object  # a search spec with `run(model, roots, stopping) -> list[SearchResult]` (Beam, BestOfN, ...)
+from searchdec.search.work import Work
 
 
 @dataclass
@@ -102,9 +102,7 @@ class Job:
 class _Running:
     job: Job
     root: Node
-    generator: torch.Generator | None
-    texts: _StopText
-    rows: list[tuple[int, Node]] = field(default_factory=list)  # (choice index, node)
+    rows: list[Row] = field(default_factory=list)  # open choices (Row.owner: the choice index)
     started: bool = False
     open_choices: int = 0
 
@@ -130,6 +128,7 @@ class Engine:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.model = model
         self.max_rows = max_rows
+        self._decoder = Decoder(model)  # the one decoding step, for the batch's rows
         self._queue: deque[Job] = deque()
         self._running: list[_Running] = []
         self._searches: deque[Job] = deque()  # admitted whole searches, waiting their turn
@@ -229,8 +228,11 @@ class Engine:
             self._queue.popleft()
             root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
             start_budget(root, job.stopping)
-            generator = job.search.generator(self.model.device) if isinstance(job.search, Sample) else None
-            self._running.append(_Running(job, root, generator, _StopText(self.model, job.stopping.stop)))
+            policy = job.search if isinstance(job.search, Sample) else None
+            generator = job.search.generator(self.model.device) if policy is not None else None
+            rule = Rule(job.stopping, jump_forward=job.top_logprobs is None)
+            rows = [Row(root, root, len(root.new_tokens), rule, policy, generator, owner=j) for j in range(job.n)]
+            self._running.append(_Running(job, root, rows))
             rows += job.n
 
     def _search_group(self) -> list[Job]:
@@ -267,7 +269,8 @@ class Engine:
         roots = [Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None) for job in jobs]
         self._stats.searches += 1
         try:
-            outcomes = jobs[0].search.run(model, roots, jobs[0].stopping)
+            with Work(model, jobs[0].stopping, jobs[0].constraint) as work:
+                outcomes = jobs[0].search.run(work, roots)
         except _Cancelled:
             self._stats.cancelled += len(jobs)
             return
@@ -306,12 +309,8 @@ class Engine:
         self._running = kept
 
     def _release(self, running: _Running) -> None:
-        cache = self.model.cache
-        for _, node in running.rows:
-            cache.discard(node)
-            if node.parent is not None:
-                cache.discard(node.parent)
-        cache.discard(running.root)
+        self._decoder.release(running.rows)
+        self.model.cache.discard(running.root)
 
     def _step(self) -> None:
         # Prompts of newly admitted jobs get a forward of their own: in one forward with the running
@@ -329,18 +328,16 @@ class Engine:
     def _forward_group(self, group: list[_Running]) -> list[_Running]:
         """One forward over the group's rows, then each job advances; the jobs still open come back."""
         nodes: list[Node] = []
-        spans: list[tuple[_Running, int, int]] = []
         for running in group:
-            start = len(nodes)
-            nodes.extend([running.root] if not running.started else [node for _, node in running.rows])
-            spans.append((running, start, len(nodes)))
+            nodes += [running.root] if not running.started else [row.node for row in running.rows]
+        nodes = list({id(node): node for node in nodes}.values())
         self._stats.max_batch_rows = max(self._stats.max_batch_rows, len(nodes))
-        logits = _forward(self.model, nodes)
-        logprobs = logits.log_softmax(dim=-1)
+        logits = forward(self.model, nodes)
+        known = {id(node): row for node, row in zip(nodes, logits)}
         still: list[_Running] = []
-        for running, start, end in spans:
+        for running in group:
             try:
-                self._advance(running, logits[start:end], logprobs[start:end])
+                self._advance(running, known)
             except Exception as error:  # e.g. a grammar that refuses every token: this job only
                 self._release(running)
                 self._stats.failed += 1
@@ -354,51 +351,29 @@ class Engine:
                 running.job.emit(Done())
         return still
 
-    def _advance(self, running: _Running, logits: torch.Tensor, logprobs: torch.Tensor) -> None:
+    def _advance(self, running: _Running, known: dict[int, torch.Tensor]) -> None:
+        """One token for each open choice of the job, by the one decoding step (search/rows.py)."""
         job = running.job
-        first = not running.started
-        parents = [running.root] if first else [node for _, node in running.rows]
-        if job.constraint is not None:
-            logits = apply_masks(logits, [node.state for node in parents])
-        samples = job.n if first else 1
-        if isinstance(job.search, Greedy):
-            tokens = logits.argmax(dim=-1, keepdim=True).expand(-1, samples)
-        else:
-            tokens = job.search.draw(logits, running.generator, samples)
-        top = None
-        if job.top_logprobs:
-            values, ids = logprobs.topk(job.top_logprobs, dim=-1)
-            top = [list(zip(i.tolist(), v.tolist())) for i, v in zip(ids, values)]
-        jump = job.top_logprobs is None
-        prompt_length = len(running.root.new_tokens)
-        rows: list[tuple[int, Node]] = []
-        for r, parent in enumerate(parents):
-            for j in range(samples):
-                choice = j if first else running.rows[r][0]
-                child = extend_closable(
-                    parent, int(tokens[r, j]), logprobs[r], logits[r], job.search, running.generator,
-                    job.stopping, prompt_length, jump,
-                )  # fmt: skip
-                token = child.new_tokens[0]  # steering to close within max_tokens may have replaced it
-                lp = float(logprobs[r, token])
-                if not first:
-                    self.model.cache.discard(parent.parent)
-                entries = None
-                if job.top_logprobs is not None:
-                    entries = [TokenLogprob(token, lp, top[r] if top else [])]
-                job.emit(Tokens(choice, list(child.new_tokens), entries))
-                reason = _finished(child, job.stopping, prompt_length, running.texts)
-                if reason is None:
-                    rows.append((choice, child))
-                    continue
-                child.finish_reason = reason
-                job.emit(Finished(choice, reason, child.depth))
-                self.model.cache.discard(child)
-                if not first:
-                    self.model.cache.discard(parent)
-        running.rows = rows
+        self._decoder.advance(running.rows, known)
         running.started = True
-        running.open_choices = len(rows)
+        ended = []
+        for row in running.rows:
+            entries = None
+            if job.top_logprobs is not None:
+                token = row.node.new_tokens[0]
+                top = []
+                if job.top_logprobs:
+                    values, ids = row.logprobs.topk(job.top_logprobs)
+                    top = list(zip(ids.tolist(), values.tolist()))
+                entries = [TokenLogprob(token, float(row.logprobs[token]), top)]
+            job.emit(Tokens(row.owner, list(row.node.new_tokens), entries))
+            if row.node.finish_reason is not None:
+                job.emit(Finished(row.owner, row.node.finish_reason, row.node.depth))
+                ended.append(row)
+        if ended:
+            self._decoder.release(ended)
+        running.rows = [row for row in running.rows if not row.ended]
+        running.open_choices = len(running.rows)
 
 
 class _Cancelled(Exception):

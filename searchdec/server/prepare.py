@@ -21,7 +21,7 @@ from searchdec.errors import ConstraintError, PromptTooLongError
 from searchdec.grammars import ToolCalls, choice, json_schema, lark, regex, tool_calls
 from searchdec.grammars.specs import _forbid_extra_properties
 from searchdec.grammars.state import Constraint
-from searchdec.search.decode import Stopping
+from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server import searches
 from searchdec.server.errors import APIError, bad_request, context_overflow, from_constraint_error

@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from searchdec.rewards.models import SelfEvaluation
+from searchdec.search.base import SearchResult, text_of
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
-from searchdec.search.expand import SearchResult, text_of
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
 from searchdec.server.errors import bad_request

@@ -20,11 +20,9 @@ running the same tasks therefore returns the same results, whichever worker ran 
 as the workers' models match (same weights, dtype and device type: GPU kernels and generators differ
 from CPU ones).
 
-Decoding a row follows `search/decode.py`: logits are masked by the row's constraint state,
-jump-forward appends forced text, the budget check keeps a constrained row closable, reported
-log-probabilities are those of the unmasked model, and a row finishes with "stop" or "length" by the
-same rule. A row in step mode also ends, unfinished, after the first match of the step delimiter in
-its own text, or after `max_step_tokens`.
+Rows are decoded by the one decoding step (`search/rows.py`), the same as every other driver; a row
+in step mode ends, unfinished, after the first match of the step delimiter in its own text, or after
+`max_step_tokens`; with `first`, the rows stop once that many have finished (first-finish search).
 """
 
 from __future__ import annotations
@@ -35,21 +33,16 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from searchdec.search import budget
-from searchdec.search.decode import (
-    Stopping,
-    _constrained,
-    _fill_forced_logprobs,
-    _finished,
-    _forward,
-    _StopText,
-    extend_closable,
-)
-from searchdec.search.sampling import Greedy, Sample
+from searchdec.grammars import Constraint
+from searchdec.search.rows import Decoder, Row, Rule, Stopping, constrain, decode_rows, generator, start_budget
 from searchdec.search.tree import Node
+
+if TYPE_CHECKING:
+    from searchdec.search.sampling import Sample
 
 
 def task_seed(base: int, *keys: object) -> int:
@@ -76,6 +69,7 @@ class Task:
     max_step_tokens: int | None = None
     jump_forward: bool = True
     threads: int = 1
+    first: int | None = None  # stop the rows once this many have finished with "stop" (first-finish)
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -118,10 +112,11 @@ class TaskRunner:
         self.capacity = prompts
         self._roots: OrderedDict[tuple[int, ...], tuple[Node, torch.Tensor]] = OrderedDict()
 
-    def run(self, task: Task) -> TaskResult:
+    def run(self, task: Task, on_token=None) -> TaskResult:
+        """The task's result; `on_token(row)` is called after each token of its rows (in process only)."""
         with _threads(task.threads):
             before, start = self.model.stats.tokens, time.perf_counter()
-            result = self._run(task)
+            result = self._run(task, on_token)
             result.seconds = time.perf_counter() - start
             result.tokens_forwarded = self.model.stats.tokens - before
             result.worker = self.name
@@ -149,101 +144,43 @@ class TaskRunner:
             self.model.cache.discard(old)
         return root, logits
 
-    def _run(self, task: Task) -> TaskResult:
+    def _run(self, task: Task, on_token=None) -> TaskResult:
         model, stopping = self.model, task.stopping
         root, root_logits = self._root(task.prompt)
-        constraint = task.constraint.compile(model) if task.constraint is not None else None
+        constraint = task.constraint
+        if constraint is not None and not isinstance(constraint, Constraint):
+            constraint = constraint.compile(model)  # a spec; a compiled Constraint only reaches in-process runners
         root.state = constraint.start() if constraint is not None else None
         root.closing = 0
         start = root
         if task.prefix:
             state = root.state.advance_many(list(task.prefix)) if root.state is not None else None
             start = Node(task.prefix, root, (0.0,) * len(task.prefix), state=state)
-        if start.state is not None:
-            room = None if stopping.context_window is None else stopping.context_window - len(task.prompt)
-            budget.start(start, stopping.max_tokens, room)
-        logits = root_logits.unsqueeze(0).clone() if start is root else model.logits([start])
+        start_budget(start, stopping)
+        logits = root_logits if start is root else model.logits([start])[0]
         result = TaskResult(task.id)
-        logprobs = logits.log_softmax(dim=-1)
-        masked = _constrained(logits, [start])
         if task.top:
-            allowed = logprobs.masked_fill(masked == float("-inf"), float("-inf"))[0]
+            allowed = logits.log_softmax(dim=-1)
+            if start.state is not None:
+                allowed = allowed.unsqueeze(0).clone()
+                allowed = constrain(allowed, [start])[0]
             values, tokens = torch.topk(allowed, min(task.top, allowed.numel()))
             result.top = [(int(t), float(v)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
         if task.seeds:
-            leaves = self._rows(task, start, logprobs[0], masked[0])
-            result.rows = [_completion(leaf, start) for leaf in leaves]
+            rule = Rule(stopping, task.jump_forward, task.to_end, task.step, task.max_step_tokens)
+            rows = [
+                Row(start, start, len(task.prompt), rule, *self._policy(task, seed), owner=0) for seed in task.seeds
+            ]
+            decode_rows(Decoder(model), rows, {id(start): logits}, on_token, task.first)
+            result.rows = [_completion(row.node, start) for row in rows]
         if start is not root:
             model.cache.discard(start)
         return result
 
-    def _rows(self, task: Task, start: Node, logprobs: torch.Tensor, masked: torch.Tensor) -> list[Node]:
-        """Each row's last node, decoded from `start` whose next-token log-probabilities are given."""
-        model, stopping = self.model, task.stopping
-        prompt_length = len(task.prompt)
-        texts = _StopText(model, stopping.stop)
-        policies = [(Greedy(), None) if seed is None else (task.sample, _generator(seed, model)) for seed in task.seeds]
-        leaves: list[Node | None] = [None] * len(task.seeds)
-        if stopping.max_tokens - start.depth <= 0:
-            for i in range(len(task.seeds)):
-                leaves[i] = start.child((), ())
-                leaves[i].finish_reason = "length"
-            return leaves  # type: ignore[return-value]
-
-        def choose(policy, generator, row: torch.Tensor) -> int:
-            if isinstance(policy, Greedy):
-                return int(row.argmax())
-            return int(policy.draw(row.unsqueeze(0), generator, 1)[0, 0])
-
-        def grow(i: int, node: Node, row_logprobs: torch.Tensor, row_masked: torch.Tensor) -> Node:
-            policy, generator = policies[i]
-            token = choose(policy, generator, row_masked)
-            return extend_closable(
-                node, token, row_logprobs, row_masked, policy, generator, stopping, prompt_length, task.jump_forward
-            )
-
-        active = [(i, grow(i, start, logprobs, masked)) for i in range(len(task.seeds))]
-        while True:
-            still = []
-            for i, node in active:
-                reason = _finished(node, stopping, prompt_length, texts)
-                if reason is not None:
-                    node.finish_reason = reason
-                elif not task.to_end and _step_ended(model, task, node, start):
-                    pass
-                else:
-                    still.append((i, node))
-                    continue
-                leaves[i] = node
-                if node.parent is not start and not node.forced:
-                    model.cache.discard(node.parent)
-            if not still:
-                break
-            nodes = [node for _, node in still]
-            logits = _forward(model, nodes)
-            step_logprobs = logits.log_softmax(dim=-1)
-            step_masked = _constrained(logits, nodes)
-            active = []
-            for row, (i, node) in enumerate(still):
-                if node.parent is not start:
-                    model.cache.discard(node.parent)
-                active.append((i, grow(i, node, step_logprobs[row], step_masked[row])))
-        done = [leaf for leaf in leaves if leaf is not None]
-        _fill_forced_logprobs(model, [leaf for leaf in done if leaf.forced])
-        for leaf in done:
-            model.cache.discard(leaf)
-            if leaf.parent is not start:
-                model.cache.discard(leaf.parent)
-        return done
-
-
-def _step_ended(model, task: Task, node: Node, start: Node) -> bool:
-    if task.step is None:
-        return True  # token steps
-    tokens, _ = _since(node, start)
-    if task.max_step_tokens is not None and len(tokens) >= task.max_step_tokens:
-        return True
-    return task.step.search(model.decode(tokens)) is not None
+    def _policy(self, task: Task, seed: int | None) -> tuple[Sample | None, torch.Generator | None]:
+        if seed is None:
+            return None, None
+        return task.sample, generator(seed, self.model.device)
 
 
 def _since(node: Node, start: Node) -> tuple[list[int], list[float]]:
@@ -260,12 +197,6 @@ def _since(node: Node, start: Node) -> tuple[list[int], list[float]]:
 def _completion(leaf: Node, start: Node) -> Completion:
     tokens, logprobs = _since(leaf, start)
     return Completion(tuple(tokens), tuple(float(v) for v in logprobs), leaf.finish_reason)
-
-
-def _generator(seed: int, model) -> torch.Generator:
-    generator = torch.Generator(device=model.device)
-    generator.manual_seed(seed)
-    return generator
 
 
 @contextmanager

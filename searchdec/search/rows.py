@@ -1,0 +1,397 @@
+"""The one decoding step: every driver of per-token decoding — plain Greedy/Sample decoding, the
+executors' tasks, step-level expansion (StepBeam, DVTS, MCTS, A*) and the server's continuous batch —
+advances its hypotheses with `advance` and, when it decodes rows to their end, with `decode_rows`.
+
+A `Row` is one hypothesis being decoded: its newest node (not forwarded yet), where it started, how it
+chooses (the arg-max, or a `Sample` policy with the row's own generator) and the `Rule` it follows
+(stopping, jump-forward, step delimiter). One `advance` call:
+1. forwards the rows' nodes in one batch through the prefix cache (rows on the same node share its
+   forward; logits a caller already holds for a node are used as they are), filling in the
+   log-probabilities of tokens the grammar forced on the step before;
+2. masks each row's logits by its node's constraint State (reported log-probabilities stay those of
+   the unmasked model);
+3. chooses a token per row (arg-max, or a draw from the row's warped distribution with its own
+   generator: a row's draws depend on its generator alone, never on the batch);
+4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
+   close within the tokens left (search/budget.py);
+5. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
+   or "length" (`max_tokens`, the context window), or ends its step (delimiter or `max_step_tokens`);
+6. drops the cache entry of a node this step created once its child has been forwarded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from searchdec.grammars.state import apply_masks
+from searchdec.search import budget
+from searchdec.search.tree import Node
+
+if TYPE_CHECKING:
+    from searchdec.search.sampling import Sample
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When a hypothesis finishes: `max_tokens` generated tokens, an end-of-sequence token, a stop
+    string, or the model's context window."""
+
+    max_tokens: int
+    eos_token_ids: frozenset[int]
+    stop: tuple[str, ...] = ()
+    context_window: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a row is decoded: its stopping rule, whether forced text is appended without a forward
+    (`jump_forward`), and, unless it runs `to_end`, where its step ends (`step`: a delimiter pattern,
+    None for one-token steps; `max_step_tokens`)."""
+
+    stopping: Stopping
+    jump_forward: bool = True
+    to_end: bool = True
+    step: re.Pattern | None = None
+    max_step_tokens: int | None = None
+
+
+@dataclass(eq=False)
+class Row:
+    """One hypothesis being decoded. `node` is its newest node; after `advance`, `logprobs` holds the
+    unmasked next-token log-probabilities its new token was chosen from, and `ended` says whether it
+    finished (`node.finish_reason` set) or ended its step."""
+
+    node: Node
+    start: Node
+    prompt_length: int
+    rule: Rule
+    policy: Sample | None = None  # None: the arg-max
+    generator: torch.Generator | None = None
+    stats: object = None  # a SearchStats charged with this row's expansions and forwarded tokens
+    owner: int = 0  # the caller's index (its prompt)
+    ended: bool = False
+    logprobs: torch.Tensor | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.node.finish_reason is not None
+
+
+def generator(seed: int | None, device) -> torch.Generator:
+    """A generator seeded with `seed` (None: from the system's entropy)."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
+class Decoder:
+    """Advances rows on one model, keeping the texts of stop strings and which nodes it created."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self._texts: dict[tuple[str, ...], StopText] = {}
+        self._created: dict[int, Node] = {}  # nodes this decoder appended (their entries are its to drop)
+
+    def advance(self, rows: Sequence[Row], known: dict[int, torch.Tensor] | None = None) -> None:
+        """Append one token (plus forced ones) to every row; see the module docstring."""
+        model = self.model
+        index: dict[int, int] = {}
+        nodes: list[Node] = []
+        for row in rows:
+            if id(row.node) not in index:
+                index[id(row.node)] = len(nodes)
+                nodes.append(row.node)
+                if row.stats is not None:
+                    row.stats.expansions += 1
+                    if not known or id(row.node) not in known:
+                        row.stats.tokens_forwarded += pending_tokens(model, row.node)
+        fresh = [node for node in nodes if not known or id(node) not in known]
+        if fresh:
+            logits = forward(model, fresh)
+        if known:
+            parts, k = [], 0
+            for node in nodes:
+                if id(node) in known:
+                    parts.append(known[id(node)].unsqueeze(0).clone())
+                else:
+                    parts.append(logits[k : k + 1])
+                    k += 1
+            logits = torch.cat(parts)
+        for node in nodes:  # the parent's entry is no longer needed once its child has its own
+            if node.parent is not None and id(node.parent) in self._created:
+                self._drop(node.parent)
+        logprobs = logits.log_softmax(dim=-1)
+        masked = constrain(logits, nodes)
+        rows_of = [index[id(row.node)] for row in rows]
+        tokens = self._choose(rows, masked, rows_of)
+        for row, r, token in zip(rows, rows_of, tokens):
+            child = self._extend(row, token, logprobs[r], masked[r])
+            self._created[id(child)] = child
+            row.node = child
+            row.logprobs = logprobs[r]
+            reason = finish_reason(child, row.rule.stopping, row.prompt_length, self._stop_text(row.rule.stopping))
+            if reason is not None:
+                child.finish_reason = reason
+                row.ended = True
+            elif not row.rule.to_end and self._step_ended(row):
+                row.ended = True
+
+    def cut(self, row: Row) -> None:
+        """End an unfinished row where it is, as "length" (first-finish search cuts the slower rows)."""
+        row.node.finish_reason = "length"
+        row.ended = True
+
+    def release(self, ended: Sequence[Row], keep_ends: bool = False) -> None:
+        """Done with `ended` rows: forced tokens at their ends get their log-probabilities (one last
+        forward), and the entries this decoder made for them are dropped — all but the one under the
+        row's end with `keep_ends` (a search that will expand the end later forwards only its tokens)."""
+        forced = [row.node for row in ended if row.node.forced]
+        if forced:
+            forward(self.model, forced)
+            for node in forced:
+                self._drop(node)
+        for row in ended:
+            node = row.node
+            self._drop(node)
+            if not keep_ends and node.parent is not None:
+                self._drop(node.parent)
+
+    def release_all(self) -> None:
+        """Drop every entry this decoder made that is still held (a search that kept ends is done)."""
+        for node in self._created.values():
+            self.model.cache.discard(node)
+        self._created.clear()
+
+    def _drop(self, node: Node) -> None:
+        if self._created.pop(id(node), None) is not None:
+            self.model.cache.discard(node)
+
+    def _stop_text(self, stopping: Stopping) -> StopText:
+        texts = self._texts.get(stopping.stop)
+        if texts is None:
+            texts = self._texts[stopping.stop] = StopText(self.model, stopping.stop)
+        return texts
+
+    def _choose(self, rows: Sequence[Row], masked: torch.Tensor, rows_of: list[int]) -> list[int]:
+        if all(row.policy is None for row in rows):
+            best = masked.argmax(dim=-1).tolist()
+            return [best[r] for r in rows_of]
+        chosen: list[int] = [0] * len(rows)
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(id(row.policy), []).append(i)
+        for members in groups.values():
+            policy = rows[members[0]].policy
+            picked = masked[[rows_of[i] for i in members]]
+            if policy is None:
+                for i, t in zip(members, picked.argmax(dim=-1).tolist()):
+                    chosen[i] = t
+                continue
+            probs = policy.process(picked).softmax(dim=-1)
+            for k, i in enumerate(members):
+                chosen[i] = int(torch.multinomial(probs[k], 1, generator=rows[i].generator))
+        return chosen
+
+    def _extend(self, row: Row, token: int, logprobs: torch.Tensor, masked: torch.Tensor) -> Node:
+        return extend(
+            row.node, token, logprobs, masked, row.policy, row.generator, row.rule.stopping, row.prompt_length,
+            row.rule.jump_forward,
+        )  # fmt: skip
+
+    def _step_ended(self, row: Row) -> bool:
+        rule = row.rule
+        if rule.step is None:
+            return True  # one-token steps
+        tokens = tokens_since(row.node, row.start)
+        if rule.max_step_tokens is not None and len(tokens) >= rule.max_step_tokens:
+            return True
+        return rule.step.search(self.model.decode(tokens)) is not None
+
+
+def decode_rows(
+    decoder: Decoder,
+    rows: Sequence[Row],
+    known: dict[int, torch.Tensor] | None = None,
+    on_token: Callable[[Row], None] | None = None,
+    first: int | None = None,
+    keep_ends: bool = False,
+) -> list[Node]:
+    """Advance `rows` until each has ended; each row's last node, in row order. With `first`, the rows
+    of an owner stop once `first` of them have finished with "stop": the others are cut ("length")."""
+    active = list(rows)
+    for row in active:
+        if row.rule.stopping.max_tokens - row.start.depth <= 0:
+            row.node = row.start.child((), ())
+            row.node.finish_reason = "length"
+            row.ended = True
+    active = [row for row in active if not row.ended]
+    forced: list[Row] = []  # rows ending in forced tokens: their log-probabilities come from one last forward
+    while active:
+        decoder.advance(active, known)
+        known = None
+        if on_token is not None:
+            for row in active:
+                on_token(row)
+        if first is not None:
+            _cut_when_done(decoder, rows, active, first)
+        ended = [row for row in active if row.ended]
+        if ended:
+            forced += [row for row in ended if row.node.forced]
+            decoder.release([row for row in ended if not row.node.forced], keep_ends)
+            active = [row for row in active if not row.ended]
+    decoder.release(forced, keep_ends)
+    return [row.node for row in rows]
+
+
+def _cut_when_done(decoder: Decoder, rows: Sequence[Row], active: list[Row], first: int) -> None:
+    done: dict[int, int] = {}
+    for row in rows:
+        if row.ended and row.node.finish_reason == "stop":
+            done[row.owner] = done.get(row.owner, 0) + 1
+    for row in active:
+        if not row.ended and done.get(row.owner, 0) >= first:
+            decoder.cut(row)
+
+
+def start_budget(root: Node, stopping: Stopping) -> None:
+    """Measure what closing a constrained start costs, before its first token (search/budget.py)."""
+    if root.state is not None:
+        room = None if stopping.context_window is None else stopping.context_window - _prompt_length(root)
+        budget.start(root, stopping.max_tokens, room)
+
+
+def _prompt_length(node: Node) -> int:
+    while node.parent is not None:
+        node = node.parent
+    return len(node.new_tokens)
+
+
+def extend(
+    node: Node,
+    token: int,
+    logprobs: torch.Tensor,
+    masked: torch.Tensor,
+    policy: Sample | None,
+    generator: torch.Generator | None,
+    stopping: Stopping,
+    prompt_length: int,
+    jump_forward: bool,
+) -> Node:
+    """The child of `node` for the chosen `token` (with forced tokens, see `_child`), kept closable
+    within the budget under a constraint: `masked` is the row `token` was chosen from, `logprobs` the
+    unprocessed log-probabilities reported for whichever token is kept."""
+    child = _child(node, token, float(logprobs[token]), stopping, prompt_length, jump_forward)
+    if node.state is None:
+        return child
+    room = None if stopping.context_window is None else stopping.context_window - prompt_length
+    return budget.keep_closable(
+        node,
+        child,
+        masked,
+        lambda t: _child(node, t, float(logprobs[t]), stopping, prompt_length, jump_forward),
+        lambda row: choose(policy, row.unsqueeze(0), generator, 1)[0],
+        stopping.max_tokens,
+        room,
+        stopping.eos_token_ids,
+    )
+
+
+def _child(node: Node, token: int, logprob: float, stopping: Stopping, prompt_length: int, jump_forward: bool) -> Node:
+    """The child of `node` with `token`, plus the tokens its grammar then forces (jump-forward), as
+    many as the token budget leaves room for. Forced tokens cost no forward pass of their own."""
+    child = node.child((token,), (logprob,))
+    if not jump_forward or child.state is None or child.state.finished or token in stopping.eos_token_ids:
+        return child
+    forced = child.state.forced[: stopping.max_tokens - child.depth]
+    if stopping.context_window is not None:
+        forced = forced[: stopping.context_window - prompt_length - child.depth]
+    if not forced:
+        return child
+    state = child.state.advance_many(forced)
+    return Node((token, *forced), node, (logprob,), state=state, forced=len(forced))
+
+
+def forward(model, nodes: Sequence[Node]) -> torch.Tensor:
+    """Next-token logits of `nodes`; the same forward fills in the log-probabilities of forced tokens."""
+    keep = 1 + max(node.forced for node in nodes)
+    if keep == 1:
+        return model.logits(list(nodes))
+    logits = model.logits_last(list(nodes), keep)
+    for row, node in enumerate(nodes):
+        if node.forced:
+            k = node.forced
+            targets = torch.tensor(node.new_tokens[-k:], device=logits.device).unsqueeze(-1)
+            values = logits[row, -1 - k : -1].log_softmax(dim=-1).gather(-1, targets).squeeze(-1)
+            node.fill_forced(values.tolist())
+    return logits[:, -1]
+
+
+def constrain(logits: torch.Tensor, nodes: Sequence[Node]) -> torch.Tensor:
+    """Logits with every token a node's constraint forbids set to -inf (in place)."""
+    if all(node.state is None for node in nodes):
+        return logits
+    return apply_masks(logits, [node.state for node in nodes])
+
+
+def choose(policy: Sample | None, logits: torch.Tensor, generator, samples: int = 1) -> list[int]:
+    """`samples` tokens chosen from a one-row batch of (masked) logits (policy None: the arg-max)."""
+    if policy is None:
+        return [int(logits[0].argmax())] * samples
+    return policy.draw(logits, generator, samples)[0].tolist()
+
+
+def finish_reason(node: Node, stopping: Stopping, prompt_length: int, texts: StopText) -> str | None:
+    """ "stop", "length", or None (the hypothesis can still grow)."""
+    if node.new_tokens and node.new_tokens[-1] in stopping.eos_token_ids:
+        return "stop"
+    if node.state is not None and node.state.finished:
+        return "stop"  # the grammar admits nothing more (end-of-sequence was its only option)
+    if stopping.stop and texts.hit(node):
+        return "stop"
+    if node.depth >= stopping.max_tokens:
+        return "length"
+    if stopping.context_window is not None and prompt_length + node.depth >= stopping.context_window:
+        return "length"
+    return None
+
+
+class StopText:
+    """Finds a stop string completed by the newest token: only the last few tokens can hold it (a
+    string of c characters spans at most 4c single-byte tokens), so only they are decoded."""
+
+    def __init__(self, model, stop: tuple[str, ...]) -> None:
+        self.model = model
+        self.stop = stop
+        self.window = 4 * max((len(s) for s in stop), default=0) + 2
+
+    def hit(self, node: Node) -> bool:
+        text = self.model.decode(node.last_tokens(self.window + len(node.new_tokens)))
+        return any(s in text for s in self.stop)
+
+
+def tokens_since(node: Node, start: Node) -> list[int]:
+    """The tokens from just after `start` to `node`."""
+    tokens: list[int] = []
+    current = node
+    while current is not None and current is not start:
+        tokens[:0] = current.new_tokens
+        current = current.parent
+    return tokens
+
+
+def pending_tokens(model, node: Node) -> int:
+    """Tokens a forward of `node` would feed: those after its nearest cached ancestor (at least one)."""
+    count = 0
+    current = node
+    while current is not None and current not in model.cache:
+        count += len(current.new_tokens)
+        current = current.parent
+    return max(count, 1)
