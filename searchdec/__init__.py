@@ -28,8 +28,7 @@ from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.search import *  # noqa: F403 — every search, registered by its import in searchdec/search
 from searchdec.search import __all__ as _searches
-
-__version__ = "0.1.0"
+from searchdec.version import __version__  # noqa: F401 (sd.__version__)
 
 __all__ = [
     *_searches,

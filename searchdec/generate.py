@@ -10,44 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
-from searchdec.search.base import Search, SearchResult, SearchStats
+from searchdec.search.base import Search, SearchResult
+from searchdec.search.results import Generation, Hypothesis
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 from searchdec.search.work import Executor, Work
 
 Messages = list[dict]
 Prompt = str | Messages
-
-
-@dataclass
-class Hypothesis:
-    """One finished output: its text, generated token ids (with a final end-of-sequence token, which
-    the text leaves out), the log-probability of each token under the model and their sum."""
-
-    text: str
-    tokens: list[int]
-    token_logprobs: list[float]
-    logprob: float
-    finish_reason: str  # "stop" | "length"
-    score: float | None = None  # the search's ranking score (beam: length-normalised log-probability)
-
-
-@dataclass
-class Generation(Hypothesis):
-    """The best hypothesis for one prompt, plus all hypotheses in rank order (`n` of them)."""
-
-    hypotheses: list[Hypothesis] = field(default_factory=list)
-    prompt_tokens: int = 0
-    trace: Trace | None = None  # the search tree (searches other than Greedy/Sample): .to_json(), .to_html()
-    stats: SearchStats | None = None  # expansions, tokens forwarded, reward calls
 
 
 def generate(

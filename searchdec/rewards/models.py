@@ -18,6 +18,7 @@ Any transformers model works; tests use tiny random models built from a config (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -120,8 +121,6 @@ class SelfEvaluation(Reward):
         self.no = _first_tokens(model, no)
 
     def _score(self, prompts, outputs):
-        from searchdec.search.tree import Node
-
         roots = []
         for prompt, output in zip(prompts, outputs):
             messages = [{"role": "user", "content": self.question.format(prompt=prompt, output=output)}]
@@ -129,7 +128,7 @@ class SelfEvaluation(Reward):
                 ids = self.model.apply_chat_template(messages)
             else:
                 ids = self.model.encode(messages[0]["content"] + "\nAnswer:")
-            roots.append(Node(tuple(ids)))
+            roots.append(_Prompt(tuple(ids)))
         logits = self.model.logits(roots)
         for root in roots:
             self.model.cache.discard(root)
@@ -149,3 +148,11 @@ def _single_token(tokenizer, text: str) -> int:
 def _first_tokens(model, word: str) -> list[int]:
     """First tokens of `word` as an answer may begin it: bare and after a space."""
     return sorted({model.encode(form, add_special_tokens=False)[0] for form in (word, " " + word)})
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """A prompt as the model's forward takes it (the models layer's TokenNode): no parent."""
+
+    new_tokens: tuple[int, ...]
+    parent: None = None

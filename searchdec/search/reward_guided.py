@@ -75,7 +75,7 @@ class RewardGuidedSpeculative:
         (finish "stop") and is cut from it, whichever model wrote it."""
         import torch
 
-        from searchdec.generate import Generation
+        from searchdec.search.results import Generation
         from searchdec.search.tree import Node
 
         text, reason = self.run_text(target, prompt, max_tokens, stop)

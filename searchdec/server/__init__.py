@@ -29,7 +29,7 @@ def serve(
     first, and then this returns (the process exits 0: the shutdown was asked for and clean)."""
     import uvicorn
 
-    import searchdec as sd
+    from searchdec.models.loading import load
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -38,7 +38,7 @@ def serve(
             # by that signal (exit -15) after a clean shutdown; a second SIGINT still forces exit.
             getattr(self, "_captured_signals", []).clear()
 
-    model = sd.load(model_name, dtype=dtype)
+    model = load(model_name, dtype=dtype)
     app = create_app(model, served_name or model_name, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
     server = Server(config)

@@ -25,14 +25,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import searchdec
 from searchdec.server.engine import Done, Engine, Failed, Finished, Job, Tokens
 from searchdec.server.errors import APIError
 from searchdec.server.output import ChoiceOutput, chat_logprobs, completion_logprobs
 from searchdec.server.prepare import Plan, ServedModel, chat_plan, completion_plan
 from searchdec.server.protocol import ChatCompletionRequest, CompletionRequest
+from searchdec.version import __version__
 
-FINGERPRINT = f"searchdec-{searchdec.__version__}"
+FINGERPRINT = f"searchdec-{__version__}"
 
 
 def create_app(
@@ -58,7 +58,7 @@ def create_app(
         finally:
             await run_in_threadpool(engine.stop)  # in-flight and queued requests finish first
 
-    app = FastAPI(title="searchdec", version=searchdec.__version__, lifespan=lifespan)
+    app = FastAPI(title="searchdec", version=__version__, lifespan=lifespan)
     app.state.engine = engine
     app.state.served = served
     _error_handlers(app)
