@@ -157,10 +157,10 @@ def main() -> None:
             rsd = sd.RewardGuidedSpeculative(draft=draft, reward=reward, threshold=args.threshold, step="\n")
             out = sd.generate(target, p, max_tokens=args.max_tokens, stop=["\n\n", "Q:"], search=rsd)
             correct += final(out.text) == a
-            steps += rsd.stats.steps
-            draft_steps += rsd.stats.draft_steps
-            avoided += rsd.stats.target_calls_avoided
-            spent += rsd.stats.target_tokens
+            steps += out.stats.steps
+            draft_steps += out.stats.draft_steps
+            avoided += out.stats.target_calls_avoided
+            spent += out.stats.target_tokens
         elapsed = time.perf_counter() - start
         print(
             f"| RSD, {name} reward | {correct}/{len(tasks)} | {elapsed:.1f} | {draft_steps}/{steps} "

@@ -15,11 +15,13 @@ Run:  python benchmarks/speculative.py [--max-tokens 96] [--k 4] [--repeats 2]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
 
 import searchdec as sd
+from searchdec.search import speculative
 
 RECORDS = [
     "Invoice 4471 from Northwind Traders, 12 Harbour Street, Portland, issued to Maria Anders on 2024-03-18 "
@@ -47,6 +49,12 @@ FREE = [
     [{"role": "user", "content": "Give advice to someone starting to learn the piano."}],
     [{"role": "user", "content": "Describe a walk through a forest in autumn."}],
 ]
+
+
+def total(stats: list) -> speculative.SpeculativeStats:
+    """Per-prompt SpeculativeStats summed over a batch."""
+    fields = [f.name for f in dataclasses.fields(speculative.SpeculativeStats)]
+    return speculative.SpeculativeStats(**{f: sum(getattr(s, f) for s in stats) for f in fields})
 
 
 def timed(model, prompts, search, max_tokens, repeats):
@@ -84,7 +92,7 @@ def main() -> int:
             spec = sd.Speculative(**options)
             spec_time, outs = timed(model, prompts, spec, args.max_tokens, args.repeats)
             same = all(a.tokens == b.tokens for a, b in zip(base, outs))
-            s = spec.stats  # the last repeat's
+            s = total([o.stats for o in outs])  # the last repeat's, over its prompts
             print(
                 f"{name:11} {label:18} {tokens / base_time:12.1f} {tokens / spec_time:11.1f} "
                 f"{base_time / spec_time:7.2f}x {s.tokens_per_target_call:9.2f} {s.acceptance_rate:8.0%} {str(same):>9}"

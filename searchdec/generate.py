@@ -16,7 +16,6 @@ from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.search.base import Search, SearchResult
 from searchdec.search.results import Generation, Hypothesis
-from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.tree import Node
@@ -60,7 +59,7 @@ def generate(
     `progress` shows a progress bar of those tasks.
     """
     search = search or Greedy()
-    if not isinstance(search, (Search, RewardGuidedSpeculative)):
+    if not isinstance(search, Search):
         raise TypeError(f"search must be a search spec such as sd.Greedy() or sd.Beam(4), got {type(search).__name__}")
     if reward is not None:
         search = _with_reward(search, reward)
@@ -76,16 +75,13 @@ def generate(
     if executor is not None:
         _check_executor(executor, search, constraint)
     compiled = _compile(model, constraint)
-    roots = [Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None) for p in prompts]
+    roots = [
+        Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None, prompt=p) for p in prompts
+    ]
     for root in roots:
         model.check_prompt_length(len(root.new_tokens))
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
-    if isinstance(search, RewardGuidedSpeculative):
-        results = [search.generation(model, p, budget, stops) for p in prompts]
-        for result in results:
-            result.hypotheses = [result]
-        return results if batched else results[0]
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
     # Tasks compile the spec where they run; in this process a compiled constraint is used as it is.
     spec = compiled if executor is None or getattr(executor, "local", False) else _spec(constraint)

@@ -20,8 +20,8 @@ def test_every_step_is_the_drafts_when_the_reward_accepts_all(tiny):
     draft = tiny_model(seed=4)
     rsd = sd.RewardGuidedSpeculative(draft=draft, reward=Counting(1.0), threshold=0.5, step="\n", max_step_tokens=6)
     out = sd.generate(tiny, "q", max_tokens=18, search=rsd)
-    assert rsd.stats.steps >= 2 and rsd.stats.draft_fraction == 1.0 and rsd.stats.target_tokens == 0
-    assert rsd.stats.target_calls_avoided == rsd.stats.draft_tokens > 0
+    assert out.stats.steps >= 2 and out.stats.draft_fraction == 1.0 and out.stats.target_tokens == 0
+    assert out.stats.target_calls_avoided == out.stats.draft_tokens > 0
     assert out.finish_reason in ("stop", "length")
 
 
@@ -29,9 +29,9 @@ def test_every_step_is_the_targets_when_the_reward_rejects_all(tiny):
     draft = tiny_model(seed=4)
     rsd = sd.RewardGuidedSpeculative(draft=draft, reward=Counting(0.0), threshold=0.5, step="\n", max_step_tokens=6)
     out = sd.generate(tiny, "q", max_tokens=18, search=rsd)
-    assert rsd.stats.draft_steps == 0 and rsd.stats.target_tokens > 0
+    assert out.stats.draft_steps == 0 and out.stats.target_tokens > 0
     # The target writing every step from the same text is the target's own greedy output.
-    assert out.text == sd.generate(tiny, "q", max_tokens=rsd.stats.target_tokens).text
+    assert out.text == sd.generate(tiny, "q", max_tokens=out.stats.target_tokens).text
 
 
 def test_the_reward_sees_the_steps_so_far(tiny):
@@ -42,8 +42,8 @@ def test_the_reward_sees_the_steps_so_far(tiny):
         return 1.0
 
     rsd = sd.RewardGuidedSpeculative(draft=tiny_model(seed=4), reward=reward, step="\n", max_step_tokens=4)
-    sd.generate(tiny, "q", max_tokens=12, search=rsd)
-    assert len(seen) == rsd.stats.steps
+    out = sd.generate(tiny, "q", max_tokens=12, search=rsd)
+    assert len(seen) == out.stats.steps
     assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:]))
 
 

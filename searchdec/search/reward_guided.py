@@ -10,22 +10,29 @@ step instead from the same accepted text. The loop ends when a step ends the seq
 sequence token, or no delimiter) or the output reaches `max_tokens` target tokens. Steps are text,
 so the draft and the target may use different tokenizers (each reads the prompt through its own
 chat template and continues the accepted text as the start of its answer).
-`stats` reports steps, steps from the draft, and target calls avoided (the forward passes the target
-would have made for the draft's accepted tokens).
+Each prompt's `Generation.stats` (a `RewardGuidedStats`) reports steps, steps from the draft, and
+target calls avoided (the forward passes the target would have made for the draft's accepted tokens).
+The answer's tokens are the target's tokenization of its text, with their log-probabilities under
+the target (one teacher-forced forward). A grammar constraint is not supported (steps are free text).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from searchdec.models.model import Model
 from searchdec.rewards.base import Reward, as_reward
+from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.rows import Decoder, Row, Rule, Stopping, decode_rows
 from searchdec.search.sampling import Sample
 from searchdec.search.tree import Node
+from searchdec.search.work import Work
 
 
 @dataclass
-class RewardGuidedStats:
+class RewardGuidedStats(SearchStats):
     steps: int = 0
     draft_steps: int = 0
     draft_tokens: int = 0
@@ -42,8 +49,8 @@ class RewardGuidedStats:
         return self.draft_tokens
 
 
-@dataclass
-class RewardGuidedSpeculative:
+@dataclass(frozen=True)
+class RewardGuidedSpeculative(Search):
     """`sd.RewardGuidedSpeculative(draft=small_model, reward=..., threshold=0.7)`; the model passed
     to `sd.generate` is the target."""
 
@@ -53,15 +60,12 @@ class RewardGuidedSpeculative:
     step: str = "\n\n"
     max_step_tokens: int = 96
     sample: Sample | None = None
-    stats: RewardGuidedStats = field(default_factory=RewardGuidedStats, compare=False)
     n: int = 1
 
     def __post_init__(self) -> None:
-        from searchdec.models.model import Model
-
         if not isinstance(self.draft, Model):
             raise TypeError(f"draft must be an sd.Model, got {type(self.draft).__name__}")
-        self.reward = as_reward(self.reward)
+        object.__setattr__(self, "reward", as_reward(self.reward))
         if not isinstance(self.reward, Reward):
             raise TypeError("reward must be a Reward or a callable")
         if not self.step:
@@ -69,31 +73,29 @@ class RewardGuidedSpeculative:
         if self.max_step_tokens < 1:
             raise ValueError(f"max_step_tokens must be >= 1, got {self.max_step_tokens}")
 
-    def generation(self, target, prompt, max_tokens: int, stop: tuple[str, ...] = ()):
-        """A Generation for `prompt`: the text, its target tokens, and their log-probabilities under
-        the target (one teacher-forced forward over the answer). A `stop` string ends the answer
-        (finish "stop") and is cut from it, whichever model wrote it."""
-        import torch
+    def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        if any(root.state is not None for root in roots):
+            raise ValueError("RewardGuidedSpeculative writes free-text steps: drop constraint=")
+        target, stopping = work.model, work.stopping
+        results = []
+        for root in roots:
+            prompt = root.prompt if root.prompt is not None else target.decode(list(root.new_tokens))
+            stats = RewardGuidedStats()
+            text, reason = self.run_text(target, prompt, stopping.max_tokens, stopping.stop, stats)
+            answer = target.encode(text, add_special_tokens=False)
+            if reason == "stop":
+                answer = answer + [min(target.eos_token_ids)]
+            leaf = root.child(tuple(answer), tuple(_logprobs(target, root, answer)))
+            leaf.finish_reason = reason
+            stats.generated_tokens = leaf.depth
+            results.append(SearchResult([leaf], [None], None, stats))
+        return results
 
-        from searchdec.search.results import Generation
-        from searchdec.search.tree import Node
-
-        text, reason = self.run_text(target, prompt, max_tokens, stop)
-        prompt_ids = _prompt_ids(target, prompt)
-        answer = target.encode(text, add_special_tokens=False)
-        if reason == "stop":
-            answer = answer + [min(target.eos_token_ids)]
-        logprobs: list[float] = []
-        if answer:
-            node = Node(tuple(prompt_ids + answer))
-            rows = target.logits_last([node], len(answer) + 1)[0].log_softmax(-1)
-            target.cache.discard(node)
-            logprobs = rows[torch.arange(len(answer)), torch.tensor(answer)].tolist()
-        return Generation(text, answer, logprobs, sum(logprobs), reason, prompt_tokens=len(prompt_ids))
-
-    def run_text(self, target, prompt, max_tokens: int, stop: tuple[str, ...] = ()) -> tuple[str, str]:
-        """The answer text and its finish reason ("stop" or "length")."""
-        self.stats = RewardGuidedStats()
+    def run_text(
+        self, target, prompt, max_tokens: int, stop: tuple[str, ...] = (), stats: RewardGuidedStats | None = None
+    ) -> tuple[str, str]:
+        """The answer text and its finish reason ("stop" or "length"); `stats` counts the steps."""
+        stats = RewardGuidedStats() if stats is None else stats
         question = _question_text(prompt)
         steps: list[str] = []
         used = 0
@@ -101,15 +103,15 @@ class RewardGuidedSpeculative:
             budget = min(self.max_step_tokens, max_tokens - used)
             text, tokens, ended = self._step(self.draft, prompt, "".join(steps), budget, stop)
             score = self.reward.score_steps(question, [*steps, text])[-1]
-            self.stats.scores.append(score)
-            self.stats.steps += 1
+            stats.scores.append(score)
+            stats.steps += 1
             if score >= self.threshold:
-                self.stats.draft_steps += 1
-                self.stats.draft_tokens += tokens
+                stats.draft_steps += 1
+                stats.draft_tokens += tokens
                 used += len(target.encode(text, add_special_tokens=False))
             else:
                 text, tokens, ended = self._step(target, prompt, "".join(steps), budget, stop)
-                self.stats.target_tokens += tokens
+                stats.target_tokens += tokens
                 used += tokens
             steps.append(text)
             answer = "".join(steps)
@@ -156,3 +158,16 @@ def _prompt_ids(model, prompt) -> list[int]:
     if isinstance(prompt, str):
         return model.encode(prompt)
     return model.apply_chat_template(prompt)
+
+
+def _logprobs(target, root: Node, answer: list[int]) -> list[float]:
+    """Log-probabilities of `answer` under the target after `root`, in one teacher-forced forward."""
+    if not answer:
+        return []
+    node = Node(tuple(answer), root)
+    try:
+        rows = target.logits_last([node], len(answer) + 1)[0].log_softmax(-1)
+    finally:
+        target.cache.discard(node)
+        target.cache.discard(root)
+    return rows[torch.arange(len(answer)), torch.tensor(answer)].tolist()

@@ -23,14 +23,14 @@ Budget-aware steering (search/budget.py) is not applied here: a constrained hypo
 Draft sources: `PromptLookup` (n-gram match in the prompt and output so far, no model; Saxena 2023,
 "prompt lookup decoding"), a smaller `Model` sharing the target's tokenizer, and `SelfSpeculative`
 (the target's first layers and its own output head as the draft; LayerSkip-style early exit,
-Elhoushi et al., arXiv 2404.16710, without its training). `Speculative.stats` after a run reports
-target calls, tokens per target call, drafted and accepted tokens.
+Elhoushi et al., arXiv 2404.16710, without its training). Each prompt's `Generation.stats` (a
+`SpeculativeStats`) reports target calls, tokens per target call, drafted and accepted tokens.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +43,10 @@ from searchdec.search.work import Work
 
 
 @dataclass
-class SpeculativeStats:
+class SpeculativeStats(SearchStats):
+    """A speculative run's cost (on `Generation.stats`): target and draft forwards, drafted and
+    accepted tokens, tokens generated."""
+
     target_calls: int = 0
     draft_calls: int = 0
     drafted: int = 0
@@ -250,7 +253,7 @@ def _allowed_prefix(tokens: list[int], state) -> list[int]:
 SCHEDULES = ("constant", "heuristic")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Speculative(Search):
     """`sd.Speculative(draft=..., k=4, sample=None)`: `draft` is "prompt_lookup" (default), a
     `PromptLookup(...)`, an `sd.Model` sharing the tokenizer, or `SelfSpeculative(layers)`;
@@ -262,7 +265,6 @@ class Speculative(Search):
     draft: object = "prompt_lookup"
     k: int = 4
     sample: Sample | None = None
-    stats: SpeculativeStats = field(default_factory=SpeculativeStats, compare=False)
     n: int = 1
     schedule: str = "constant"
     max_k: int = 16
@@ -278,20 +280,21 @@ class Speculative(Search):
             raise TypeError("sample must be sd.Sample(...) or None (greedy)")
         if self.sample is not None and self.sample.n != 1:
             raise ValueError("Speculative decodes one hypothesis per prompt (sample.n must be 1)")
-        self.source = _source(self.draft)
+        object.__setattr__(self, "source", _source(self.draft))
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         model, stopping = work.model, work.stopping
-        self.stats = SpeculativeStats()
         generator = self.sample.generator(model.device) if self.sample is not None else None
         texts = StopText(model, stopping.stop)
         results = []
         for root in roots:
-            leaf = self._one(model, root, stopping, generator, texts)
-            results.append(SearchResult(leaf and [leaf], [None], None, SearchStats(generated_tokens=leaf.depth)))
+            stats = SpeculativeStats()
+            leaf = self._one(model, root, stopping, generator, texts, stats)
+            stats.generated_tokens = leaf.depth
+            results.append(SearchResult([leaf], [None], None, stats))
         return results
 
-    def _one(self, model, root: Node, stopping: Stopping, generator, texts) -> Node:
+    def _one(self, model, root: Node, stopping: Stopping, generator, texts, stats: SpeculativeStats) -> Node:
         drafter = self.source.start(model, self)
         prompt_length = len(root.new_tokens)
         if stopping.max_tokens == 0:
@@ -299,10 +302,10 @@ class Speculative(Search):
             leaf.finish_reason = "length"
             return leaf
         logits = model.logits([root])[0]
-        self.stats.target_calls += 1
+        stats.target_calls += 1
         token = self._pick(logits, root.state, generator)
         node = root.child((token,), (float(logits.log_softmax(-1)[token]),))
-        self.stats.generated += 1
+        stats.generated += 1
         k = self.k
         while True:
             reason = finish_reason(node, stopping, prompt_length, texts)
@@ -322,25 +325,25 @@ class Speculative(Search):
                 left = min(k, room - len(forced))
                 if left > 0 and not (state is not None and state.finished):
                     drafts, qs = drafter.propose(context + forced, left, state, self.sample, generator)
-                    self.stats.draft_calls += 1
+                    stats.draft_calls += 1
                 if forced:
                     qs = None if qs is None else [_point(t, model.vocab_size) for t in forced] + qs
                     drafts = forced + drafts
-            before = self.stats.accepted
-            node = self._verify(model, node, drafts, qs, generator, stopping, prompt_length, texts)
+            before = stats.accepted
+            node = self._verify(model, node, drafts, qs, generator, stopping, prompt_length, texts, stats)
             if self.schedule == "heuristic" and len(drafts) > len(forced):
-                all_taken = self.stats.accepted - before == len(drafts)
+                all_taken = stats.accepted - before == len(drafts)
                 k = min(k + 2, self.max_k) if all_taken else max(k - 1, 1)
 
-    def _verify(self, model, node, drafts, qs, generator, stopping, prompt_length, texts) -> Node:
-        self.stats.drafted += len(drafts)
+    def _verify(self, model, node, drafts, qs, generator, stopping, prompt_length, texts, stats) -> Node:
+        stats.drafted += len(drafts)
         if drafts:
             verify = node.child(tuple(drafts), ())
             rows = model.logits_last([verify], len(drafts) + 1)[0]
         else:
             verify = None
             rows = model.logits([node])
-        self.stats.target_calls += 1
+        stats.target_calls += 1
         raw = rows.log_softmax(-1)
         state = node.state
         accepted: list[int] = []
@@ -357,7 +360,7 @@ class Speculative(Search):
             state = state.advance(token) if state is not None else None
             if self._ends(token, state, model):
                 break
-        self.stats.accepted += len(accepted)
+        stats.accepted += len(accepted)
         position = len(accepted)
         if extra is None and not (accepted and self._ends(accepted[-1], state, model)):
             p = self._distribution(rows[position], state)
@@ -368,16 +371,16 @@ class Speculative(Search):
             entry = model.cache.get(verify)
             model.cache.discard(verify)
         if verify is None or entry is None:
-            return self._count(node.child(tuple(new), logprobs), new)
+            return self._count(node.child(tuple(new), logprobs), new, stats)
         # The verifying forward computed node + accepted drafts: keep that much of its entry.
         kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
         model.cache.put_cut(kept, entry, entry.length - (len(drafts) - len(accepted)))
         if extra is None:
-            return self._count(kept, new)
-        return self._count(kept.child((extra,), logprobs[len(accepted) :]), new)
+            return self._count(kept, new, stats)
+        return self._count(kept.child((extra,), logprobs[len(accepted) :]), new, stats)
 
-    def _count(self, child: Node, new: list[int]) -> Node:
-        self.stats.generated += len(new)
+    def _count(self, child: Node, new: list[int], stats: SpeculativeStats) -> Node:
+        stats.generated += len(new)
         return child
 
     def _distribution(self, logits: torch.Tensor, state) -> torch.Tensor:
