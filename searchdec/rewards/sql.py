@@ -55,7 +55,12 @@ class SqlExecution(Reward):
         state = super().__getstate__()
         del state["_lock"]
         if self._snapshot is not None:
-            state["_snapshot"] = self._snapshot.serialize()
+            with self._lock:  # serializing reads the page count with a PRAGMA, which the authorizer denies
+                self._snapshot.set_authorizer(None)
+                try:
+                    state["_snapshot"] = self._snapshot.serialize()
+                finally:
+                    self._snapshot.set_authorizer(_read_only)
         return state
 
     def __setstate__(self, state: dict) -> None:
