@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recording_reward import BatchCall, RecordingReward, StepsCall
 from tiny import byte_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -153,3 +154,30 @@ def test_mean_logprob_best_of_n_gives_the_same_ranking_on_an_executor(tiny):
         for h in out.hypotheses:
             assert h.score == pytest.approx(math.exp(sum(h.token_logprobs) / max(len(h.token_logprobs), 1)))
     assert [h.tokens for h in default.hypotheses] == [h.tokens for h in distributed.hypotheses]
+
+
+# --- a reward built where it runs -----------------------------------------------------------------
+
+BUILDS = []
+
+
+def recording_prm():
+    BUILDS.append("built")
+    return RecordingReward()
+
+
+def test_a_lazy_reward_pickles_as_its_recipe_and_calls_the_built_rewards_methods():
+    BUILDS.clear()
+    lazy = rewards.Lazy(recording_prm)
+    copy = pickle.loads(pickle.dumps(lazy))
+    assert BUILDS == []  # nothing built where it was made or shipped
+    assert copy.score_steps("p", ["ab", "c"]) == [2.0, 3.0]
+    assert copy.score_batch(["p"], ["abc"], logprobs=[[-1.0]]) == [3.0]
+    built = copy.built()
+    assert BUILDS == ["built"]
+    assert built.steps_calls == [StepsCall("p", ["ab", "c"])]  # its own score_steps, not prefixes as a batch
+    assert built.batch_calls == [BatchCall(["p"], ["abc"], [[-1.0]])]
+    assert pickle.loads(pickle.dumps(copy))._built is None  # still the recipe once built
+    with pytest.raises(ValueError, match="uses_logprobs=True"):
+        rewards.Lazy(rewards.MeanLogprob).score_batch(["p"], ["a"], logprobs=[[-1.0]])
+    assert rewards.Lazy(rewards.MeanLogprob, uses_logprobs=True).score("p", "a", [-1.0]) == pytest.approx(math.exp(-1))

@@ -5,7 +5,7 @@ acceptance, SQL run read-only against SQLite, Python tests in a sandboxed subpro
 outcome reward models, self-evaluation), any Python callable, and weighted sums of them. Every
 built-in reward pickles, so any executor can ship it to its workers."""
 
-from searchdec.rewards.base import FunctionReward, Reward, Weighted, as_reward
+from searchdec.rewards.base import FunctionReward, Lazy, Reward, Weighted, as_reward
 from searchdec.rewards.likelihood import MeanLogprob
 from searchdec.rewards.models import OutcomeRewardModel, ProcessRewardModel, SelfEvaluation
 from searchdec.rewards.python import PythonTests, Run, extract_code
@@ -16,6 +16,7 @@ __all__ = [
     "Accepts",
     "FunctionReward",
     "JsonValid",
+    "Lazy",
     "MeanLogprob",
     "OutcomeRewardModel",
     "ProcessRewardModel",

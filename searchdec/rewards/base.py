@@ -156,6 +156,43 @@ class Weighted(Reward):
         return total
 
 
+class Lazy(Reward):
+    """A reward built where it is first used: `factory(*args, **kwargs)`, a Reward or a callable. It
+    pickles as that recipe, so an executor ships the recipe and each worker builds (loads) the reward
+    once: a process reward model is never pickled. Calls go to the built reward's own `score_batch`
+    and `score_steps` (a PRM still scores a solution's steps in one pass). `uses_logprobs` is
+    declared here, since reading it from the built reward would build it where it is made."""
+
+    def __init__(self, factory: Callable, *args, uses_logprobs: bool = False, **kwargs) -> None:
+        super().__init__()
+        if not callable(factory):
+            raise TypeError(f"Lazy needs a callable factory, got {type(factory).__name__}")
+        self.factory, self.args, self.kwargs = factory, args, kwargs
+        self.uses_logprobs = uses_logprobs
+        self._built: Reward | None = None
+
+    def __repr__(self) -> str:
+        return f"Lazy({getattr(self.factory, '__name__', self.factory)!r})"
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_built": None}
+
+    def built(self) -> Reward:
+        if self._built is None:
+            self._built = as_reward(self.factory(*self.args, **self.kwargs))
+            if self._built.uses_logprobs and not self.uses_logprobs:
+                raise ValueError(f"{self._built!r} reads log-probabilities: declare Lazy(..., uses_logprobs=True)")
+        return self._built
+
+    def score_batch(
+        self, prompts: Sequence[str], outputs: Sequence[str], logprobs: Logprobs | None = None
+    ) -> list[float]:
+        return self.built().score_batch(prompts, outputs, logprobs=logprobs)
+
+    def score_steps(self, prompt: str, steps: Sequence[str]) -> list[float]:
+        return self.built().score_steps(prompt, steps)
+
+
 def as_reward(reward) -> Reward:
     """A Reward from a Reward or a callable."""
     if isinstance(reward, Reward):
