@@ -149,6 +149,8 @@ class SelfEvaluation(Reward):
             self.model_name, self._model = None, model
         self.fixed_question, self.template, self.yes_word, self.no_word = question, template, yes, no
         self._loading = threading.Lock()
+        if self._model is not None:
+            self._words  # noqa: B018 -- a loaded model: check the answer words now, not at the first score
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
