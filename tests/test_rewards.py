@@ -1,19 +1,26 @@
 """The reward layer: one protocol (batched, cached, per-step) and the built-in rewards."""
 
 import hashlib
+import json
+import math
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from recording_reward import BatchCall, RecordingReward, StepsCall
 
 import searchdec as sd
+from searchdec.grammars.sql import spider_database
 from searchdec.rewards import (
     Accepts,
     FunctionReward,
     JsonValid,
+    MeanLogprob,
     PythonTests,
     Reward,
+    SelfEvaluation,
     SqlExecution,
     as_reward,
 )
@@ -52,6 +59,70 @@ def test_callables_and_weighted_sums():
         as_reward(3)
     with pytest.raises(ValueError, match="2 prompts but 1 outputs"):
         one.score_batch(["a", "b"], ["c"])
+
+
+class LogprobSum(Reward):
+    uses_logprobs = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def _score(self, prompts, outputs, logprobs):
+        self.seen.append(logprobs)
+        return [sum(values) for values in logprobs]
+
+
+def test_rewards_that_do_not_read_logprobs_ignore_them():
+    assert Length().score_batch(["p", "p"], ["ab", "c"], logprobs=[[-1.0, -2.0], [-3.0]]) == [2.0, 1.0]
+    with pytest.raises(ValueError, match="1 logprobs lists but 2 outputs"):
+        Length().score_batch(["p", "p"], ["ab", "c"], logprobs=[[-1.0]])
+
+
+def test_a_reward_that_reads_logprobs_gets_them_and_caches_by_them():
+    reward = LogprobSum()
+    assert reward.score_batch(["p", "p", "p"], ["a", "a", "a"], logprobs=[[-1.0], [-2.0], [-1.0]]) == [-1.0, -2.0, -1.0]
+    assert reward.seen == [[[-1.0], [-2.0]]]  # one batch; the same text with other logprobs is another key
+    assert reward.score("p", "a", logprobs=[-2.0]) == -2.0 and reward.calls == 1  # from the cache
+
+
+def test_a_reward_that_reads_logprobs_refuses_text_alone():
+    for call in (
+        lambda r: r.score_batch(["p"], ["a"]),
+        lambda r: r("p", "a"),
+        lambda r: r.score_steps("p", ["a", "b"]),
+    ):
+        with pytest.raises(ValueError, match="LogprobSum scores an output by its token log-probabilities"):
+            call(LogprobSum())
+
+
+def test_weighted_sums_pass_logprobs_to_the_terms_that_read_them():
+    combined = 2 * LogprobSum() + Length()
+    assert combined.uses_logprobs and not (2 * Length()).uses_logprobs
+    assert combined.score_batch(["p"], ["abc"], logprobs=[[-0.5, -1.0]]) == [2 * -1.5 + 3.0]
+    with pytest.raises(ValueError, match="log-probabilities"):
+        combined.score("p", "abc")
+
+
+def test_mean_logprob_is_the_geometric_mean_token_probability():
+    logprobs = [[-1.0, -2.0], [-0.1], []]
+    scores = MeanLogprob().score_batch(["p"] * 3, ["x", "y", "z"], logprobs=logprobs)
+    assert scores == pytest.approx([math.exp(-1.5), math.exp(-0.1), 1.0])  # no tokens: mean 0
+    assert MeanLogprob(log=True).score_batch(["p"] * 3, ["x", "y", "z"], logprobs=logprobs) == [-1.5, -0.1, 0.0]
+    with pytest.raises(ValueError, match="log-probabilities"):
+        MeanLogprob()("p", "x")
+
+
+def test_recording_reward_records_batches_and_steps_apart():
+    reward = RecordingReward()
+    assert reward.score_batch(["p", "p"], ["ab", "c"], logprobs=[[-1.0, -1.0], [-2.0]]) == [2.0, 1.0]
+    assert reward.score_steps("p", ["ab", "c"]) == [2.0, 3.0]
+    assert reward("q", "abc") == 3.0
+    assert reward.batch_calls == [
+        BatchCall(["p", "p"], ["ab", "c"], [[-1.0, -1.0], [-2.0]]),
+        BatchCall(["q"], ["abc"], None),
+    ]
+    assert reward.steps_calls == [StepsCall("p", ["ab", "c"])]
 
 
 # --- structure -------------------------------------------------------------------------------
@@ -137,6 +208,55 @@ def test_sql_bad_arguments(store, tmp_path):
         SqlExecution(store, mode="fast")
     with pytest.raises(ValueError, match="expected"):
         SqlExecution(store, mode="match")
+
+
+def in_memory_copy(path) -> sqlite3.Connection:
+    connection = sqlite3.connect(":memory:")
+    sqlite3.connect(path).backup(connection)
+    return connection
+
+
+def test_sql_on_a_connection_scores_as_on_its_file(store):
+    table = sqlite3.connect(store).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchone()[0]
+    queries = [f"SELECT * FROM {table}", f"SELECT * FROM {table} WHERE 0", "SELECT * FROM no_such_table"]
+    on_file = SqlExecution(store, mode="rows").score_batch([""] * 3, queries)
+    assert on_file == [1.0, 0.0, 0.0]
+    assert SqlExecution(in_memory_copy(store), mode="rows").score_batch([""] * 3, queries) == on_file
+    assert SqlExecution(sqlite3.connect(store), mode="rows").score_batch([""] * 3, queries) == on_file
+
+
+def test_sql_on_an_in_memory_connection_never_changes_it(store):
+    connection = in_memory_copy(store)
+    table = connection.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchone()[0]
+    count = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    reward = SqlExecution(connection, mode="match", expected=f"SELECT count(*) FROM {table}")
+    for hostile in (f"DELETE FROM {table}", f"DROP TABLE {table}", "ATTACH DATABASE ':memory:' AS other"):
+        assert reward("", hostile) == 0.0
+    assert reward("", f"SELECT count(*) FROM {table}") == 1.0  # its own copy is intact too
+    assert connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == count
+
+
+def test_sql_on_a_spider_schema_database():
+    entries = {e["db_id"]: e for e in json.loads((DATA / "spider" / "tables.json").read_text())}
+    gold = [g["query"] for g in json.loads((DATA / "spider" / "dev_sample.json").read_text())]
+    reward = SqlExecution(spider_database(entries["concert_singer"]))
+    assert reward("", "SELECT count(*) FROM singer") == 1.0
+    assert reward("", "SELECT no_such_column FROM singer") == 0.0
+    assert "no such column" in reward.explain("SELECT no_such_column FROM singer")
+    scores = []  # the server scores on its worker thread, not the one that made the connection
+    worker = threading.Thread(target=lambda: scores.extend(reward.score_batch([""] * 15, gold[:15])))
+    worker.start()
+    worker.join()
+    assert scores == [1.0] * 15  # every concert_singer gold query runs against its schema
+
+
+def test_sql_refuses_what_is_not_a_database(store):
+    with pytest.raises(TypeError, match="SQLite file path or a sqlite3.Connection.*got dict"):
+        SqlExecution({"db_id": "concert_singer"})
+    closed = sqlite3.connect(":memory:")
+    closed.close()
+    with pytest.raises(ValueError, match="cannot read the sqlite3.Connection"):
+        SqlExecution(closed)
 
 
 # --- Python ------------------------------------------------------------------------------------
@@ -277,10 +397,47 @@ def test_self_evaluation_is_p_yes_over_yes_and_no(tiny):
 
     reward = SelfEvaluation(tiny)
     score = reward("What is 2 + 2?", "4")
-    question = reward.question.format(prompt="What is 2 + 2?", output="4")
+    question = reward.template.format(question="What is 2 + 2?", output="4")
     ids = tiny.apply_chat_template([{"role": "user", "content": question}])
     probs = tiny.logits([Node(tuple(ids))])[0].softmax(-1)
     yes = probs[sorted({tiny.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes")})].sum()
     no = probs[sorted({tiny.encode(w, add_special_tokens=False)[0] for w in ("No", " No")})].sum()
     assert score == pytest.approx((yes / (yes + no)).item(), abs=1e-5)
     assert torch.isfinite(torch.tensor(score))
+
+
+def test_self_evaluation_asks_about_the_last_user_turn_of_a_rendered_chat(tiny):
+    reward = SelfEvaluation(tiny)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ]
+    rendered = tiny.decode(tiny.apply_chat_template(messages))
+    assert reward.question_of(rendered) == "What is 2 + 2?"
+    assert reward.question_of("What is 2 + 2?") == "What is 2 + 2?"  # a plain prompt is the question
+    assert SelfEvaluation(tiny, question="Name a fruit.").question_of(rendered) == "Name a fruit."
+    assert reward.score(rendered, "4") == pytest.approx(reward.score("What is 2 + 2?", "4"))
+
+
+def test_self_evaluation_finds_the_question_in_the_default_models_chat(smollm):
+    reward = SelfEvaluation(smollm)
+    for messages in (
+        [{"role": "user", "content": "What is 2 + 2?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "What is 2 + 2?\nShow your work."},
+        ],
+    ):
+        rendered = smollm.decode(smollm.apply_chat_template(messages))
+        assert reward.question_of(rendered) == messages[-1]["content"]
+
+
+def test_self_evaluation_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="template="):
+        SelfEvaluation(tiny, question=SelfEvaluation.TEMPLATE)
+    with pytest.raises(ValueError, match="output"):
+        SelfEvaluation(tiny, template="Is {question} right?")

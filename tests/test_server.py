@@ -363,13 +363,13 @@ def test_beam_search_returns_its_n_best_hypotheses_as_choices(client, smollm):
 
 def test_best_of_n_ranks_its_samples_by_mean_token_logprob(client, smollm):
     import searchdec as sd
-    from searchdec.server.searches import BestOfNByLogprob
+    from searchdec import rewards
 
     messages = ask("Name a fruit.")
     search = {"algorithm": "best_of_n", "n": 4, "temperature": 1.0, "seed": 3}
     r = client.chat.completions.create(model=MODEL, messages=messages, n=2, max_tokens=10,
                                        extra_body={"search": search})  # fmt: skip
-    spec = BestOfNByLogprob(n=4, sample=sd.Sample(temperature=1.0, n=4, seed=3))
+    spec = sd.BestOfN(n=4, reward=rewards.MeanLogprob(), sample=sd.Sample(temperature=1.0, n=4, seed=3))
     out = sd.generate(smollm, messages, max_tokens=10, search=spec)
     assert [c.message.content for c in r.choices] == [h.text for h in out.hypotheses[:2]]
     for h in out.hypotheses:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from searchdec.errors import ExecutorError, WorkersLostError
-from searchdec.rewards.base import Reward, as_reward
+from searchdec.rewards.base import Lazy
 from searchdec.search.base import check_positive_int
 from searchdec.search.tasks import Task, TaskResult, TaskRunner
 from searchdec.search.work import Executor, OnDone, score_batch
@@ -84,35 +84,7 @@ class RewardWorker:
         return {"pid": os.getpid()}
 
 
-class LazyReward(Reward):
-    """A reward built where it is first called: `factory(*args, **kwargs)` (a `rewards.Reward` or a
-    callable). Pickles as its recipe, so a process reward model is loaded by the reward worker that
-    runs it, never shipped."""
-
-    def __init__(self, factory: Callable, *args, **kwargs) -> None:
-        super().__init__()
-        if not callable(factory):
-            raise TypeError(f"LazyReward needs a callable factory, got {type(factory).__name__}")
-        self.factory, self.args, self.kwargs = factory, args, kwargs
-        self._built = None
-
-    def built(self) -> Reward:
-        if self._built is None:
-            self._built = as_reward(self.factory(*self.args, **self.kwargs))
-        return self._built
-
-    def score_batch(self, prompts, outputs, **kwargs) -> list[float]:
-        return self.built().score_batch(prompts, outputs, **kwargs)
-
-    def score_steps(self, prompt: str, steps) -> list[float]:
-        return self.built().score_steps(prompt, steps)
-
-    def __getstate__(self) -> dict:
-        return {"factory": self.factory, "args": self.args, "kwargs": self.kwargs, "_built": None}
-
-    def __setstate__(self, state: dict) -> None:
-        Reward.__init__(self)
-        self.__dict__.update(state)
+LazyReward = Lazy  # sd.LazyReward: a reward built on the worker that runs it (searchdec.rewards.Lazy)
 
 
 @dataclass(eq=False)

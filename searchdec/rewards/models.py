@@ -11,17 +11,28 @@ The steps are scored in one forward pass per solution, batched over solutions.
 positive label's probability (two labels) or the single logit (a regression head).
 `SelfEvaluation`: the policy model itself is asked a verification question about its output; the
 score is P("Yes") / (P("Yes") + P("No")) at the answer position (as in self-evaluation guided beam
-search, Xie et al. 2023, arXiv 2305.00633).
+search, Xie et al. 2023, arXiv 2305.00633). What it asks about is the question, not the prompt a
+search hands it: when that prompt is a conversation rendered by the model's chat template (what a
+script's chat messages and the server's requests become), the question is its last user turn; a
+plain prompt is the question itself; `question=` fixes it. So a script and the server ask the same
+question for the same conversation. The model is a loaded `Model` (pickled with the reward) or a
+name or path for `searchdec.load`, loaded at the first score and pickled as the name, so an executor
+ships the recipe and each worker loads the model once.
 Any transformers model works; tests use tiny random models built from a config (no hub).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from searchdec.models.loading import load
+from searchdec.models.model import Model
 from searchdec.rewards.base import Reward
 
 
@@ -110,32 +121,156 @@ class OutcomeRewardModel(Reward):
 
 
 class SelfEvaluation(Reward):
-    """P(Yes) of the policy model asked whether its output is correct."""
+    """P(Yes) of the policy model asked whether its output answers the question correctly."""
 
-    QUESTION = "Question: {prompt}\nProposed answer: {output}\nIs the proposed answer correct? Answer Yes or No."
+    TEMPLATE = "Question: {question}\nProposed answer: {output}\nIs the proposed answer correct? Answer Yes or No."
 
-    def __init__(self, model, *, question: str = QUESTION, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(
+        self,
+        model: Model | str | os.PathLike,
+        *,
+        question: str | None = None,
+        template: str = TEMPLATE,
+        yes: str = "Yes",
+        no: str = "No",
+    ) -> None:
         super().__init__()
-        self.model, self.question = model, question
-        self.yes = _first_tokens(model, yes)
-        self.no = _first_tokens(model, no)
+        if question is not None and "{output}" in question:
+            raise ValueError(
+                "question= is the question asked about (fixed text); the verification prompt with {question} "
+                "and {output} is template="
+            )
+        if "{output}" not in template:
+            raise ValueError("template must contain {output} (and {question}, or {prompt}, for the question)")
+        if isinstance(model, (str, os.PathLike)):
+            self.model_name: str | None = os.fspath(model)
+            self._model: Model | None = None
+        else:
+            self.model_name, self._model = None, model
+        self.fixed_question, self.template, self.yes_word, self.no_word = question, template, yes, no
+        self._loading = threading.Lock()
+        if self._model is not None:
+            self._words  # noqa: B018 -- a loaded model: check the answer words now, not at the first score
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for derived in ("_loading", "_words", "_chat"):
+            state.pop(derived, None)
+        if self.model_name is not None:
+            state["_model"] = None  # loaded again where it is unpickled, from its name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._loading = threading.Lock()
+
+    @property
+    def model(self) -> Model:
+        """The model, loaded on first use when given by name."""
+        if self._model is None:
+            with self._loading:
+                if self._model is None:
+                    self._model = load(self.model_name)
+        return self._model
+
+    def question_of(self, prompt: str) -> str:
+        """What the model is asked about for `prompt`: `question=` if given; else the last user turn
+        when `prompt` is a conversation rendered by the model's chat template; else `prompt` itself."""
+        if self.fixed_question is not None:
+            return self.fixed_question
+        chat = self._chat
+        if chat is None:
+            return prompt
+        start = prompt.rfind(chat.user_opens)
+        if start < 0:
+            return prompt
+        turn = prompt[start + len(chat.user_opens) :]
+        end = turn.find(chat.user_closes) if chat.user_closes else -1
+        return turn if end < 0 else turn[:end]
+
+    @cached_property
+    def _chat(self) -> _ChatMarkers | None:
+        return _ChatMarkers.of(self.model.tokenizer)
+
+    @cached_property
+    def _words(self) -> tuple[list[int], list[int]]:
+        return _first_tokens(self.model, self.yes_word), _first_tokens(self.model, self.no_word)
 
     def _score(self, prompts, outputs):
+        model = self.model
+        yes_ids, no_ids = self._words
         roots = []
         for prompt, output in zip(prompts, outputs):
-            messages = [{"role": "user", "content": self.question.format(prompt=prompt, output=output)}]
-            if getattr(self.model.tokenizer, "chat_template", None):
-                ids = self.model.apply_chat_template(messages)
+            question = self.question_of(prompt)
+            content = self.template.format(question=question, prompt=question, output=output)
+            if self._chat is not None:
+                ids = model.apply_chat_template([{"role": "user", "content": content}])
             else:
-                ids = self.model.encode(messages[0]["content"] + "\nAnswer:")
+                ids = model.encode(content + "\nAnswer:")
             roots.append(_Prompt(tuple(ids)))
-        logits = self.model.logits(roots)
+        logits = model.logits(roots)
         for root in roots:
-            self.model.cache.discard(root)
+            model.cache.discard(root)
         probs = logits.float().softmax(-1)
-        yes = probs[:, self.yes].sum(-1)
-        no = probs[:, self.no].sum(-1)
+        yes = probs[:, yes_ids].sum(-1)
+        no = probs[:, no_ids].sum(-1)
         return (yes / (yes + no).clamp_min(1e-12)).tolist()
+
+
+@dataclass(eq=False)
+class _Prompt:
+    """A root hypothesis for `Model.logits`: no parent, the prompt's tokens."""
+
+    new_tokens: tuple[int, ...]
+    parent: None = None
+
+
+@dataclass(frozen=True)
+class _ChatMarkers:
+    """How a chat template writes a user turn: the text that opens one (common to the first turn and a
+    later one) and the text that follows its content (common to a turn followed by the assistant's
+    answer and to one followed by the generation prompt). Found by rendering probe conversations."""
+
+    user_opens: str
+    user_closes: str
+
+    PROBES = ("QPROBEONEQ", "APROBETWOA", "QPROBETHREEQ")
+
+    @classmethod
+    def of(cls, tokenizer) -> _ChatMarkers | None:
+        """The markers of the tokenizer's chat template; None without one, or when it does not render
+        user turns as text around their content (then a prompt is taken as the question itself)."""
+        if not getattr(tokenizer, "chat_template", None):
+            return None
+        first, answer, second = cls.PROBES
+        try:
+            one = tokenizer.apply_chat_template(
+                [{"role": "user", "content": first}], tokenize=False, add_generation_prompt=True
+            )
+            three = tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": first},
+                    {"role": "assistant", "content": answer},
+                    {"role": "user", "content": second},
+                ],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except Exception:  # a template that refuses these conversations: treat prompts as plain text
+            return None
+        if one.count(first) != 1 or not all(three.count(probe) == 1 for probe in cls.PROBES):
+            return None
+        before_first, after_first = one.split(first)
+        between_turns = three[three.index(answer) + len(answer) : three.index(second)]
+        after_user = three[three.index(first) + len(first) : three.index(answer)]
+        user_opens = _common_suffix(before_first, between_turns)
+        if not user_opens.strip():
+            return None
+        return cls(user_opens, os.path.commonprefix([after_first, after_user]))
+
+
+def _common_suffix(a: str, b: str) -> str:
+    return os.path.commonprefix([a[::-1], b[::-1]])[::-1]
 
 
 def _single_token(tokenizer, text: str) -> int:
@@ -148,11 +283,3 @@ def _single_token(tokenizer, text: str) -> int:
 def _first_tokens(model, word: str) -> list[int]:
     """First tokens of `word` as an answer may begin it: bare and after a space."""
     return sorted({model.encode(form, add_special_tokens=False)[0] for form in (word, " " + word)})
-
-
-@dataclass(eq=False)
-class _Prompt:
-    """A prompt as the model's forward takes it (the models layer's TokenNode): no parent."""
-
-    new_tokens: tuple[int, ...]
-    parent: None = None

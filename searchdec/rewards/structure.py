@@ -5,6 +5,8 @@ schema's own draft), else 0.0; with `partial=True`, an invalid document scores b
 schema's validation errors it avoids, which gives a search a gradient. `Accepts(spec, model)` scores
 1.0 when the model's tokenizer reads the output as a complete sentence of the constraint (the same
 engine that constrains generation), else 0.0.
+Both pickle (an executor ships rewards to its workers): the schema's validator and the compiled
+constraint are rebuilt from the schema and the spec on the other side.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 
 import jsonschema
 
+from searchdec.errors import SchemaError
 from searchdec.rewards.base import Reward
 
 
@@ -21,15 +24,18 @@ class JsonValid(Reward):
         super().__init__()
         if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
             schema = schema.model_json_schema()
-        try:
-            validator_class = jsonschema.validators.validator_for(schema)
-            validator_class.check_schema(schema)
-        except jsonschema.SchemaError as error:
-            from searchdec.errors import SchemaError
-
-            raise SchemaError(error.message, "/" + "/".join(str(p) for p in error.path)) from None
-        self.validator = validator_class(schema)
+        self.schema = schema
+        self.validator = _validator(schema)
         self.partial = partial
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        del state["validator"]  # holds local functions; rebuilt from the schema
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.validator = _validator(self.schema)
 
     def _score(self, prompts, outputs):
         return [self._one(output) for output in outputs]
@@ -50,8 +56,23 @@ class Accepts(Reward):
 
     def __init__(self, spec, model) -> None:
         super().__init__()
-        self.constraint = spec.compile(model) if hasattr(spec, "compile") else spec
+        self.spec = spec if hasattr(spec, "compile") else None  # None: given an already compiled constraint
+        self.constraint = spec.compile(model) if self.spec is not None else spec
         self.model = model
+
+    def __getstate__(self) -> dict:
+        if self.spec is None:
+            raise TypeError(
+                "Accepts made from a compiled constraint cannot be pickled (its tokenizer is native code): "
+                "pass the spec (sd.regex(...), sd.json_schema(...)), which compiles again where it is unpickled"
+            )
+        state = super().__getstate__()
+        del state["constraint"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.constraint = self.spec.compile(self.model)
 
     def _score(self, prompts, outputs):
         scores = []
@@ -63,3 +84,13 @@ class Accepts(Reward):
                 continue
             scores.append(1.0 if state.accepting else 0.0)
         return scores
+
+
+def _validator(schema) -> jsonschema.protocols.Validator:
+    """A validator of the schema's own draft; a SchemaError naming the keyword's place if it is invalid."""
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise SchemaError(error.message, "/" + "/".join(str(p) for p in error.path)) from None
+    return validator_class(schema)

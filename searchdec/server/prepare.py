@@ -101,8 +101,7 @@ def chat_plan(served: ServedModel, req: ChatCompletionRequest) -> Plan:
         raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param_max = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    question = next((_text(m, i) for i, m in reversed(list(enumerate(req.messages))) if m.role == "user"), "")
-    plan = _plan(served, req, [prompt], max_tokens, param_max, "messages", question)
+    plan = _plan(served, req, [prompt], max_tokens, param_max, "messages")
     plan.constraint = served.compile(spec, param) if spec is not None else None
     plan.tools = spec if isinstance(spec, ToolCalls) else None
     plan.named_tool = named
@@ -350,8 +349,7 @@ def completion_plan(served: ServedModel, req: CompletionRequest) -> Plan:
         raise bad_request("suffix is not supported: this model does not fill in the middle", "suffix")
     prompts = _completion_prompts(served, req.prompt)
     spec, param = _constraint_spec(req, None, served)
-    question = req.prompt if isinstance(req.prompt, str) else ""
-    plan = _plan(served, req, prompts, req.max_tokens, "max_tokens", "prompt", question)
+    plan = _plan(served, req, prompts, req.max_tokens, "max_tokens", "prompt")
     if req.best_of is not None and req.best_of != req.n:
         plan.search = _best_of(served, req)
     plan.constraint = served.compile(spec, param) if spec is not None else None
@@ -434,12 +432,12 @@ def _refuse_unsupported(req: _Sampling) -> None:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
 
-def _search(served: ServedModel, req: _Sampling, question: str):
+def _search(served: ServedModel, req: _Sampling):
     if req.search is not None:
         beside = [k for k in ("temperature", "top_p", "top_k", "min_p", "seed") if getattr(req, k) is not None]
         if beside:
             raise bad_request(f"search holds the decoding parameters; move {', '.join(beside)} into it", beside[0])
-        return searches.build(req.search.model_dump(), searches.SearchContext(req.n, served.model, question))
+        return searches.build(req.search.model_dump(), searches.SearchContext(req.n, served.model))
     temperature = 1.0 if req.temperature is None else req.temperature
     if temperature < searches.MIN_TEMPERATURE:
         return Greedy()  # a temperature this close to 0 overflows the scaled logits; it means arg-max
@@ -460,9 +458,7 @@ def _stops(stop) -> tuple[str, ...]:
     return stops
 
 
-def _plan(
-    served: ServedModel, req: _Sampling, prompts, max_tokens, max_param: str, prompt_param: str, question: str
-) -> Plan:
+def _plan(served: ServedModel, req: _Sampling, prompts, max_tokens, max_param: str, prompt_param: str) -> Plan:
     model = served.model
     if req.n > served.max_n:
         raise bad_request(f"n must be at most {served.max_n} on this server, got {req.n}", "n")
@@ -484,7 +480,7 @@ def _plan(
         if served.default_max_tokens is not None:
             max_tokens = min(max_tokens, served.default_max_tokens)
     stops = _stops(req.stop)
-    search = _search(served, req, question)
+    search = _search(served, req)
     stopping = Stopping(max_tokens, model.eos_token_ids, stops, window)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Plan(prompts, search, req.n, stopping, stops, stream=bool(req.stream), include_usage=include_usage)

@@ -22,12 +22,13 @@ Algorithms and parameters (defaults in brackets):
 - `best_first_beam` (returns what beam with length_penalty 0 returns, with fewer expansions):
   width [max(4, n)].
 - `best_of_n`: n [max(8, request n)] samples, reward ["logprob"], aggregate ["max"; "weighted",
-  "majority"], temperature [0.8], top_p, top_k, min_p, seed. Built-in rewards, by name:
-  "logprob", the sample's mean token log-probability under the model (OpenAI's legacy `best_of`
-  criterion; free: no extra forward), reported as its exponential, the geometric-mean token
-  probability; "self_eval", the model asked whether its answer to the
-  request's last user message is correct, P(Yes) / (P(Yes) + P(No)) (one extra batched forward);
-  "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
+  "majority"], temperature [0.8], top_p, top_k, min_p, seed. Built-in rewards, by name, each the
+  `rewards.*` a script would use: "logprob", `rewards.MeanLogprob()`, the sample's mean token
+  log-probability under the model (OpenAI's legacy `best_of` criterion; free: no extra forward),
+  reported as its exponential, the geometric-mean token probability; "self_eval",
+  `rewards.SelfEvaluation(model)`, the model asked whether its answer to the request's last user
+  message (the prompt itself for a completion) is correct, P(Yes) / (P(Yes) + P(No)) (one extra
+  batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
   not offered: under `response_format` the grammar already makes every finished sample valid, so it
   could not tell them apart.
 
@@ -37,20 +38,17 @@ samples (OpenAI's default temperature is 1).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from searchdec.rewards.models import SelfEvaluation
-from searchdec.search.base import SearchResult, text_of
+from searchdec.rewards import MeanLogprob, SelfEvaluation
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.sampling import Greedy, Sample
-from searchdec.search.tree import Node
 from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
@@ -66,7 +64,6 @@ class SearchContext:
 
     n: int  # choices the request returns
     model: object = None  # the served model (model-based rewards score with it)
-    question: str = ""  # the request's last user message (or completion prompt): what "self_eval" asks about
 
 
 @dataclass(frozen=True)
@@ -204,39 +201,6 @@ def _best_first_beam(params: dict, context: SearchContext) -> BestFirstBeam:
 REWARDS = ("logprob", "self_eval", "none")
 
 
-@dataclass(frozen=True)
-class BestOfNByLogprob(BestOfN):
-    """Best-of-N ranked by each sample's mean token log-probability, read off its tokens (the
-    criterion of OpenAI's legacy `best_of`): no reward model, no extra forward. The reward is its
-    exponential, the geometric-mean token probability in (0, 1]: the same order, and positive, so
-    that "weighted" sums weights that grow with agreement."""
-
-    def check(self) -> None:
-        pass
-
-    def _rank(self, model, root: Node, leaves: list[Node]) -> SearchResult:
-        means: dict[str, float] = {}
-        for leaf in leaves:
-            _, logprobs = leaf.generated()
-            means.setdefault(text_of(model, leaf), math.exp(sum(logprobs) / max(len(logprobs), 1)))
-        scored = dataclasses.replace(self, reward=lambda prompt, output: means[output])
-        return BestOfN._rank(scored, model, root, leaves)
-
-
-class _AboutQuestion:
-    """A reward asked about the request's question rather than the prompt the chat template rendered."""
-
-    def __init__(self, reward, question: str) -> None:
-        self.reward = reward
-        self.question = question
-
-    def __call__(self, prompt: str, output: str) -> float:
-        return self.reward.score(self.question, output)
-
-    def batch(self, prompt: str, outputs: list[str]) -> list[float]:
-        return self.reward.score_batch([self.question] * len(outputs), outputs)
-
-
 def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     samples = _width(params, "n", max(8, context.n), context)
     aggregate = params.get("aggregate", "max")
@@ -247,8 +211,11 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
         raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob" or "self_eval"')
     sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
     if reward == "logprob":
-        return BestOfNByLogprob(n=samples, aggregate=aggregate, sample=sample)
-    scorer = _AboutQuestion(SelfEvaluation(context.model), context.question) if reward == "self_eval" else None
+        scorer = MeanLogprob()
+    elif reward == "self_eval":
+        scorer = SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
+    else:
+        scorer = None
     return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
 
 
