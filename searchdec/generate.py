@@ -84,7 +84,7 @@ def generate(
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
     # Tasks compile the spec where they run; in this process a compiled constraint is used as it is.
-    spec = compiled if executor is None or getattr(executor, "local", False) else _spec(constraint)
+    spec = compiled if executor is None else _spec(constraint)
     with Work(
         model, stopping, spec, executor=executor, jump_forward=jump_forward, progress=progress, on_token=on_token
     ) as work:
@@ -115,9 +115,9 @@ def _check_executor(executor, search, constraint) -> None:
             f"{type(search).__name__} does not run on an executor; searches that do: Greedy, Sample, BestOfN, "
             "FirstFinish, MCTS, StepBeam, DVTS"
         )
-    if isinstance(constraint, Constraint) and not executor.local:
+    if isinstance(constraint, Constraint):
         raise ValueError(
-            "with a remote executor, pass the constraint spec (sd.json_schema(...), sd.regex(...), ...), not a "
+            "with an executor, pass the constraint spec (sd.json_schema(...), sd.regex(...), ...), not a "
             "compiled Constraint: each worker compiles it for its own model"
         )
 

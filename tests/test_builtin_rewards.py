@@ -142,9 +142,6 @@ def test_script_and_server_self_evaluation_ask_the_same_question(tiny, monkeypat
     assert from_server and set(from_server) == set(asked) == {"What is 2 + 2?"}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs BestOfN to pass token logprobs to score_batch (the lead's part of issue 12)"
-)
 def test_mean_logprob_best_of_n_gives_the_same_ranking_on_an_executor(tiny):
     spec = searches.build({"algorithm": "best_of_n", "n": 4, "seed": 3}, searches.SearchContext(2, tiny))
     default = sd.generate(tiny, "hello", max_tokens=6, search=spec)

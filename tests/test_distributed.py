@@ -22,6 +22,7 @@ from tiny import tiny_model
 
 import searchdec as sd
 from searchdec.distributed import InProcessExecutor, Task, TaskRunner, task_seed
+from searchdec.rewards import StepFunction, as_reward
 from searchdec.search.rows import Stopping
 
 ray = pytest.importorskip("ray")
@@ -132,7 +133,7 @@ def test_a_lazy_reward_is_built_once_where_it_runs_and_pickles_as_its_recipe():
         return lambda prompt, output: len(output) + offset
 
     reward = sd.LazyReward(factory, 0.5)
-    assert reward.batch("p", ["ab", "abc"]) == [2.5, 3.5] and reward("p", "a") == 1.5
+    assert reward.score_batch(["p", "p"], ["ab", "abc"]) == [2.5, 3.5] and reward("p", "a") == 1.5
     assert built == [0.5]
     assert pickle.loads(pickle.dumps(sd.LazyReward(len)))._built is None
 
@@ -311,5 +312,5 @@ def test_a_placement_group_the_cluster_cannot_hold_is_a_clear_error(cluster):
 
 @pytest.mark.integration
 def test_reward_workers_score_in_batches(workers):
-    assert workers.score(words_near_six, "p", ["a b c d e f", "a"]) == [0.0, -5.0]
-    assert workers.score_steps(step_lengths, "p", [["abc", "de"], ["x"]]) == [[3.0, 2.0], [1.0]]
+    assert workers.score(as_reward(words_near_six), ["p", "p"], ["a b c d e f", "a"]) == [0.0, -5.0]
+    assert workers.score_steps(StepFunction(step_lengths), "p", [["abc", "de"], ["x"]]) == [[3.0, 2.0], [1.0]]

@@ -99,6 +99,8 @@ class Decoder:
         self.model = model
         self._texts: dict[tuple[str, ...], StopText] = {}
         self._created: dict[int, Node] = {}  # nodes this decoder appended (their entries are its to drop)
+        self.forwarded = 0  # nodes forwarded to choose a token (expansions)
+        self._given: dict[int, Node] = {}  # nodes a caller gave that this decoder forwarded (release_all drops them)
 
     def advance(self, rows: Sequence[Row], known: dict[int, torch.Tensor] | None = None) -> None:
         """Append one token (plus forced ones) to every row; see the module docstring."""
@@ -116,6 +118,10 @@ class Decoder:
         fresh = [node for node in nodes if not known or id(node) not in known]
         if fresh:
             logits = forward(model, fresh)
+            self.forwarded += len(fresh)
+            for node in fresh:
+                if id(node) not in self._created:
+                    self._given[id(node)] = node
         if known:
             parts, k = [], 0
             for node in nodes:
@@ -166,9 +172,10 @@ class Decoder:
 
     def release_all(self) -> None:
         """Drop every entry this decoder made that is still held (a search that kept ends is done)."""
-        for node in self._created.values():
+        for node in [*self._created.values(), *self._given.values()]:
             self.model.cache.discard(node)
         self._created.clear()
+        self._given.clear()
 
     def _drop(self, node: Node) -> None:
         if self._created.pop(id(node), None) is not None:

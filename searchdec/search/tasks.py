@@ -11,9 +11,14 @@ Why results do not depend on where a task runs: the runner computes a task by on
 (1) The prompt is forwarded alone, in a batch of one, and its KV entry and next-token logits are
 kept (keyed by the prompt's tokens) for later tasks of the same prompt — so a cached prompt and a
 freshly computed one hold bit-identical values, and prefix-affinity routing only saves work.
-(2) The prefix is forwarded on top of that entry; the task's rows are then decoded together, the
-task alone forming every batch (batched padded forwards differ from single ones in the last bits,
-enough to flip a sample, so no other task ever shares a forward). (3) Row i draws from its own
+(2) The prefix is forwarded on top of that entry chunk by chunk (`chunks`: the lengths of the search
+tree's nodes on the path to the start, so each node of the tree is one chunk), each chunk alone, in
+a batch of one, on top of the one before; each chunk's entry and logits are kept too (keyed by the
+prompt and the prefix up to it), so a later task starting at a node or below it forwards only the
+chunks not yet kept — and a kept chunk holds bit-identical values to a fresh one, whatever ran
+before. The task's rows are then decoded together, the task alone forming every batch (batched
+padded forwards differ from single ones in the last bits, enough to flip a sample, so no other task
+ever shares a forward). (3) Row i draws from its own
 generator seeded with its own seed, so its draws depend on nothing else. (4) CPU matrix products
 split their reductions by thread, so each task runs under `threads` torch threads. Any executor
 running the same tasks therefore returns the same results, whichever worker ran each one, as long
@@ -70,6 +75,7 @@ class Task:
     jump_forward: bool = True
     threads: int = 1
     first: int | None = None  # stop the rows once this many have finished with "stop" (first-finish)
+    chunks: tuple[int, ...] = ()  # lengths of the prefix's chunks (the tree's nodes); () is one chunk
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -78,6 +84,16 @@ class Task:
             raise ValueError("a task with seeded rows needs sample= (the sampling warpers)")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.chunks and (sum(self.chunks) != len(self.prefix) or min(self.chunks) < 1):
+            raise ValueError(f"chunks {self.chunks} do not cut a prefix of {len(self.prefix)} tokens")
+
+    def ends(self) -> list[int]:
+        """Where each chunk of the prefix ends."""
+        ends, total = [], 0
+        for length in self.chunks or ((len(self.prefix),) if self.prefix else ()):
+            total += length
+            ends.append(total)
+        return ends
 
 
 @dataclass
@@ -96,37 +112,45 @@ class TaskResult:
     rows: list[Completion] = field(default_factory=list)
     top: list[tuple[int, float]] = field(default_factory=list)  # (token, log-probability), best first
     tokens_forwarded: int = 0
+    expansions: int = 0  # nodes forwarded for the task (kept prompt and chunks are not counted again)
     worker: str = ""
     seconds: float = 0.0  # time the runner spent on the task
 
 
 class TaskRunner:
-    """Runs tasks on one model, keeping the prompts it has seen (KV entry and logits) for later tasks.
+    """Runs tasks on one model, keeping the prompts and prefix chunks it has seen (KV entry and
+    logits) for later tasks.
 
-    Tasks run one at a time (a runner belongs to one executor thread or one actor); a kept prompt's
-    root node is reused across tasks, its constraint state set per task."""
+    Tasks run one at a time (a runner belongs to one executor thread or one actor); a kept node is
+    reused across tasks, the start's constraint state set per task."""
 
-    def __init__(self, model, prompts: int = 64, name: str = "in-process") -> None:
+    def __init__(self, model, prompts: int = 64, name: str = "in-process", prefixes: int = 1024) -> None:
         self.model = model
         self.name = name
         self.capacity = prompts
+        self.prefix_capacity = prefixes
         self._roots: OrderedDict[tuple[int, ...], tuple[Node, torch.Tensor]] = OrderedDict()
+        self._chunks: OrderedDict[tuple[tuple[int, ...], tuple[int, ...]], tuple[Node, torch.Tensor]] = OrderedDict()
+        self._forwarded = 0
 
     def run(self, task: Task, on_token=None) -> TaskResult:
         """The task's result; `on_token(row)` is called after each token of its rows (in process only)."""
         with _threads(task.threads):
             before, start = self.model.stats.tokens, time.perf_counter()
+            self._forwarded = 0
             result = self._run(task, on_token)
             result.seconds = time.perf_counter() - start
             result.tokens_forwarded = self.model.stats.tokens - before
+            result.expansions += self._forwarded
             result.worker = self.name
             return result
 
     def release(self) -> None:
-        """Drop every kept prompt's cache entry."""
-        for root, _ in self._roots.values():
-            self.model.cache.discard(root)
+        """Drop every kept prompt's and chunk's cache entry."""
+        for node, _ in [*self._roots.values(), *self._chunks.values()]:
+            self.model.cache.discard(node)
         self._roots.clear()
+        self._chunks.clear()
 
     def _root(self, prompt: tuple[int, ...]) -> tuple[Node, torch.Tensor]:
         kept = self._roots.get(prompt)
@@ -137,33 +161,55 @@ class TaskRunner:
             self._roots.pop(prompt)
         self.model.check_prompt_length(len(prompt))
         root = Node(prompt)
-        logits = self.model.logits([root])[0].clone()
+        logits = self._forward(root)
         self._roots[prompt] = (root, logits)
         while len(self._roots) > self.capacity:
             old, _ = self._roots.popitem(last=False)[1]
             self.model.cache.discard(old)
         return root, logits
 
+    def _start(self, task: Task) -> tuple[Node, Node, torch.Tensor]:
+        """The prompt's root, the node after the prefix and its next-token logits, each chunk forwarded
+        alone on top of the one before unless kept (see the module docstring)."""
+        root, logits = self._root(task.prompt)
+        node, begin = root, 0
+        for end in task.ends():
+            key = (task.prompt, task.prefix[:end])
+            kept = self._chunks.get(key)
+            if kept is not None and kept[0] in self.model.cache and kept[0].parent is node:
+                self._chunks.move_to_end(key)
+                node, logits = kept
+            else:
+                node = Node(task.prefix[begin:end], node, (0.0,) * (end - begin))
+                logits = self._forward(node)
+                self._chunks[key] = (node, logits)
+                while len(self._chunks) > self.prefix_capacity:
+                    old, _ = self._chunks.popitem(last=False)[1]
+                    self.model.cache.discard(old)
+            begin = end
+        return root, node, logits
+
+    def _forward(self, node: Node) -> torch.Tensor:
+        self._forwarded += 1
+        return self.model.logits([node])[0].clone()
+
     def _run(self, task: Task, on_token=None) -> TaskResult:
         model, stopping = self.model, task.stopping
-        root, root_logits = self._root(task.prompt)
+        root, start, logits = self._start(task)
         constraint = task.constraint
         if constraint is not None and not isinstance(constraint, Constraint):
             constraint = constraint.compile(model)  # a spec; a compiled Constraint only reaches in-process runners
         root.state = constraint.start() if constraint is not None else None
         root.closing = 0
-        start = root
-        if task.prefix:
-            state = root.state.advance_many(list(task.prefix)) if root.state is not None else None
-            start = Node(task.prefix, root, (0.0,) * len(task.prefix), state=state)
+        if start is not root:
+            start.state = root.state.advance_many(list(task.prefix)) if root.state is not None else None
+            start.closing = 0
         start_budget(start, stopping)
-        logits = root_logits if start is root else model.logits([start])[0]
         result = TaskResult(task.id)
         if task.top:
             allowed = logits.log_softmax(dim=-1)
             if start.state is not None:
-                allowed = allowed.unsqueeze(0).clone()
-                allowed = constrain(allowed, [start])[0]
+                allowed = constrain(allowed.unsqueeze(0).clone(), [start])[0]
             values, tokens = torch.topk(allowed, min(task.top, allowed.numel()))
             result.top = [(int(t), float(v)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
         if task.seeds:
@@ -171,10 +217,10 @@ class TaskRunner:
             rows = [
                 Row(start, start, len(task.prompt), rule, *self._policy(task, seed), owner=0) for seed in task.seeds
             ]
-            decode_rows(Decoder(model), rows, {id(start): logits}, on_token, task.first)
+            decoder = Decoder(model)
+            decode_rows(decoder, rows, {id(start): logits}, on_token, task.first)
+            result.expansions = decoder.forwarded
             result.rows = [_completion(row.node, start) for row in rows]
-        if start is not root:
-            model.cache.discard(start)
         return result
 
     def _policy(self, task: Task, seed: int | None) -> tuple[Sample | None, torch.Generator | None]:

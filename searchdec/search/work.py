@@ -213,7 +213,9 @@ class Work:
         of: list[int] = []
         for j, job in enumerate(jobs):
             prompt = tuple(job.root.new_tokens)
-            prefix = tuple(job.start.generated()[0]) if job.start is not job.root else ()
+            path = job.start.path() if job.start is not job.root else []
+            prefix = tuple(t for node in path for t in node.new_tokens)
+            cuts = tuple(len(node.new_tokens) for node in path if node.new_tokens)
             seeds = list(job.seeds)
             size = len(seeds) if job.first is not None else self.executor.batch_rows
             chunks = [seeds[k : k + size] for k in range(0, len(seeds), max(size, 1))]
@@ -234,6 +236,7 @@ class Work:
                         self.jump_forward,
                         self.executor.threads,
                         job.first,
+                        cuts,
                     )
                 )
                 of.append(j)
@@ -260,7 +263,7 @@ class Work:
                 out[owner].rows.append(child)
             if job.stats is not None:
                 job.stats.tokens_forwarded += result.tokens_forwarded
-                job.stats.expansions += 1 + sum(len(row.tokens) for row in result.rows)
+                job.stats.expansions += result.expansions
         return out
 
     def score(
