@@ -26,6 +26,7 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
+from searchdec.requests import RequestError, chat_prompt, constraint_for
 from searchdec.search import (
     DVTS,
     MCTS,
@@ -79,6 +80,9 @@ __all__ = [
     "regex",
     "sql",
     "tool_calls",
+    "RequestError",
+    "chat_prompt",
+    "constraint_for",
     "DEFAULT_MODEL",
     "Generation",
     "Greedy",
