@@ -86,8 +86,8 @@ def constraint_for(
     `structured_outputs={"regex": ...}` (one of json, regex, choice, grammar, json_object).
     `tool_format` "auto" takes the call format of `model`'s prompts ("hermes" when its chat template
     renders tools, else "json"; "hermes" without a model). Raises `RequestError` naming the field."""
-    if tool_format == AUTO:
-        tool_format = ChatFormat(model).tool_format if model is not None else "hermes"
+    if tool_format == AUTO:  # the template is probed only when there are calls to format
+        tool_format = ChatFormat(model).tool_format if model is not None and tools else "hermes"
     fields = dict(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
                   response_format=response_format, structured_outputs=structured_outputs, guided_json=guided_json,
                   guided_regex=guided_regex, guided_choice=guided_choice, guided_grammar=guided_grammar)  # fmt: skip
