@@ -2,7 +2,7 @@
 
 Categories: simple_python, multiple, parallel, parallel_multiple, irrelevance (BFCL v4 files, one JSON
 object a line, answers in possible_answer/). Each case's question goes to the model with the same
-system prompt in every arm (the functions as JSON and the call format, `searchdec.server.prepare.
+system prompt in every arm (the functions as JSON and the call format, `searchdec.requests.
 tool_prompt`). Arms: "free" parses whatever text comes back; "auto" adds the grammar
 `sd.tool_calls(tools, tool_choice="auto", format="json")` (a valid call or a plain answer, the model
 choosing, as BFCL runs); "required" forces a call (`tool_choice="required"`: the model still picks the
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import copy
 import json
 import os
 import re
@@ -295,8 +294,7 @@ def _outcome(category: str, case: dict, text: str, calls, finish_reason: str, to
 
 def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens: int) -> list[Outcome]:
     import searchdec as sd
-    from searchdec.grammars.specs import _forbid_extra_properties
-    from searchdec.server.prepare import tool_prompt
+    from searchdec.requests import tool_prompt
 
     prompts, tool_lists = [], []
     for case in cases:
@@ -311,10 +309,7 @@ def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens:
         ]
     outcomes = []
     for case, prompt, tools in zip(cases, prompts, tool_lists):  # a constraint per case: one at a time
-        strict = copy.deepcopy(tools)
-        for tool in strict:
-            tool["function"]["parameters"] = _forbid_extra_properties(tool["function"]["parameters"])
-        spec = sd.tool_calls(strict, tool_choice=arm, format="json")
+        spec = sd.tool_calls(tools, tool_choice=arm, format="json")  # undeclared argument keys forbidden
         out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens)
         calls = spec.parse(out.text) if out.finish_reason == "stop" and out.text[:1] == "[" else None
         outcomes.append(_outcome(category, case, out.text, calls, out.finish_reason, tools))
@@ -323,7 +318,7 @@ def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens:
 
 def run_server(client, model_name: str, category: str, cases: list[dict], arm: str, max_tokens: int,
                concurrency: int) -> list[Outcome]:  # fmt: skip
-    from searchdec.server.prepare import tool_prompt
+    from searchdec.requests import tool_prompt
 
     def one(case):
         tools = openai_tools(case)

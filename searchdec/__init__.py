@@ -26,6 +26,7 @@ from searchdec.generate import Generation, Hypothesis, generate
 from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
+from searchdec.requests import RequestError, chat_prompt, constraint_for
 from searchdec.search import *  # noqa: F403 — every search, registered by its import in searchdec/search
 from searchdec.search import __all__ as _searches
 from searchdec.version import __version__  # noqa: F401 (sd.__version__)
@@ -52,6 +53,9 @@ __all__ = [
     "regex",
     "sql",
     "tool_calls",
+    "RequestError",
+    "chat_prompt",
+    "constraint_for",
     "DEFAULT_MODEL",
     "Generation",
     "Hypothesis",

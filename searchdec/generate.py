@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from searchdec.grammars import Constraint, ConstraintSpec
+from searchdec.grammars import Constraint, ConstraintSpec, ToolCalls
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
+from searchdec.requests import chat_prompt
 from searchdec.search.base import Search, SearchResult
 from searchdec.search.results import Generation, Hypothesis
 from searchdec.search.rows import Stopping
@@ -52,7 +53,10 @@ def generate(
     `BestOfN`, `MCTS`, ...; `reward` fills in the reward of one that needs it), run by its one `run`.
     A search's `.hypotheses` are ranked
     by its score, and `.trace` holds its tree. `stop` strings end a hypothesis and are cut from
-    its text. `tools` are handed to the chat template. `on_token(prompt_index, node)` is called for
+    its text. `tools` (OpenAI's list) reach the model as the server renders them (`sd.chat_prompt`): to
+    a chat template that renders tools, else described in the system message in the call format of an
+    `sd.tool_calls` constraint (the model's own format without one; `sd.constraint_for(model, tools=...)`
+    builds the server's constraint). `on_token(prompt_index, node)` is called for
     every new token (the CLI streams with it). Sampling searches run their model work as seeded tasks on
     `executor` (none given: in this process), so a seed gives the same result with no executor,
     `sd.InProcessExecutor()` or `sd.RayExecutor(...)` (a list of prompts is spread over the workers);
@@ -76,7 +80,8 @@ def generate(
         _check_executor(executor, search, constraint)
     compiled = _compile(model, constraint)
     roots = [
-        Node(tuple(_tokenize(model, p, tools)), state=compiled.start() if compiled else None, prompt=p) for p in prompts
+        Node(tuple(_tokenize(model, p, tools, constraint)), state=compiled.start() if compiled else None, prompt=p)
+        for p in prompts
     ]
     for root in roots:
         model.check_prompt_length(len(root.new_tokens))
@@ -145,16 +150,15 @@ def _is_batch(prompt) -> bool:
     raise TypeError(f"prompt must be a string, chat messages, or a list of those; got {type(prompt).__name__}")
 
 
-def _tokenize(model: Model, prompt: Prompt, tools: list[dict] | None) -> list[int]:
+def _tokenize(model: Model, prompt: Prompt, tools: list[dict] | None, constraint=None) -> list[int]:
     if isinstance(prompt, str):
         if tools:
             raise ValueError("tools= needs chat messages: a plain string prompt has no template to put them in")
         tokens = model.encode(prompt)
     elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        for i, message in enumerate(prompt):
-            if "role" not in message:
-                raise ValueError(f"chat message {i} has no 'role'")
-        tokens = model.apply_chat_template(prompt, tools=tools)
+        # As the server renders them; a tool-call constraint's format is the one the prompt describes.
+        tool_format = constraint.format if isinstance(constraint, ToolCalls) else "auto"
+        tokens = chat_prompt(model, prompt, tools, tool_format=tool_format)
     else:
         raise TypeError(f"each prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
     if not tokens:

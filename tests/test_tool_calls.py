@@ -189,3 +189,33 @@ def test_real_model_calls_the_weather_tool(smollm):
     calls = spec.parse(out.text)
     check_calls(calls)
     assert calls[0]["name"] == "get_weather"
+
+
+OPEN = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "json"])
+def test_argument_keys_a_tool_does_not_declare_are_refused(tiny, fmt):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": OPEN}}]
+    state = sd.tool_calls(tools, tool_choice="required", format=fmt).compile(tiny).start()
+    call = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    call = f"[{call}]" if fmt == "json" else f"<tool_call>\n{call}\n</tool_call>"
+    assert state.advance_many(tiny.encode(call, add_special_tokens=False)).accepting
+    padded = call.replace('"Paris"}', '"Paris", "description": "x"}')
+    with pytest.raises(ValueError):
+        state.advance_many(tiny.encode(padded, add_special_tokens=False))
+
+
+def test_a_schema_that_allows_extra_keys_keeps_them():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {**OPEN, "additionalProperties": True}}}]
+    (tool,) = sd.tool_calls(tools).tools
+    assert tool["parameters"]["additionalProperties"] is True
+
+
+@pytest.mark.parametrize("parameters", [None, {}])
+def test_a_tool_without_parameters_takes_an_empty_object(tiny, parameters):
+    tools = [{"type": "function", "function": {"name": "now", "parameters": parameters}}]
+    state = sd.tool_calls(tools, tool_choice="required", format="json").compile(tiny).start()
+    assert state.advance_many(tiny.encode('[{"name": "now", "arguments": {}}]', add_special_tokens=False)).accepting
+    with pytest.raises(ValueError):
+        state.advance_many(tiny.encode('[{"name": "now", "arguments": {"x"', add_special_tokens=False))

@@ -7,6 +7,11 @@ Formats:
 - "hermes": the Hermes/Qwen wrapper, one `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`
   per call, calls separated by a newline.
 
+Arguments hold only the properties a tool declares: every object schema in its `parameters` that does
+not set `additionalProperties` forbids other keys (as OpenAI's strict mode; without it a small model
+pads calls with invented keys such as "description" or "type"). A schema that sets
+`additionalProperties` keeps its own rule. A tool with no (or empty) `parameters` takes `{}`.
+
 `tool_choice`: "required" (at least one call), a tool's name or `{"name": ...}` /
 `{"type": "function", "function": {"name": ...}}` (calls of that tool only), "auto" (a call, or text
 that does not begin like one: its first character after whitespace is neither "[" nor "<"; the two
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 import llguidance
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.specs import ConstraintSpec, JsonSchema
+from searchdec.grammars.specs import ConstraintSpec, JsonSchema, _forbid_extra_properties
 
 FORMATS = ("json", "hermes")
 # A plain answer: its first character after any whitespace is neither "<" nor "[", so it never starts
@@ -38,6 +43,10 @@ _TEXT_PATTERN = r"[ \t\r\n]*[^<\[ \t\r\n][\s\S]*"
 _CALL_START = r"[ \t\r\n]*(\[|<tool_call>)[\s\S]*"
 _TEXT = f"TEXT: /{_TEXT_PATTERN}/"
 _HERMES_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)
+
+
+class ToolChoiceError(ConstraintError):
+    """A `tool_choice` that names no tool of the list, or needs tools where there are none."""
 
 
 @dataclass(frozen=True)
@@ -160,17 +169,19 @@ def _tool(index: int, tool: dict) -> dict:
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise ConstraintError(f"tools[{index}].function.name must be a non-empty string")
-    parameters = function.get("parameters", {"type": "object", "properties": {}})
+    parameters = function.get("parameters")
+    if parameters is None or parameters == {}:
+        parameters = {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
         raise ConstraintError(f"tools[{index}].function.parameters must be a JSON Schema object")
-    return {"name": name, "parameters": parameters}
+    return {"name": name, "parameters": _forbid_extra_properties(parameters)}
 
 
 def _choice(tool_choice, names: list[str]) -> tuple[str, list[str]]:
     if isinstance(tool_choice, dict):
         name = tool_choice.get("name") or tool_choice.get("function", {}).get("name")
         if not name:
-            raise ConstraintError(f"tool_choice {tool_choice!r} names no function")
+            raise ToolChoiceError(f"tool_choice {tool_choice!r} names no function")
         tool_choice = name
         named = True
     else:
@@ -178,11 +189,11 @@ def _choice(tool_choice, names: list[str]) -> tuple[str, list[str]]:
     if tool_choice == "none":
         return "none", []
     if not names:
-        raise ConstraintError(f"tool_choice={tool_choice!r} needs at least one tool")
+        raise ToolChoiceError(f"tool_choice={tool_choice!r} needs at least one tool")
     if named:
         if tool_choice not in names:
-            raise ConstraintError(
-                f"tool_choice names {tool_choice!r}, which is not among the tools: {', '.join(names)}"
+            raise ToolChoiceError(
+                f"tool_choice names function {tool_choice!r}, which is not among the tools: {', '.join(names)}"
             )
         return "named", [tool_choice]
     return tool_choice, names
