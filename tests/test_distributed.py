@@ -192,6 +192,30 @@ def test_ray_workers_load_the_model_themselves(workers, smollm):
     assert len({info["pid"] for info in workers.info}) == 2
 
 
+SEEDED = {
+    "sample": sd.Sample(temperature=0.9, n=3, seed=11),
+    "best-of-n": sd.BestOfN(3, words_near_six, sample=sd.Sample(temperature=0.8, seed=1)),
+    "mcts": sd.MCTS(5, reward=words_near_six, max_children=2, rollout="sample", sample=sd.Sample(seed=2)),
+    "mcts-step": sd.MCTS(4, step=" ", reward=words_near_six, sample=sd.Sample(seed=3)),
+    "step-beam": sd.StepBeam(2, 2, step_lengths, step=" ", max_step_tokens=3, sample=sd.Sample(seed=4)),
+    "dvts": sd.DVTS(2, 2, step_lengths, step=" ", max_step_tokens=3, sample=sd.Sample(seed=5)),
+    "first-finish": sd.FirstFinish(4, sample=sd.Sample(temperature=1.0, seed=6)),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", list(SEEDED))
+def test_a_seed_gives_the_same_result_with_no_executor_in_process_and_on_ray(workers, smollm, name):
+    search = SEEDED[name]
+    default = sd.generate(smollm, PROMPTS, max_tokens=8, search=search)
+    local = sd.generate(smollm, PROMPTS, max_tokens=8, search=search, executor=InProcessExecutor())
+    remote = sd.generate(smollm, PROMPTS, max_tokens=8, search=search, executor=workers)
+    assert hypotheses(default) == hypotheses(local) == hypotheses(remote)
+    assert [g.score for g in default] == [g.score for g in local] == [g.score for g in remote]
+    if default[0].trace is not None:
+        assert [tree(g) for g in default] == [tree(g) for g in local] == [tree(g) for g in remote]
+
+
 @pytest.mark.integration
 def test_best_of_n_is_identical_in_process_and_on_ray(workers, smollm):
     search = sd.BestOfN(4, words_near_six, sample=sd.Sample(temperature=0.8, seed=1))
