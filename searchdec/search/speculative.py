@@ -311,7 +311,8 @@ class Speculative(Search):
             reason = finish_reason(node, stopping, prompt_length, texts)
             if reason is not None:
                 node.finish_reason = reason
-                model.cache.discard(root)
+                for done in (root, *node.path()):  # every entry this prompt's verification made
+                    model.cache.discard(done)
                 return node
             room = stopping.max_tokens - node.depth - 1
             if stopping.context_window is not None:

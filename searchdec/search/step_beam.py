@@ -181,7 +181,8 @@ class _Population:
 
     def result(self) -> SearchResult:
         ranked = sorted(self.completed, key=lambda e: (e[2].finish_reason == "stop", e[0], e[1]), reverse=True)
-        return SearchResult.ranked([(score, node) for score, _, node in ranked], self.trace, self.stats)
+        kept = ranked[: self.spec.n]  # the last round may complete more than n
+        return SearchResult.ranked([(score, node) for score, _, node in kept], self.trace, self.stats)
 
 
 def _params(spec) -> dict:

@@ -1,0 +1,98 @@
+"""The search contract (search/base.py), checked for every search: `generate` runs it through its one
+`run`, it returns its `n` hypotheses ranked, finished outputs satisfy the constraint, it reports stats
+(and, for searches that grow a tree, a trace), it leaves no cache entry behind, and a seed gives the
+same result twice — and, for searches that run as tasks, the same with an in-process executor.
+A new search is added to SEARCHES below, or the registration test fails."""
+
+import re
+
+import pytest
+from tiny import tiny_model
+
+import searchdec as sd
+from searchdec.search.base import Search
+
+
+def length(prompt: str, output: str) -> float:
+    return float(len(output) % 5)
+
+
+def step_scores(prompt: str, steps: list[str]) -> list[float]:
+    return [float(len(s) % 3) for s in steps]
+
+
+SEARCHES = {
+    "Greedy": lambda: sd.Greedy(),
+    "Sample": lambda: sd.Sample(n=3, seed=1),
+    "Beam": lambda: sd.Beam(3),
+    "DiverseBeam": lambda: sd.DiverseBeam(4, 2, 0.5),
+    "BestFirstBeam": lambda: sd.BestFirstBeam(3),
+    "AStar": lambda: sd.AStar(length, budget=40, step="token", expansions=2),
+    "MCTS": lambda: sd.MCTS(6, reward=length, max_children=2),
+    "BestOfN": lambda: sd.BestOfN(3, length, sample=sd.Sample(seed=2)),
+    "StepBeam": lambda: sd.StepBeam(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=3)),
+    "DVTS": lambda: sd.DVTS(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=4)),
+    "FirstFinish": lambda: sd.FirstFinish(4, sample=sd.Sample(seed=5), num_return=2),
+    "Speculative": lambda: sd.Speculative(k=3),
+    "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
+        draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
+    ),
+}
+TREES = {"Beam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS", "FirstFinish"}
+FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
+
+
+def _all_searches(cls=Search) -> set[str]:
+    found = set()
+    for sub in cls.__subclasses__():
+        if sub.__module__.startswith("searchdec."):
+            found.add(sub.__name__)
+        found |= _all_searches(sub)
+    return found
+
+
+def _outcome(out) -> list:
+    return [(h.tokens, h.token_logprobs, h.finish_reason, h.score) for h in out.hypotheses]
+
+
+def test_every_search_is_covered_by_the_contract_suite():
+    assert _all_searches() == set(SEARCHES)
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_a_search_returns_its_n_hypotheses_ranked_with_stats_and_leaves_no_cache(tiny, name):
+    search = SEARCHES[name]()
+    out = sd.generate(tiny, ["hello", "abc def"], max_tokens=8, search=search)
+    for generation in out:
+        assert 1 <= len(generation.hypotheses) <= search.n
+        assert generation.text == generation.hypotheses[0].text
+        assert generation.stats is not None and generation.stats.generated_tokens >= 0
+        if name in TREES:
+            assert generation.trace is not None and generation.trace.to_dict()["nodes"]
+        scores = [h.score for h in generation.hypotheses]
+        if name in TREES - {"FirstFinish"} and None not in scores and name != "BestOfN":
+            finished = [h.score for h in generation.hypotheses if h.finish_reason == "stop"]
+            assert finished == sorted(finished, reverse=True)
+    assert len(tiny.cache) == 0 and tiny.cache.bytes == 0
+
+
+@pytest.mark.parametrize("name", sorted(set(SEARCHES) - FREE_TEXT_ONLY))
+def test_finished_outputs_satisfy_the_constraint(tiny, name):
+    word = sd.regex(r"[a-z]{1,6}")
+    out = sd.generate(tiny, "hello", max_tokens=10, constraint=word, search=SEARCHES[name]())
+    for h in out.hypotheses:
+        if h.finish_reason == "stop":
+            assert re.fullmatch(r"[a-z]{1,6}", h.text), h.text
+    assert len(tiny.cache) == 0
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_a_seed_gives_the_same_result_twice_and_on_an_in_process_executor(tiny, name):
+    first = sd.generate(tiny, "hello", max_tokens=8, search=SEARCHES[name]())
+    again = sd.generate(tiny, "hello", max_tokens=8, search=SEARCHES[name]())
+    assert _outcome(first) == _outcome(again)
+    search = SEARCHES[name]()
+    if search.distributable:
+        with sd.InProcessExecutor() as executor:
+            tasks = sd.generate(tiny, "hello", max_tokens=8, search=search, executor=executor)
+        assert _outcome(tasks) == _outcome(first)
