@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from searchdec.distributed.executor import Executor, InProcessExecutor
 from searchdec.distributed.work import Job, Work
+from searchdec.errors import ConstraintError
 from searchdec.grammars import Constraint, ConstraintSpec
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
@@ -176,7 +177,14 @@ def _decoded(work: Work, search: Greedy | Sample, roots: list[Node]) -> list[lis
 
 
 def _compile(model: Model, constraint) -> Constraint | None:
-    if constraint is None or isinstance(constraint, Constraint):
+    if constraint is None:
+        return None
+    if isinstance(constraint, Constraint):  # either backend; it must fit this model's logits
+        if constraint.vocab_size != model.vocab_size:
+            raise ConstraintError(
+                f"the constraint was compiled for a vocabulary of {constraint.vocab_size} tokens, this model has "
+                f"{model.vocab_size}: pass the spec, or compile it with spec.compile(model)"
+            )
         return constraint
     if isinstance(constraint, ConstraintSpec):
         return constraint.compile(model)

@@ -49,11 +49,9 @@ def test_both_backends_allow_the_same_tokens_along_a_document(tiny):
 
 
 def _allowed(state, vocab):
-    import llguidance.torch as lt
+    from searchdec.grammars.base import allocate_bitmask, unpack_bitmask
 
-    from searchdec.grammars.state import unpack_bitmask
-
-    bitmask = lt.allocate_token_bitmask(1, vocab)
+    bitmask = allocate_bitmask(1, vocab)
     state.fill(bitmask)
     return unpack_bitmask(bitmask, vocab)[0]
 
@@ -74,9 +72,7 @@ def test_outlines_core_errors_are_named_before_indexing(tiny):
     with pytest.raises(sd.GrammarSyntaxError):
         sd.regex(r"a(b", backend="outlines-core").compile(tiny)
     with pytest.raises(sd.ConstraintError, match="regular languages only"):
-        from searchdec.grammars.outlines import check_backend
-
-        check_backend("outlines-core", "lark grammar")
+        sd.grammars.backend_named("outlines-core").check(sd.lark('start: "a"'))
     with pytest.raises(sd.ConstraintError, match="unknown grammar backend"):
         sd.regex("a", backend="xgrammar")
     with pytest.raises(sd.ConstraintError, match="strict"):
