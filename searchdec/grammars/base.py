@@ -272,6 +272,14 @@ def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:
 
 
 _BITS = torch.arange(32, dtype=torch.int32)
+_WEIGHTS = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int64)  # bit 31: the sign
+
+
+def pack_bitmask(allowed: torch.Tensor) -> torch.Tensor:
+    """The int32 words of a boolean [vocab_size] mask (one row of a bitmask; unused bits are 0)."""
+    bits = torch.zeros(((allowed.numel() + 31) // 32) * 32, dtype=torch.bool)
+    bits[: allowed.numel()] = allowed
+    return (bits.view(-1, 32).long() * _WEIGHTS).sum(-1).to(torch.int32)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -33,11 +33,14 @@ NAME = "llguidance"
 class LLGuidanceState(State):
     """Where one hypothesis stands in an llguidance grammar: a matcher, copied on every move."""
 
-    __slots__ = ("_matcher", "_closer")
+    __slots__ = ("_matcher", "_closer", "_after_stop")
 
-    def __init__(self, matcher: llguidance.LLMatcher, closer: Closer) -> None:
-        self._matcher = matcher
+    def __init__(self, matcher: llguidance.LLMatcher, closer: Closer, after_stop: int = 0) -> None:
+        self._matcher = matcher  # never consumes in place: every move works on a copy
         self._closer = closer
+        # End-of-sequence tokens taken after the matcher stopped: llguidance accepts them without
+        # recording them, so `rollback` counts them here.
+        self._after_stop = after_stop
 
     def __repr__(self) -> str:
         return f"LLGuidanceState(accepting={self.accepting}, dead={self.dead})"
@@ -71,24 +74,31 @@ class LLGuidanceState(State):
 
     def advance(self, token_id: int) -> LLGuidanceState:
         """The state after `token_id`; raises ValueError when the grammar forbids it."""
+        if token_id == self._closer.tokenizer.eos_token and self._matcher.is_stopped():
+            return LLGuidanceState(self._matcher, self._closer, self._after_stop + 1)
         matcher = self._matcher.deep_copy()
         if not matcher.consume_token(token_id):
             raise ValueError(f"token {token_id} is not allowed here: {matcher.get_error()}")
         return LLGuidanceState(matcher, self._closer)
 
-    def advance_many(self, token_ids: list[int]) -> LLGuidanceState:  # one copy, not one a token
-        matcher = self._matcher.deep_copy()
+    def advance_many(self, token_ids: list[int]) -> LLGuidanceState:
+        if self._closer.tokenizer.eos_token in token_ids:
+            return super().advance_many(token_ids)  # rare (forced text never holds it): token by token
+        matcher = self._matcher.deep_copy()  # one copy for all the tokens
         if not matcher.consume_tokens(token_ids):
             raise ValueError(f"tokens {token_ids} are not allowed here: {matcher.get_error()}")
         return LLGuidanceState(matcher, self._closer)
 
     def fork(self) -> LLGuidanceState:
-        return LLGuidanceState(self._matcher.deep_copy(), self._closer)
+        return LLGuidanceState(self._matcher.deep_copy(), self._closer, self._after_stop)
 
     def rollback(self, n: int) -> LLGuidanceState:
         """The state `n` tokens earlier."""
+        unrecorded = min(n, self._after_stop)
+        if n == unrecorded:
+            return LLGuidanceState(self._matcher, self._closer, self._after_stop - n)
         matcher = self._matcher.deep_copy()
-        if not matcher.rollback(n):
+        if not matcher.rollback(n - unrecorded):
             raise ValueError(f"cannot roll back {n} tokens: {matcher.get_error()}")
         return LLGuidanceState(matcher, self._closer)
 

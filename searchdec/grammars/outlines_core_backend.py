@@ -17,7 +17,7 @@ import re
 import torch
 
 from searchdec.errors import ConstraintError, EmptyLanguageError, SchemaError
-from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo
+from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, pack_bitmask
 from searchdec.grammars.regular import check_nonempty
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex
 
@@ -118,12 +118,9 @@ class OutlinesConstraint(Constraint):
         """The state's allowed tokens as bitmask words (token i is bit i % 32 of word i // 32)."""
         found = self._masks.get(state)
         if found is None:
-            bits = torch.zeros(((self.vocab_size + 31) // 32) * 32, dtype=torch.bool)
-            allowed = [t for t in self.allowed(state) if t < self.vocab_size]
-            bits[allowed] = True
-            weights = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int64)
-            found = (bits.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
-            self._masks[state] = found
+            allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+            allowed[[t for t in self.allowed(state) if t < self.vocab_size]] = True
+            found = self._masks[state] = pack_bitmask(allowed)
         return found
 
 
