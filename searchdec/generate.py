@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from searchdec.errors import ConstraintError
 from searchdec.grammars import Constraint, ConstraintSpec, ToolCalls
 from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
@@ -128,7 +129,14 @@ def _check_executor(executor, search, constraint) -> None:
 
 
 def _compile(model: Model, constraint) -> Constraint | None:
-    if constraint is None or isinstance(constraint, Constraint):
+    if constraint is None:
+        return None
+    if isinstance(constraint, Constraint):  # either backend; it must fit this model's logits
+        if constraint.vocab_size != model.vocab_size:
+            raise ConstraintError(
+                f"the constraint was compiled for a vocabulary of {constraint.vocab_size} tokens, this model has "
+                f"{model.vocab_size}: pass the spec, or compile it with spec.compile(model)"
+            )
         return constraint
     if isinstance(constraint, ConstraintSpec):
         return constraint.compile(model)

@@ -8,33 +8,29 @@ after the prompt — and derived from its parent's state, whatever row either si
     processor = GrammarLogitsProcessor(sd.json_schema(schema), tokenizer, vocab_size=model.config.vocab_size)
     model.generate(**inputs, num_beams=4, logits_processor=[processor], max_new_tokens=64)
 
-Only the states of the last step are kept. Rows whose grammar has finished may only end (EOS or
+Either grammar backend works (`sd.regex(..., backend="outlines-core")`); compiling needs only the
+tokenizer. Only the states of the last step are kept. Rows whose grammar has finished may only end (EOS or
 padding), so every returned sequence that ended does so where the grammar accepts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import LogitsProcessor
 
-from searchdec.grammars import Constraint, ConstraintSpec, State, apply_masks
-
-
-@dataclass
-class _TokenizerOnly:
-    """What compiling needs from a model: its tokenizer and the width of its logits."""
-
-    tokenizer: object
-    vocab_size: int
+from searchdec.grammars import Constraint, ConstraintSpec, State, apply_masks, tokenizer_info
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
+    """Masks `transformers.generate` scores with `constraint`: a spec (compiled here for `tokenizer`,
+    with whichever backend the spec names) or a Constraint already compiled for that tokenizer."""
+
     def __init__(self, constraint: ConstraintSpec | Constraint, tokenizer, vocab_size: int | None = None) -> None:
-        vocab_size = vocab_size or len(tokenizer)
         if isinstance(constraint, ConstraintSpec):
-            constraint = constraint.compile(_TokenizerOnly(tokenizer, vocab_size))
+            constraint = constraint.compile(tokenizer_info(tokenizer, vocab_size))
+        elif not isinstance(constraint, Constraint):
+            kind = type(constraint).__name__
+            raise TypeError(f"constraint must be a spec (sd.regex(...), ...) or a compiled Constraint, got {kind}")
         self.constraint = constraint
         self.end_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
         self._prompt_length: int | None = None

@@ -270,3 +270,23 @@ def test_masks_apply_to_inference_tensors_of_any_batch_shape(tiny):
         masked = apply_masks(logits, [state] * rows)
         assert torch.isinf(masked[:, ~allowed]).all() and torch.isfinite(masked[:, allowed]).all()
         assert torch.isfinite(logits).all()  # the input is left as it was
+
+
+def test_a_constraint_compiled_for_another_vocabulary_is_refused_by_name(tiny):
+    from searchdec.grammars import tokenizer_info
+
+    wider = sd.regex(r"[0-9]+").compile(tokenizer_info(tiny.tokenizer, vocab_size=tiny.vocab_size + 64))
+    with pytest.raises(sd.ConstraintError, match=f"vocabulary of {tiny.vocab_size + 64} tokens"):
+        sd.generate(tiny, "x", max_tokens=4, constraint=wider)
+
+
+def test_compiling_needs_only_tokenizer_information(tiny):
+    from searchdec.grammars import tokenizer_info
+
+    info = tokenizer_info(tiny.tokenizer, vocab_size=tiny.vocab_size)
+    assert info is tokenizer_info(tiny.tokenizer, vocab_size=tiny.vocab_size)  # one per tokenizer and width
+    assert info.vocab_bytes == tiny.vocab_bytes and info.eos_token_ids == tiny.eos_token_ids
+    spec = sd.json_schema(PERSON)
+    assert spec.compile(info) is spec.compile(info)
+    with pytest.raises(TypeError, match="a model, a Hugging Face tokenizer or a TokenizerInfo"):
+        spec.compile("not a tokenizer")

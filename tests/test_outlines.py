@@ -49,11 +49,9 @@ def test_both_backends_allow_the_same_tokens_along_a_document(tiny):
 
 
 def _allowed(state, vocab):
-    import llguidance.torch as lt
+    from searchdec.grammars.base import allocate_bitmask, unpack_bitmask
 
-    from searchdec.grammars.state import unpack_bitmask
-
-    bitmask = lt.allocate_token_bitmask(1, vocab)
+    bitmask = allocate_bitmask(1, vocab)
     state.fill(bitmask)
     return unpack_bitmask(bitmask, vocab)[0]
 
@@ -74,9 +72,7 @@ def test_outlines_core_errors_are_named_before_indexing(tiny):
     with pytest.raises(sd.GrammarSyntaxError):
         sd.regex(r"a(b", backend="outlines-core").compile(tiny)
     with pytest.raises(sd.ConstraintError, match="regular languages only"):
-        from searchdec.grammars.outlines import check_backend
-
-        check_backend("outlines-core", "lark grammar")
+        sd.grammars.backend_named("outlines-core").check(sd.lark('start: "a"'))
     with pytest.raises(sd.ConstraintError, match="unknown grammar backend"):
         sd.regex("a", backend="xgrammar")
     with pytest.raises(sd.ConstraintError, match="strict"):
@@ -98,3 +94,39 @@ def test_outlines_types_are_taken_unchanged(tiny):
     assert re.fullmatch(sequence.pattern, "12!") and not re.fullmatch(sequence.pattern, "12")
     with pytest.raises(sd.ConstraintError, match="whitespace_pattern"):
         sd.from_outlines(t.JsonSchema(PERSON, whitespace_pattern=" ?"))
+
+
+def test_a_compiled_outlines_core_constraint_works_in_generate(tiny):
+    compiled = sd.regex(r"[A-Z]{3}-[0-9]{2}", backend="outlines-core").compile(tiny)
+    assert isinstance(compiled, sd.Constraint) and compiled.backend == "outlines-core"
+    for search in (sd.Greedy(), sd.Beam(width=3)):
+        out = sd.generate(tiny, "x", max_tokens=10, constraint=compiled, search=search)
+        assert out.finish_reason == "stop" and re.fullmatch(r"[A-Z]{3}-[0-9]{2}", out.text), out.text
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["spec", "compiled"])
+def test_the_hf_processor_takes_the_outlines_core_backend_with_only_a_tokenizer(tiny, compiled):
+    import torch
+
+    from searchdec.hf import GrammarLogitsProcessor
+
+    spec = sd.regex(r"(alpha|beta)-[0-9]{2}", backend="outlines-core")
+    constraint = spec.compile(tiny) if compiled else spec  # the spec compiles from the tokenizer alone
+    processor = GrammarLogitsProcessor(constraint, tiny.tokenizer, vocab_size=tiny.vocab_size)
+    assert processor.constraint.backend == "outlines-core"
+    prompt = torch.tensor([tiny.encode("code:")])
+    with torch.inference_mode():
+        out = tiny.hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            num_beams=3,
+            num_return_sequences=3,
+            max_new_tokens=12,
+            logits_processor=[processor],
+            do_sample=False,
+            pad_token_id=tiny.tokenizer.pad_token_id,
+            eos_token_id=tiny.tokenizer.eos_token_id,
+        )
+    for row in out:
+        text = tiny.decode(row[prompt.shape[1] :].tolist(), skip_special_tokens=True)
+        assert re.fullmatch(r"(alpha|beta)-[0-9]{2}", text), text

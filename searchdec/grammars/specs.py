@@ -14,64 +14,78 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-import weakref
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar
 
-import llguidance
-import llguidance.hf
-import llguidance.torch
+from searchdec.errors import ConstraintError, EmptyLanguageError, SchemaError
+from searchdec.grammars.base import Constraint, backend_named, compile_spec
 
-from searchdec.errors import (
-    ConstraintError,
-    EmptyLanguageError,
-    GrammarSyntaxError,
-    SchemaError,
-    UnsupportedKeywordError,
-)
-from searchdec.grammars.outlines import OutlinesConstraint, OutlinesVocabulary, check_backend, regex_for
-from searchdec.grammars.regular import check_nonempty
-from searchdec.grammars.state import Constraint, grammar_json
-
-_COMPILED_PER_TOKENIZER = 256
+DEFAULT_BACKEND = "llguidance"
+# JSON nesting a schema may have: both engines read a grammar with serde_json, whose recursion limit is
+# 128 levels, and llguidance's grammar wraps the schema in three of them (tests/test_schema_depth.py
+# compiles a schema of exactly this depth).
+MAX_SCHEMA_DEPTH = 124
 
 
 class ConstraintSpec:
-    """A constraint before compilation; `compile(model)` returns the cached `Constraint`."""
+    """A constraint before compilation: backend-neutral data (frozen dataclasses) naming what a user
+    asked for. `compile(x)` compiles it with the backend its `backend` names, for the tokenizer of `x`
+    (a Model, a Hugging Face tokenizer or a TokenizerInfo), and caches the result.
 
-    def grammar(self) -> str:
-        raise NotImplementedError
+    A spec whose language is context-free gives its grammar as Lark text (`lark()`); regular specs
+    (Regex, Choice) and JsonSchema give their own fields, which each backend translates itself."""
+
+    backend: ClassVar[str] = DEFAULT_BACKEND  # specs that offer a choice hold it as a field
+    # Text a greedy closing walk prefers, for backends that walk (see search/budget.py); None: the
+    # backend's own preference (JSON punctuation).
+    CLOSING: ClassVar[tuple[str, ...] | None] = None
 
     def compile(self, model) -> Constraint:
-        return _compiler_for(model).compile(self)
+        return compile_spec(self, model)
+
+    def describe(self) -> str:
+        """What this spec asks for, in a few words, for error messages."""
+        return f"{type(self).__name__} grammar"
+
+    def lark(self) -> str:
+        """This spec as a Lark grammar (llguidance's dialect: `%json {schema}` embeds a JSON Schema)."""
+        raise ConstraintError(f"{self.describe()} has no Lark form")
+
+
+def _checked(spec: ConstraintSpec) -> ConstraintSpec:
+    """`spec`, once the backend it names has accepted its kind and options."""
+    backend_named(spec.backend).check(spec)
+    return spec
 
 
 @dataclass(frozen=True)
 class Regex(ConstraintSpec):
     pattern: str
-    backend: str = "llguidance"
+    backend: str = DEFAULT_BACKEND
 
-    def grammar(self) -> str:
-        return llguidance.LLMatcher.grammar_from_regex(self.pattern)
+    def describe(self) -> str:
+        return f"regex {self.pattern!r}"
 
 
 @dataclass(frozen=True)
 class Choice(ConstraintSpec):
     options: tuple[str, ...]
-    backend: str = "llguidance"
+    backend: str = DEFAULT_BACKEND
 
-    def grammar(self) -> str:
-        alternatives = " | ".join(json.dumps(option) for option in self.options)
-        return grammar_json("lark_grammar", f"start: {alternatives}\n")
+    def describe(self) -> str:
+        return f"choice of {len(self.options)}"
 
 
 @dataclass(frozen=True)
 class Lark(ConstraintSpec):
     source: str
 
-    def grammar(self) -> str:
-        return llguidance.LLMatcher.grammar_from_lark(self.source)
+    def describe(self) -> str:
+        return "lark grammar"
+
+    def lark(self) -> str:
+        return self.source
 
 
 @dataclass(frozen=True)
@@ -80,14 +94,14 @@ class JsonSchema(ConstraintSpec):
     lenient: bool = False
     strict: bool = False
     max_whitespace: int = 16
-    backend: str = "llguidance"
+    backend: str = DEFAULT_BACKEND
 
     @property
     def schema(self) -> dict:
         return json.loads(self.schema_text)
 
-    def grammar(self) -> str:
-        return grammar_json("json_schema", self.engine_schema())
+    def describe(self) -> str:
+        return "JSON Schema"
 
     def engine_schema(self) -> dict | bool:
         """The schema with the engine's options in `x-guidance` (strict mode, whitespace bounds), as
@@ -113,20 +127,18 @@ def regex(pattern: str, *, backend: str = "llguidance") -> Regex:
     `backend="outlines-core"` compiles it with outlines-core instead (see grammars/outlines.py)."""
     if not isinstance(pattern, str):
         raise TypeError(f"regex pattern must be a string, got {type(pattern).__name__}")
-    check_backend(backend, "regex")
-    return Regex(pattern, backend)
+    return _checked(Regex(pattern, backend))
 
 
 def choice(options, *, backend: str = "llguidance") -> Choice:
     """Exactly one of `options` (strings)."""
-    check_backend(backend, "choice")
     options = tuple(options)
     if not options:
         raise EmptyLanguageError("choice() needs at least one option")
     for option in options:
         if not isinstance(option, str) or not option:
             raise ConstraintError(f"choice options must be non-empty strings, got {option!r}")
-    return Choice(options, backend)
+    return _checked(Choice(options, backend))
 
 
 def lark(grammar: str) -> Lark:
@@ -141,14 +153,12 @@ def json_schema(
 ) -> JsonSchema:
     """JSON documents valid under `schema`: a dict, JSON text, or a Pydantic model class.
     `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
-    check_backend(backend, "json_schema")
-    if backend == "outlines-core" and (lenient or strict):
-        raise ConstraintError("lenient and strict are llguidance options; the outlines-core backend has neither")
     schema = _schema_dict(schema)
+    check_depth(schema)
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
-    return JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend)
+    return _checked(JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend))
 
 
 def _schema_dict(schema):
@@ -159,12 +169,36 @@ def _schema_dict(schema):
             return json.loads(schema)
         except json.JSONDecodeError as error:
             raise SchemaError(f"not valid JSON: {error}") from error
+        except RecursionError:  # Python's own parser gives up far past MAX_SCHEMA_DEPTH
+            raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported") from None
     if isinstance(schema, (dict, bool)):
         return schema
     raise TypeError(f"json_schema() takes a dict, JSON text or a Pydantic model class, got {type(schema).__name__}")
 
 
-def _schema_problem(schema) -> SchemaError | None:
+def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
+    """Raise SchemaError, with the JSON pointer where it happens, when `schema` nests objects and
+    arrays deeper than `limit` (counted iteratively: a deep schema must not exhaust Python's stack)."""
+    pending = deque([(schema, 1, "")])
+    while pending:
+        node, depth, pointer = pending.pop()
+        if isinstance(node, dict):
+            items = [(str(key), value) for key, value in node.items()]
+        elif isinstance(node, list):
+            items = [(str(index), value) for index, value in enumerate(node)]
+        else:
+            continue
+        if depth > limit:
+            raise SchemaError(
+                f"the schema nests objects and arrays more than {limit} levels deep, the most the grammar engines "
+                "read (their recursion limit)",
+                pointer,
+            )
+        for key, value in items:
+            pending.append((value, depth + 1, f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"))
+
+
+def schema_problem(schema) -> SchemaError | None:
     """The first metaschema violation of `schema`, located by its JSON pointer (None if none).
 
     Only consulted once the engine has refused a schema: checking every schema against its
@@ -176,6 +210,8 @@ def _schema_problem(schema) -> SchemaError | None:
         validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
     except exceptions.SchemaError as error:
         return SchemaError(error.message, "/" + "/".join(str(part) for part in error.path))
+    except RecursionError:  # jsonschema recurses several frames a level: a deep schema stays unchecked
+        return None
     return None
 
 
@@ -195,108 +231,3 @@ def _forbid_extra_properties(schema):
 
     visit(schema)
     return schema
-
-
-# --- compilation ----------------------------------------------------------------------------
-
-_UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
-_UNSUPPORTED_FEATURES = [
-    (r"oneOf constraints are not supported", "oneOf"),
-    (r"Unknown format: (\S+)", "format {0!r}"),
-    (r"min/maxProperties only supported", "minProperties/maxProperties"),
-]
-
-
-class _Compiler:
-    """Compiles specs for one tokenizer and keeps the most recent ones."""
-
-    def __init__(self, model) -> None:
-        self._model = weakref.ref(model)  # a strong reference would keep the tokenizer key alive
-        self.tokenizer = llguidance.hf.from_tokenizer(model.tokenizer, n_vocab=model.vocab_size)
-        self.vocab_size = model.vocab_size
-        self.cache: OrderedDict[str, Constraint] = OrderedDict()
-        self._outlines_vocabulary: OutlinesVocabulary | None = None
-
-    def _compile_outlines(self, spec: ConstraintSpec) -> OutlinesConstraint:
-        if self._outlines_vocabulary is None:
-            model = self._model()
-            special = set(model.tokenizer.all_special_ids) - set(model.eos_token_ids)
-            pieces = [b"" if i in special else piece for i, piece in enumerate(model.vocab_bytes)]
-            self._outlines_vocabulary = OutlinesVocabulary(pieces, model.eos_token_ids, model.vocab_size)
-        pattern = regex_for(spec)
-        if not isinstance(spec, JsonSchema):  # a schema's regex is too large to prove anything about cheaply
-            check_nonempty(pattern, _describe(spec))
-        return OutlinesConstraint(pattern, self._outlines_vocabulary, _describe(spec))
-
-    def compile(self, spec: ConstraintSpec) -> Constraint:
-        key = repr(spec)  # specs are frozen dataclasses: the repr holds every field
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        if getattr(spec, "backend", "llguidance") == "outlines-core":
-            constraint = self._compile_outlines(spec)
-            self.cache[key] = constraint
-            return constraint
-        try:
-            grammar = spec.grammar()
-            closing = getattr(spec, "CLOSING", None)
-            constraint = Constraint(
-                grammar, self.tokenizer, self.vocab_size, _describe(spec), *([closing] if closing else [])
-            )
-        except ValueError as error:  # llguidance's own message: the keyword, rule or position
-            raise _classify(spec, str(error)) from None
-        _check_nonempty(constraint, spec)
-        self.cache[key] = constraint
-        if len(self.cache) > _COMPILED_PER_TOKENIZER:
-            self.cache.popitem(last=False)
-        return constraint
-
-
-_COMPILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiler_for(model) -> _Compiler:
-    """The compiler of the model's tokenizer (one per tokenizer object; freed with it)."""
-    compiler = _COMPILERS.get(model.tokenizer)
-    if compiler is None or compiler.vocab_size != model.vocab_size:
-        compiler = _Compiler(model)
-        _COMPILERS[model.tokenizer] = compiler
-    return compiler
-
-
-def _classify(spec: ConstraintSpec, message: str) -> ConstraintError:
-    if match := _UNIMPLEMENTED.search(message):
-        keywords = [k.strip().strip('"') for k in match.group(1).split(",") if k.strip()]
-        return UnsupportedKeywordError(keywords, message)
-    if "Unsatisfiable" in message or "unsatisfiable" in message:
-        return EmptyLanguageError(f"{_describe(spec)} can never be satisfied: {message}")
-    if isinstance(spec, JsonSchema):
-        problem = _schema_problem(spec.schema)
-        if problem is not None:
-            return problem
-        # A valid schema the engine cannot enforce: name the feature.
-        for pattern, name in _UNSUPPORTED_FEATURES:
-            if found := re.search(pattern, message):
-                return UnsupportedKeywordError([name.format(*found.groups())], message.strip())
-        return ConstraintError(f"the grammar engine cannot compile this JSON Schema: {message.strip()}")
-    return GrammarSyntaxError(f"{_describe(spec)} does not parse:\n{message.rstrip()}")
-
-
-def _describe(spec: ConstraintSpec) -> str:
-    if isinstance(spec, Regex):
-        return f"regex {spec.pattern!r}"
-    if isinstance(spec, Choice):
-        return f"choice of {len(spec.options)}"
-    if isinstance(spec, Lark):
-        return "lark grammar"
-    if isinstance(spec, JsonSchema):
-        return "JSON Schema"
-    return f"{type(spec).__name__} grammar"
-
-
-def _check_nonempty(constraint: Constraint, spec: ConstraintSpec) -> None:
-    state = constraint.start()
-    bitmask = llguidance.torch.allocate_token_bitmask(1, constraint.vocab_size)
-    state.fill(bitmask)
-    if not state.accepting and not bool(bitmask.any()):
-        raise EmptyLanguageError(f"{_describe(spec)} matches no output at all")

@@ -16,8 +16,6 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 
-import llguidance
-
 from searchdec.errors import ConstraintError, DatabaseNotFoundError
 from searchdec.grammars.specs import ConstraintSpec
 
@@ -58,8 +56,11 @@ class Sql(ConstraintSpec):
             text = _substitute(text, "TABLE_ALIAS", _TABLE_ALIASES)
         return text
 
-    def grammar(self) -> str:
-        return llguidance.LLMatcher.grammar_from_lark(self.source)
+    def describe(self) -> str:
+        return f"SQL grammar ({self.dialect})"
+
+    def lark(self) -> str:
+        return self.source
 
 
 def sql(db=None, *, tables=None, dialect: str = "sqlite") -> Sql:

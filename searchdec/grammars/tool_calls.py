@@ -30,8 +30,6 @@ import json
 import re
 from dataclasses import dataclass
 
-import llguidance
-
 from searchdec.errors import ConstraintError
 from searchdec.grammars.specs import ConstraintSpec, JsonSchema, _forbid_extra_properties
 
@@ -101,11 +99,14 @@ class ToolCalls(ConstraintSpec):
         # Bounded whitespace between JSON tokens, as in sd.json_schema (calls are compact in practice).
         return {**schema, "x-guidance": {"whitespace_pattern": rf"[ \t\n\r]{{0,{self.max_whitespace}}}"}}
 
-    def grammar(self) -> str:
+    def describe(self) -> str:
+        return f"tool calls ({self.choice}, {self.format})"
+
+    def lark(self) -> str:
         answer = "TEXT" if self.answer_json is None else "answer"
         answer_rule = f"\n{_TEXT}" if self.answer_json is None else f"\nanswer: %json {self.answer_json}"
         if self.choice == "none":
-            return llguidance.LLMatcher.grammar_from_lark(f"start: {answer}{answer_rule}\n")
+            return f"start: {answer}{answer_rule}\n"
         call = json.dumps(self.call_schema())
         if self.format == "json":
             item = self.call_schema()
@@ -118,7 +119,7 @@ class ToolCalls(ConstraintSpec):
             calls = f'calls: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json {call}'
         start = f"start: calls | {answer}" if self.choice == "auto" else "start: calls"
         text = answer_rule if self.choice == "auto" else ""
-        return llguidance.LLMatcher.grammar_from_lark(f"{start}\n{calls}{text}\n")
+        return f"{start}\n{calls}{text}\n"
 
     def parse(self, text: str) -> list[dict] | None:
         """The calls in a finished output as [{"name", "arguments"}], or None for a plain answer."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from searchdec.grammars.state import apply_masks
+from searchdec.grammars.base import apply_masks
 from searchdec.search.base import SearchStats
 from searchdec.search.rows import Decoder, Stopping, StopText, finish_reason, pending_tokens
 from searchdec.search.tree import Node

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from searchdec.grammars.state import apply_masks
+from searchdec.grammars.base import apply_masks
 from searchdec.search import budget
 from searchdec.search.tree import Node
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from searchdec.grammars.state import apply_masks
+from searchdec.grammars.base import apply_masks
 from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.rows import Stopping, StopText, finish_reason
 from searchdec.search.sampling import Sample

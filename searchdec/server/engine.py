@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from searchdec.grammars.state import Constraint
+from searchdec.grammars.base import Constraint
 from searchdec.search.base import Search
 from searchdec.search.rows import Decoder, Row, Rule, Stopping, forward, start_budget
 from searchdec.search.sampling import Greedy, Sample

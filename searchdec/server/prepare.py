@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from searchdec.errors import ConstraintError, PromptTooLongError
 from searchdec.grammars import ConstraintSpec, ToolCalls
-from searchdec.grammars.state import Constraint
+from searchdec.grammars.base import Constraint
 from searchdec.requests import ChatFormat, RequestConstraint, RequestError, request_constraint
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
