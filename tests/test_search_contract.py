@@ -45,7 +45,7 @@ FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by e
 def _all_searches(cls=Search) -> set[str]:
     found = set()
     for sub in cls.__subclasses__():
-        if sub.__module__.startswith("searchdec."):
+        if sub.__module__.startswith("searchdec.search."):
             found.add(sub.__name__)
         found |= _all_searches(sub)
     return found
@@ -96,3 +96,39 @@ def test_a_seed_gives_the_same_result_twice_and_on_an_in_process_executor(tiny, 
         with sd.InProcessExecutor() as executor:
             tasks = sd.generate(tiny, "hello", max_tokens=8, search=search, executor=executor)
         assert _outcome(tasks) == _outcome(first)
+
+
+# --- a new search is one module over the contract ---------------------------------------------------
+
+
+from dataclasses import dataclass  # noqa: E402
+
+from searchdec.search.base import SearchResult, SearchStats  # noqa: E402
+from searchdec.search.decode import complete  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ShortestOfN(Search):
+    """A search written in a few lines over the contract: n seeded samples (as tasks), shortest first."""
+
+    n: int = 3
+    sample: sd.Sample = sd.Sample(seed=9)
+    distributable = True
+
+    def run(self, work, roots):
+        results = []
+        for leaves in complete(work, roots, self.sample, self.n):
+            ranked = sorted(leaves, key=lambda leaf: (leaf.finish_reason != "stop", leaf.depth))
+            results.append(SearchResult(ranked, [-float(leaf.depth) for leaf in ranked], None, SearchStats()))
+        return results
+
+
+def test_a_search_written_over_the_contract_runs_everywhere_generate_does(tiny):
+    out = sd.generate(tiny, "hello", max_tokens=8, search=ShortestOfN(), constraint=sd.regex("[a-z]{1,5}"))
+    assert [h.score for h in out.hypotheses] == sorted((h.score for h in out.hypotheses), reverse=True)
+    with sd.InProcessExecutor() as executor:
+        again = sd.generate(
+            tiny, "hello", max_tokens=8, search=ShortestOfN(), constraint=sd.regex("[a-z]{1,5}"), executor=executor
+        )
+    assert _outcome(again) == _outcome(out)
+    assert len(tiny.cache) == 0
