@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from searchdec.rewards.base import Reward, as_reward
+from searchdec.rewards.base import Reward
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
 from searchdec.search.expand import Expander
 from searchdec.search.sampling import Sample
@@ -59,18 +59,14 @@ class AStar(Search):
         if self.reward_budget is not None:
             check_positive_int("reward_budget", self.reward_budget)
         step_pattern(self.step)
-        if self.reward is not None:
-            object.__setattr__(self, "reward", as_reward(self.reward))
+        self._wrap_reward()
 
     @property
     def n(self) -> int:
         return self.num_return
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
-        if self.reward is None:
-            raise ValueError(
-                "AStar needs reward= (the heuristic: a rewards.Reward or a callable f(prompt_text, output_text))"
-            )
+        self._require_reward()
         model = work.model
         expander = Expander(model, work.stopping, work.jump_forward)
         generator = self.sample.generator(model.device)

@@ -15,9 +15,11 @@ Adding a search: one module with a frozen dataclass subclassing `Search` (valida
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from searchdec.rewards.base import Reward, as_reward
 from searchdec.search.tree import Node
 
 if TYPE_CHECKING:
@@ -73,6 +75,17 @@ class Search:
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         """One result per root (prompt), in order."""
         raise NotImplementedError(f"{type(self).__name__} must implement run(work, roots)")
+
+    def _wrap_reward(self, wrap: Callable[[object], Reward] = as_reward) -> None:
+        """In `__post_init__`: a given `reward` becomes a `rewards.Reward` (a plain callable is wrapped)."""
+        if getattr(self, "reward", None) is not None:
+            object.__setattr__(self, "reward", wrap(self.reward))
+
+    def _require_reward(self, takes: str = "f(prompt_text, output_text) -> float") -> Reward:
+        """The reward, or an error naming what this search needs, before any generation starts."""
+        if getattr(self, "reward", None) is None:
+            raise ValueError(f"{type(self).__name__} needs reward= (a rewards.Reward or a callable {takes})")
+        return self.reward
 
 
 def check_positive_int(name: str, value, minimum: int = 1) -> None:

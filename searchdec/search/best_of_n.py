@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from searchdec.rewards.base import Reward, as_reward
+from searchdec.rewards.base import Reward
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
 from searchdec.search.sampling import Sample
 from searchdec.search.trace import Trace
@@ -54,14 +54,11 @@ class BestOfN(Search):
             raise TypeError(f"answer must be callable (text -> answer), got {type(self.answer).__name__}")
         if not isinstance(self.sample, Sample):
             raise TypeError(f"sample must be sd.Sample(...), got {type(self.sample).__name__}")
-        if self.reward is not None:
-            object.__setattr__(self, "reward", as_reward(self.reward))
+        self._wrap_reward()
 
     def check(self) -> None:
-        if self.aggregate != "majority" and self.reward is None:
-            raise ValueError(
-                "BestOfN needs reward= (a rewards.Reward or a callable f(prompt_text, output_text) -> float)"
-            )
+        if self.aggregate != "majority":
+            self._require_reward()
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         self.check()

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from searchdec.rewards.base import Reward, as_reward
+from searchdec.rewards.base import Reward
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
 from searchdec.search.expand import Expander
 from searchdec.search.sampling import Sample
@@ -79,8 +79,7 @@ class MCTS(Search):
         if not self.widen > 0 or not 0 <= self.alpha <= 1:
             raise ValueError(f"widening needs widen > 0 and 0 <= alpha <= 1, got {self.widen}, {self.alpha}")
         step_pattern(self.step)
-        if self.reward is not None:
-            object.__setattr__(self, "reward", as_reward(self.reward))
+        self._wrap_reward()
 
     @property
     def n(self) -> int:
@@ -88,8 +87,7 @@ class MCTS(Search):
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         """Rounds of `parallel` simulations per prompt, dispatched as tasks (see module docstring)."""
-        if self.reward is None:
-            raise ValueError("MCTS needs reward= (a rewards.Reward or a callable f(prompt_text, output_text) -> float)")
+        self._require_reward()
         model = work.model
         expander = Expander(model, work.stopping)
         pattern = step_pattern(self.step)

@@ -62,8 +62,7 @@ class StepBeam(Search):
         step_pattern(self.step)
         if self.max_step_tokens is not None:
             check_positive_int("max_step_tokens", self.max_step_tokens)
-        if self.reward is not None:
-            object.__setattr__(self, "reward", as_step_reward(self.reward))
+        self._wrap_reward(as_step_reward)
 
     @property
     def n(self) -> int:
@@ -75,8 +74,7 @@ class StepBeam(Search):
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         """Rounds of step extensions, each dispatched as tasks: one per kept candidate (module docstring)."""
-        if self.reward is None:
-            raise ValueError(f"{self.name} needs reward= (a rewards.Reward, or a callable f(prompt, steps) -> scores)")
+        self._require_reward("f(prompt_text, steps) -> one score per step")
         model = work.model
         pattern = step_pattern(self.step)
         base = work.base_seed(self.sample)
