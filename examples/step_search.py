@@ -31,6 +31,6 @@ messages = [
     }
 ]
 out = sd.generate(
-    model, messages, max_tokens=120, search=sd.StepBeam(width=2, expansions=3, prm=prm, aggregate="min", step="\n")
+    model, messages, max_tokens=120, search=sd.StepBeam(width=2, expansions=3, reward=prm, aggregate="min", step="\n")
 )
 print(out.text, "\n--- score", out.score, out.stats)
