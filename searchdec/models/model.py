@@ -18,22 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from searchdec.errors import PromptTooLongError
+from searchdec.models.base import Runtime, TokenNode
 from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
-
-
-class TokenNode(Protocol):
-    parent: TokenNode | None
-    new_tokens: tuple[int, ...]
 
 
 @dataclass
@@ -55,7 +51,7 @@ class _Row:
         return 0 if self.past is None else self.past.length
 
 
-class Model:
+class Model(Runtime):
     """A Hugging Face causal LM with its tokenizer, a prefix KV cache and batched forwards."""
 
     def __init__(self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES):

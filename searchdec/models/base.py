@@ -1,0 +1,80 @@
+"""The model-runtime contract: what the layers above need from a model, declared once.
+
+A runtime computes next-token logits for a batch of hypotheses through a prefix cache (`logits`,
+`logits_last`: a hypothesis is any object with `parent` and `new_tokens`, and only tokens after its
+nearest cached ancestor are fed), lets a search drop entries it will not expand again (`cache`),
+counts what it computed (`stats`: forward calls and tokens), and exposes its tokenizer (encode,
+decode, chat template, end-of-sequence ids, vocabulary as bytes for grammar engines). The
+transformers/torch runtime (`models/model.py`) implements it; another runtime (a GGUF-native one is
+planned) is one more module implementing the same members.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+
+class TokenNode(Protocol):
+    """A hypothesis as a runtime sees it: the tokens it appends to its parent (a root's: its prompt)."""
+
+    parent: TokenNode | None
+    new_tokens: tuple[int, ...]
+
+
+class Runtime(ABC):
+    """A causal LM behind `logits(nodes)`. Attributes every runtime sets: `cache` (with `discard(node)`,
+    `__contains__`, `__len__`), `stats` (`calls`, `tokens`), `tokenizer`, `name`."""
+
+    cache: Any
+    stats: Any
+    tokenizer: Any
+    name: str
+
+    @abstractmethod
+    def logits(self, nodes: Sequence[TokenNode]) -> torch.Tensor:
+        """Next-token logits [len(nodes), vocab] (float32), each node forwarded over its cached prefix."""
+
+    @abstractmethod
+    def logits_last(self, nodes: Sequence[TokenNode], keep: int) -> torch.Tensor:
+        """Logits of each node's last `keep` positions [len(nodes), keep, vocab]."""
+
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+
+    @abstractmethod
+    def apply_chat_template(
+        self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]: ...
+
+    @abstractmethod
+    def check_prompt_length(self, n_tokens: int) -> None:
+        """Raise `PromptTooLongError` when a prompt of `n_tokens` leaves no room in the context window."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Width of the logits (may exceed the tokenizer's vocabulary)."""
+
+    @property
+    @abstractmethod
+    def context_window(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    @abstractmethod
+    def vocab_bytes(self) -> list[bytes]:
+        """Each token id's bytes, as grammar engines read them."""
