@@ -102,6 +102,14 @@ def _generate(args) -> int:
 
 
 def _serve(args) -> int:
+    missing = _missing_server_module()
+    if missing:
+        print(
+            f"searchdec: error: `searchdec serve` needs the server extra; module {missing!r} is not installed. "
+            "Install it with: pip install 'searchdec[server]'",
+            file=sys.stderr,
+        )
+        return 2
     from searchdec.server import serve
 
     serve(
@@ -116,6 +124,21 @@ def _serve(args) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _missing_server_module() -> str | None:
+    """The first module of the `server` extra (uvicorn; FastAPI and what it needs, as the app imports
+    them) that cannot be imported, or None: checked before the model loads, so a missing extra is one
+    clear line instead of a traceback after the load."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import searchdec.server.app  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] == "searchdec":
+            raise  # a module of our own is missing: a broken install, not a missing extra
+        return error.name
+    return None
 
 
 def _messages(raw: str) -> list[dict]:

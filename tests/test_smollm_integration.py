@@ -1,16 +1,19 @@
 """The real default model (SmolLM2-135M-Instruct from its PyPI package): greedy output equals
-transformers' generate token for token, batching changes nothing, loading is fast once cached."""
+transformers' generate token for token, batching changes nothing, a cached model is
+loaded without reading its GGUF again."""
 
 import json
 import os
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 import searchdec as sd
+from searchdec.models import loading
 
 pytestmark = pytest.mark.integration
 
@@ -99,10 +102,26 @@ def test_vocab_bytes_match_the_tokenizer(smollm):
     assert len(smollm.vocab_bytes) == smollm.vocab_size
 
 
-def test_cached_model_loads_in_under_a_second(smollm):
-    start = time.perf_counter()
-    sd.load("smollm2-135m")
-    assert time.perf_counter() - start < 1.0
+@dataclass
+class _Prompt:
+    new_tokens: tuple[int, ...]
+    parent: None = None
+
+
+def test_a_second_load_reads_the_cached_safetensors_without_touching_the_gguf(smollm, monkeypatch):
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF was read again although its converted copy is cached")
+
+    monkeypatch.setattr(loading, "_convert", no_gguf)
+    monkeypatch.setattr(loading, "_check_gguf", no_gguf)
+    again = sd.load("smollm2-135m")
+    assert (Path(again.hf.name_or_path) / "model.safetensors").is_file()
+    assert again.hf.name_or_path == smollm.hf.name_or_path
+    prompt = _Prompt(tuple(smollm.encode("The capital of France is")))
+    try:
+        assert torch.equal(again.logits([prompt]), smollm.logits([prompt]))
+    finally:
+        smollm.cache.discard(prompt)
 
 
 def test_cli_generates_json_with_the_default_model():
@@ -127,6 +146,22 @@ def test_cli_generates_json_with_the_default_model():
     out = json.loads(result.stdout)
     assert "Paris" in out["text"]
     assert out["finish_reason"] in ("stop", "length")
+
+
+def test_cli_generate_prints_no_future_or_deprecation_warning():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("PYTHONWARNINGS", None)  # the warnings a user sees: Python's default filters
+    result = subprocess.run(
+        [sys.executable, "-m", "searchdec", "generate", "hi", "--max-tokens", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tokens, finish_reason=" in result.stderr  # it generated to the end
+    assert "FutureWarning" not in result.stderr, result.stderr
+    assert "DeprecationWarning" not in result.stderr, result.stderr
 
 
 def test_cli_reports_a_bad_model_name_without_a_traceback():

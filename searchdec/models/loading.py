@@ -242,8 +242,13 @@ def _converted(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
-    if (target / "searchdec.json").exists():
-        return target
+    if not (target / "searchdec.json").exists():
+        _convert(gguf_path, target)
+    return target
+
+
+def _convert(gguf_path: Path, target: Path) -> None:
+    """Dequantize `gguf_path` with transformers and save it, with its tokenizer, as `target`."""
     _check_gguf(gguf_path)
     _progress(f"converting {gguf_path.name} to a safetensors cache in {target} (once; about 20 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -265,13 +270,13 @@ def _converted(gguf_path: Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "searchdec.json").write_text(json.dumps({"source": str(gguf_path), "size": stat.st_size}))
+        size = gguf_path.stat().st_size
+        (staging / "searchdec.json").write_text(json.dumps({"source": str(gguf_path), "size": size}))
         if target.exists():
             shutil.rmtree(target)
         staging.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _progress(message: str) -> None:

@@ -15,6 +15,7 @@ as they are or gathered with one `index_select`, as transformers does for beams.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from searchdec.errors import PromptTooLongError
+from searchdec.errors import ModelLoadError, PromptTooLongError
 from searchdec.models.base import Runtime, TokenNode
 from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
@@ -61,6 +62,7 @@ class Model(Runtime):
         self.cache = PrefixCache(cache_bytes)
         self.stats = ForwardStats()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._cache_keyword = cache_keyword(self.hf)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, dtype={self.dtype}, device={self.device})"
@@ -169,8 +171,8 @@ class Model(Runtime):
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_keyword: cache},
             logits_to_keep=keep,
         )
         cache.commit()
@@ -271,6 +273,21 @@ class Model(Runtime):
         values = tuple(torch.cat([v[i : i + 1, :, past], v[i : i + 1, :, new]], 2) for v in block.buffers.values)
         compact = KVBuffers(p + n, p + n, keys, values)
         return KVEntry(KVBlock(compact, p + n), 0, 0, p + n)
+
+
+def cache_keyword(hf_model) -> str:
+    """The keyword `hf_model.forward` takes its KV cache by: `cache` since transformers renamed it
+    (5.24 warns on every call that passes `past_key_values`), `past_key_values` in models written
+    before. Checked once, because a keyword the forward does not declare would land in its `**kwargs`
+    and be ignored: the model would silently run without the cache."""
+    parameters = inspect.signature(hf_model.forward).parameters
+    for keyword in ("cache", "past_key_values"):
+        if keyword in parameters:
+            return keyword
+    raise ModelLoadError(
+        f"{type(hf_model).__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`); "
+        "searchdec needs a causal LM that accepts one"
+    )
 
 
 def _capacity(needed: int) -> int:
