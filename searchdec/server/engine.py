@@ -38,8 +38,9 @@ import torch
 
 from searchdec.grammars.base import Constraint
 from searchdec.search.base import Search
-from searchdec.search.rows import Decoder, Row, Rule, Stopping, forward, start_budget
+from searchdec.search.rows import Decoder, Row, Rule, Stopping, forward, generator, start_budget
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.tasks import task_seed
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
 
@@ -228,12 +229,20 @@ class Engine:
             self._queue.popleft()
             root = Node(tuple(job.prompt), state=job.constraint.start() if job.constraint else None)
             start_budget(root, job.stopping)
-            policy = job.search if isinstance(job.search, Sample) else None
-            generator = job.search.generator(self.model.device) if policy is not None else None
             rule = Rule(job.stopping, jump_forward=job.top_logprobs is None)
-            rows = [Row(root, root, len(root.new_tokens), rule, policy, generator, owner=j) for j in range(job.n)]
-            self._running.append(_Running(job, root, rows))
+            choices = [
+                Row(root, root, len(root.new_tokens), rule, *self._policy(job, j), owner=j) for j in range(job.n)
+            ]
+            self._running.append(_Running(job, root, choices))
             rows += job.n
+
+    def _policy(self, job: Job, choice: int) -> tuple[Sample | None, torch.Generator | None]:
+        """How a choice draws: greedy, or from its own generator seeded as `generate`'s sample j of a
+        one-prompt call (`task_seed(seed, 0, j)`), so a seeded request gives what a script gets."""
+        if not isinstance(job.search, Sample):
+            return None, None
+        seed = job.search.seed
+        return job.search, generator(None if seed is None else task_seed(seed, 0, choice), self.model.device)
 
     def _search_group(self) -> list[Job]:
         """The next waiting search and those queued behind it that can share its search call (the
