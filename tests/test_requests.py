@@ -8,6 +8,7 @@ import pytest
 from tiny import tiny_model
 
 import searchdec as sd
+from searchdec.grammars.llguidance_backend import grammar_for
 from searchdec.requests import ChatFormat, RequestError
 from searchdec.server.prepare import ServedModel, chat_plan
 from searchdec.server.protocol import ChatCompletionRequest
@@ -104,7 +105,7 @@ def test_a_script_builds_the_constraint_the_server_builds(tiny, template, fields
         assert plan.constraint is None
     else:
         assert spec.compile(tiny).grammar == plan.constraint.grammar
-        assert spec.grammar() == plan.spec.grammar()
+        assert grammar_for(spec) == grammar_for(plan.spec)
 
 
 def test_the_call_format_follows_the_template(tiny, plain):
