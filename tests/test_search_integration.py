@@ -116,6 +116,7 @@ def test_diverse_beam_equals_transformers_4_56_group_beam_search(smollm, index):
     for prompt, ids, out, run in zip(prompts["prompts"], prompts["ids"], outs, config["runs"]):
         assert run["prompt_ids"] == ids and out.prompt_tokens == len(ids)
         assert [h.tokens for h in out.hypotheses] == [h["tokens"] for h in run["hypotheses"]], prompt
+        # float32 sums of ~40 log-probabilities differ by summation order: a few units in the 5th digit
         assert [h.score for h in out.hypotheses] == pytest.approx(
-            [h["score"] for h in run["hypotheses"]], rel=1e-5, abs=1e-6
+            [h["score"] for h in run["hypotheses"]], rel=5e-5, abs=2e-5
         )
