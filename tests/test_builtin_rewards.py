@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from recording_reward import BatchCall, RecordingReward, StepsCall
-from tiny import byte_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from tiny import byte_tokenizer, reward_model_config
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 import searchdec as sd
 from searchdec import rewards
@@ -25,29 +25,18 @@ OUTPUTS = ['{"n": 3}', "SELECT count(*) FROM Customers", "def add(a, b):\n    re
 LOGPROBS = [[-0.5, -1.0], [-2.0], [-0.1, -0.2, -0.3], []]
 
 
-def hf_config(tokenizer, **extra) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
-
-
 def prm() -> rewards.ProcessRewardModel:
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
-    return rewards.ProcessRewardModel(LlamaForCausalLM(hf_config(tokenizer)), tokenizer, step_tag="#")
+    return rewards.ProcessRewardModel(LlamaForCausalLM(reward_model_config(tokenizer)), tokenizer, step_tag="#")
 
 
 def orm() -> rewards.OutcomeRewardModel:
     tokenizer = byte_tokenizer()
     torch.manual_seed(1)
-    return rewards.OutcomeRewardModel(LlamaForSequenceClassification(hf_config(tokenizer, num_labels=2)), tokenizer)
+    return rewards.OutcomeRewardModel(
+        LlamaForSequenceClassification(reward_model_config(tokenizer, num_labels=2)), tokenizer
+    )
 
 
 def in_memory_store() -> sqlite3.Connection:

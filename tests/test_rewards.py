@@ -327,31 +327,16 @@ def test_python_bad_arguments():
 # --- model-based (tiny random models from a config: the computation, not the judgement) -------
 
 
-def _tiny_config(tokenizer, **extra):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
-
-
 def test_step_tag_prm_scores_each_step_at_its_tag():
     import torch
-    from tiny import byte_tokenizer
+    from tiny import byte_tokenizer, reward_model_config
     from transformers import LlamaForCausalLM
 
     from searchdec.rewards import ProcessRewardModel
 
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(_tiny_config(tokenizer))
+    model = LlamaForCausalLM(reward_model_config(tokenizer))
     prm = ProcessRewardModel(model, tokenizer, step_tag="#", good="+", bad="-")
     steps = ["2 + 2 = 4", "so the answer is 4"]
     scores = prm.score_steps("What is 2 + 2?", steps)
@@ -373,14 +358,14 @@ def test_step_tag_prm_scores_each_step_at_its_tag():
 
 def test_outcome_reward_model_is_the_positive_label_probability():
     import torch
-    from tiny import byte_tokenizer
+    from tiny import byte_tokenizer, reward_model_config
     from transformers import LlamaForSequenceClassification
 
     from searchdec.rewards import OutcomeRewardModel
 
     tokenizer = byte_tokenizer()
     torch.manual_seed(1)
-    model = LlamaForSequenceClassification(_tiny_config(tokenizer, num_labels=2))
+    model = LlamaForSequenceClassification(reward_model_config(tokenizer, num_labels=2))
     orm = OutcomeRewardModel(model, tokenizer)
     scores = orm.score_batch(["q", "q"], ["short", "a longer answer"])
     for output, score in zip(["short", "a longer answer"], scores):

@@ -25,6 +25,20 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def reward_model_config(tokenizer, **extra) -> LlamaConfig:
+    """A one-layer random Llama's config for the model-based rewards' tests (PRM, ORM)."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def tiny_model(seed: int = 0, max_positions: int = 256, cache_bytes: int = 1 << 30) -> Model:
     tokenizer = byte_tokenizer()
     config = LlamaConfig(
