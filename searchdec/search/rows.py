@@ -77,10 +77,6 @@ class Row:
     ended: bool = False
     logprobs: torch.Tensor | None = None
 
-    @property
-    def finished(self) -> bool:
-        return self.node.finish_reason is not None
-
 
 def generator(seed: int | None, device) -> torch.Generator:
     """A generator seeded with `seed` (None: from the system's entropy)."""

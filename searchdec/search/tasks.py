@@ -229,19 +229,9 @@ class TaskRunner:
         return task.sample, generator(seed, self.model.device)
 
 
-def _since(node: Node, start: Node) -> tuple[list[int], list[float]]:
-    tokens: list[int] = []
-    logprobs: list[float] = []
-    current = node
-    while current is not None and current is not start:
-        tokens[:0] = current.new_tokens
-        logprobs[:0] = current.token_logprobs
-        current = current.parent
-    return tokens, logprobs
-
-
 def _completion(leaf: Node, start: Node) -> Completion:
-    tokens, logprobs = _since(leaf, start)
+    tokens, logprobs = leaf.generated()
+    tokens, logprobs = tokens[start.depth :], logprobs[start.depth :]  # after the start (its prefix)
     return Completion(tuple(tokens), tuple(float(v) for v in logprobs), leaf.finish_reason)
 
 
