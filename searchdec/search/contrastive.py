@@ -216,9 +216,7 @@ class Contrastive(Search):
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         runtime = ContrastiveRuntime(work.model, amateur_for(work.model, self.amateur), self.alpha, self.beta)
-        inner = Work(
-            runtime, work.stopping, work.constraint, jump_forward=work.jump_forward, on_token=work.on_token
-        )
+        inner = Work(runtime, work.stopping, work.constraint, jump_forward=work.jump_forward, on_token=work.on_token)
         try:
             with inner:
                 return self.search.run(inner, roots)
