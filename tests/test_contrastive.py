@@ -236,3 +236,27 @@ class _FakeVocab:
 
     def get_vocab(self):
         return self.vocab
+
+
+# --- the server: `search: {"algorithm": "contrastive", ...}` -------------------------------------------
+
+
+def test_the_server_serves_contrastive_decoding_as_a_script_gets_it():
+    openai = pytest.importorskip("openai")
+    from live_server import LiveServer
+
+    from searchdec.server import create_app
+
+    model = tiny_model()
+    expected = sd.generate(tiny_model(), "hello", max_tokens=10, search=sd.Contrastive(1, alpha=0.05, beta=0.5))
+    with LiveServer(create_app(model, "tiny")) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        search = {"algorithm": "contrastive", "layers": 1, "alpha": 0.05, "beta": 0.5}
+        r = client.completions.create(model="tiny", prompt="hello", max_tokens=10, extra_body={"search": search})
+        assert r.choices[0].text == expected.text
+        for search, n in [({"layers": 2}, 1), ({"layers": 1, "alpha": 0}, 1), ({}, 1), ({"layers": 1}, 2)]:
+            body = {"search": {"algorithm": "contrastive", **search}}
+            with pytest.raises(openai.BadRequestError) as error:
+                client.completions.create(model="tiny", prompt="hello", max_tokens=4, n=n, extra_body=body)
+            assert error.value.param == "search", search
+    assert len(model.cache) == 0
