@@ -180,7 +180,7 @@ def test_alpha_outside_0_1_is_refused(alpha):
         sd.Contrastive(amateur=1, alpha=alpha)
 
 
-@pytest.mark.parametrize("beta", [-0.5, float("inf"), float("nan")])
+@pytest.mark.parametrize("beta", [-0.5, 1e7, float("inf"), float("nan")])
 def test_a_negative_or_infinite_beta_is_refused(beta):
     with pytest.raises(ValueError, match="beta must be"):
         sd.Contrastive(amateur=1, beta=beta)

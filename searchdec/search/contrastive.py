@@ -42,6 +42,8 @@ from searchdec.search.tree import Node
 from searchdec.search.work import Work
 
 IMPLAUSIBLE_GAP = 1000.0  # how far below a row's least plausible score the implausible tokens start
+# Beyond it (1 + beta) * logits may overflow float32; as beta grows, the ranking tends to l_e - l_a, Li et al.'s.
+MAX_BETA = 1e6
 
 
 def contrast(expert: torch.Tensor, amateur: torch.Tensor, alpha: float, beta: float | None) -> torch.Tensor:
@@ -199,9 +201,11 @@ class Contrastive(Search):
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1] (the plausibility threshold), got {self.alpha!r}")
         if self.beta is not None and (
-            isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta < math.inf
+            isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= MAX_BETA
         ):
-            raise ValueError(f"beta must be a finite number >= 0, or None for Li et al.'s form, got {self.beta!r}")
+            raise ValueError(
+                f"beta must be a number in [0, {MAX_BETA:g}], or None for Li et al.'s form, got {self.beta!r}"
+            )
         if not isinstance(self.search, Search):
             raise TypeError(f"search must be a search spec such as sd.Greedy(), got {type(self.search).__name__}")
         if isinstance(self.search, (Speculative, RewardGuidedSpeculative)):
