@@ -5,8 +5,8 @@ arXiv 2210.15097); O'Brien & Lewis, "Contrastive Decoding Improves Reasoning in 
 Models" (arXiv 2309.09117). With p_e / p_a the expert's / amateur's next-token distributions and
 l_e / l_a their logits, a token x's score is, on the plausible set
 V_head = {x : p_e(x) >= alpha * max_w p_e(w)}:
-- `beta=None` (Li et al., eq. 3-4): log p_e(x) - log p_a(x);
-- `beta=b` (O'Brien & Lewis, section 2): (1 + b) * l_e(x) - b * l_a(x) (b = 0.5 in that paper).
+- `beta=None` (Li et al.'s CD score): log p_e(x) - log p_a(x);
+- `beta=b` (O'Brien & Lewis's form): (1 + b) * l_e(x) - b * l_a(x) (b = 0.5 in that paper).
 Li et al. give tokens outside V_head -inf. Here they get a finite floor, (least plausible score in
 their row) - 1000 + log p_e(x): exp of it underflows to exactly 0 in float32, so greedy choice,
 sampling and every log-probability of a plausible token are those of the -inf rule; but when a grammar
