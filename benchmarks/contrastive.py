@@ -73,8 +73,9 @@ def main() -> None:
     model = sd.load(args.model)
     depth = model.config.num_hidden_layers
     configs = [("greedy", sd.Greedy())]
-    for k in args.layers:
+    for k in args.li:
         configs.append((f"CD Li, amateur = first {k}/{depth} layers", sd.Contrastive(k, alpha=args.alpha)))
+    for k in args.obrien:
         configs.append((f"CD O'Brien b=0.5, first {k}/{depth} layers", sd.Contrastive(k, alpha=args.alpha, beta=0.5)))
     print(f"{model.name}, {len(QUESTIONS)} arithmetic questions, alpha={args.alpha}, max_tokens={args.max_tokens}")
     print(f"{'configuration':<44} {'accuracy':>9} {'seconds':>8}")
