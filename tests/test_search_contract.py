@@ -34,6 +34,7 @@ SEARCHES = {
     "DVTS": lambda: sd.DVTS(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=4)),
     "FirstFinish": lambda: sd.FirstFinish(4, sample=sd.Sample(seed=5), num_return=2),
     "Speculative": lambda: sd.Speculative(k=3),
+    "Contrastive": lambda: sd.Contrastive(amateur=1, alpha=0.1, search=sd.Beam(2)),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),

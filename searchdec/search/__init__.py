@@ -6,6 +6,7 @@ from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.contrastive import Contrastive, EarlyExit
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.first_finish import FirstFinish
 from searchdec.search.mcts import MCTS
@@ -24,7 +25,9 @@ __all__ = [
     "Beam",
     "BestFirstBeam",
     "BestOfN",
+    "Contrastive",
     "DiverseBeam",
+    "EarlyExit",
     "Executor",
     "FirstFinish",
     "Greedy",

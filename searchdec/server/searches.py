@@ -31,6 +31,10 @@ Algorithms and parameters (defaults in brackets):
   batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
   not offered: under `response_format` the grammar already makes every finished sample valid, so it
   could not tell them apart.
+- `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
+  the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
+  server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
+  & Lewis's (1 + beta) l_e - beta l_a]. One choice (n = 1).
 
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
@@ -47,6 +51,7 @@ from searchdec.rewards import MeanLogprob, SelfEvaluation
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server.errors import bad_request
@@ -221,6 +226,20 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed")
 
+
+def _contrastive(params: dict, context: SearchContext) -> Contrastive:
+    layers = _number(params, "layers", int)
+    if layers is None:
+        raise ValueError("layers is required: the amateur is the served model's first `layers` decoder layers")
+    if context.n != 1:
+        raise ValueError(f"contrastive decoding is greedy and returns one choice; n must be 1, got {context.n}")
+    alpha, beta = _number(params, "alpha"), _number(params, "beta")
+    search = Contrastive(EarlyExit(layers), alpha=0.1 if alpha is None else float(alpha), beta=beta)
+    if context.model is not None:
+        amateur_for(context.model, search.amateur)  # a depth the model lacks is a 400, not a failed search
+    return search
+
+
 register(SearchEntry("greedy", (), _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
@@ -261,5 +280,14 @@ register(
         _best_of_n,
         stepwise=False,
         description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
+    )
+)
+register(
+    SearchEntry(
+        "contrastive",
+        ("layers", "alpha", "beta"),
+        _contrastive,
+        stepwise=False,
+        description="contrastive decoding against the model's own first layers (early exit) as the amateur",
     )
 )
