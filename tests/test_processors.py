@@ -395,6 +395,7 @@ def test_processors_compose_with_a_constraint(tiny):
     [
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"repetition_penalty": -1.2}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty"),
         ({"typical_p": 0.0}, "typical_p"),
         ({"typical_p": 1.5}, "typical_p"),
         ({"epsilon_cutoff": -0.1}, "epsilon_cutoff"),
@@ -432,3 +433,9 @@ def test_processor_settings_are_keyword_only_and_samples_hash():
     assert hash(sd.Sample(logit_bias={1: 2.0})) == hash(sd.Sample(logit_bias={1: 2.0}))
     assert sd.Sample(logit_bias={1: 2}).logit_bias == {1: 2.0}
     assert isinstance(sd.Greedy(), Processors)
+
+
+def test_speculative_refuses_history_penalties_it_would_not_apply():
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        sd.Speculative(sample=sd.Sample(repetition_penalty=1.2))
+    assert sd.Speculative(sample=sd.Sample(typical_p=0.9)).sample.truncates  # warpers are in its p and q

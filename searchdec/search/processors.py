@@ -41,6 +41,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields, is_dataclass
 
 import torch
 
+MAX_REPETITION_PENALTY = 1e30  # a float32 logit (up to ~1e2) divided by 1e-30 stays finite (max ~3.4e38)
 OPENAI_PENALTY = 2.0  # OpenAI's (and vLLM's SamplingParams._verify_args) range for presence/frequency: [-2, 2]
 
 
@@ -73,6 +74,11 @@ class Processors:
                 raise ValueError(f"{name} must be in [0, 1) (0 disables it), got {getattr(self, name)}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if not 1 / MAX_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise ValueError(
+                f"repetition_penalty must be within [{1 / MAX_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}] "
+                f"(float32 logits divided by it overflow outside), got {self.repetition_penalty}"
+            )
         size = self.no_repeat_ngram_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"no_repeat_ngram_size must be an int >= 0 (0 disables it), got {size!r}")
