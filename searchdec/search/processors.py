@@ -100,6 +100,11 @@ class Processors:
     def truncates(self) -> bool:
         return self.typical_p < 1.0 or self.epsilon_cutoff > 0.0 or self.eta_cutoff > 0.0
 
+    @property
+    def processes(self) -> bool:
+        """Whether any processor is set (none: the plain path, nothing extra computed)."""
+        return self.penalizes or self.truncates
+
     def check_vocab(self, vocab_size: int) -> None:
         """A `logit_bias` token id outside the model's vocabulary is an error naming it."""
         outside = sorted(t for t in self.logit_bias or () if t >= vocab_size)
@@ -136,6 +141,12 @@ class Processors:
         if self.eta_cutoff > 0.0:
             scores = eta_cutoff(scores, self.eta_cutoff)
         return scores
+
+
+def is_neutral(name: str, value) -> bool:
+    """Whether `value` leaves processor `name` off (None, or its default; an empty `logit_bias`)."""
+    default = next(f.default for f in fields(Processors) if f.name == name)
+    return value is None or value == default or (name == "logit_bias" and not value)
 
 
 def check_search(search: object, vocab_size: int) -> None:

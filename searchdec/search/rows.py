@@ -207,7 +207,11 @@ class Decoder:
                     chosen[i] = t
                 continue
             if policy.penalizes:
-                histories = [history(rows[i].node) for i in members]
+                of_node: dict[int, list[int]] = {}  # rows on one node share its history
+                for i in members:
+                    if id(rows[i].node) not in of_node:
+                        of_node[id(rows[i].node)] = history(rows[i].node)
+                histories = [of_node[id(rows[i].node)] for i in members]
                 picked = policy.penalize(picked, histories, [rows[i].node.depth for i in members])
                 penalized.update((i, picked[k]) for k, i in enumerate(members))
             for i, t in zip(members, policy.pick(picked, [rows[i].generator for i in members])):

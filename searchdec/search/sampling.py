@@ -39,7 +39,7 @@ class Greedy(Processors, Search):
         self.check_processors()
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
-        policy = self if self.penalizes or self.truncates else None  # None: the fused arg-max path
+        policy = self if self.processes else None  # None: the fused arg-max path
         return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, policy, 1))]
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:

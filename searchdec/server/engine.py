@@ -241,7 +241,7 @@ class Engine:
         seeded as `generate`'s sample j of a one-prompt call (`task_seed(seed, 0, j)`), so a seeded
         request gives what a script gets."""
         if isinstance(job.search, Greedy):
-            return (job.search if job.search.penalizes or job.search.truncates else None), None
+            return (job.search if job.search.processes else None), None
         if not isinstance(job.search, Sample):
             return None, None
         seed = job.search.seed

@@ -22,6 +22,7 @@ from searchdec.errors import ConstraintError, PromptTooLongError
 from searchdec.grammars import ConstraintSpec, ToolCalls
 from searchdec.grammars.base import Constraint
 from searchdec.requests import ChatFormat, RequestConstraint, RequestError, request_constraint
+from searchdec.search.processors import is_neutral
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server import searches
@@ -245,15 +246,13 @@ def _refuse_unsupported(req: _Sampling) -> None:
 
 
 _DECODING = ("temperature", "top_p", "top_k", "min_p", "seed")
-_NEUTRAL_PROCESSORS = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "repetition_penalty": 1,
-                       "no_repeat_ngram_size": 0, "typical_p": 1, "epsilon_cutoff": 0, "eta_cutoff": 0}  # fmt: skip
 
 
 def _search(served: ServedModel, req: _Sampling):
     context = searches.SearchContext(req.n, served.model)
     if req.search is not None:
         beside = [k for k in _DECODING if getattr(req, k) is not None]
-        beside += [k for k in searches.PROCESSORS if getattr(req, k) not in (None, _NEUTRAL_PROCESSORS[k])]
+        beside += [k for k in searches.PROCESSORS if not is_neutral(k, getattr(req, k))]
         if beside:
             raise bad_request(f"search holds the decoding parameters; move {', '.join(beside)} into it", beside[0])
         return searches.build(req.search.model_dump(), context)
