@@ -17,6 +17,7 @@ from searchdec.grammars.outlines import from_outlines, is_outlines_type
 from searchdec.models.model import Model
 from searchdec.requests import chat_prompt
 from searchdec.search.base import Search, SearchResult
+from searchdec.search.processors import check_search
 from searchdec.search.results import Generation, Hypothesis
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
@@ -79,6 +80,7 @@ def generate(
         raise ValueError("prompt list is empty")
     if executor is not None:
         _check_executor(executor, search, constraint)
+    check_search(search, model.vocab_size)  # a logit_bias token id outside the vocabulary
     compiled = _compile(model, constraint)
     roots = [
         Node(tuple(_tokenize(model, p, tools, constraint)), state=compiled.start() if compiled else None, prompt=p)

@@ -110,6 +110,40 @@ def test_server_output_equals_in_process_generate(client, smollm):
     assert r.usage.completion_tokens == len(out.tokens)
 
 
+def test_openai_penalties_equal_in_process_generate_with_them(client, smollm):
+    """frequency_penalty, presence_penalty and logit_bias map onto `sd.Sample(...)`: a seeded request
+    gives what a script gets (vLLM's formulas; search/processors.py)."""
+    import searchdec as sd
+
+    messages = ask("List three fruits.")
+    bias = {smollm.encode(" apple")[0]: 4.0}
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0.7, seed=3, max_tokens=16, frequency_penalty=1.2,
+        presence_penalty=0.6, logit_bias={str(t): b for t, b in bias.items()},
+    )  # fmt: skip
+    search = sd.Sample(0.7, seed=3, frequency_penalty=1.2, presence_penalty=0.6, logit_bias=bias)
+    assert r.choices[0].message.content == sd.generate(smollm, messages, max_tokens=16, search=search).text
+    plain = client.chat.completions.create(model=MODEL, messages=messages, temperature=0.7, seed=3, max_tokens=16)
+    assert plain.choices[0].message.content != r.choices[0].message.content
+
+
+def test_logit_bias_of_100_forces_its_token_on_completions(client, smollm):
+    token = smollm.encode(" blue")[0]
+    r = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0,
+                                  logit_bias={str(token): 100})  # fmt: skip
+    assert r.choices[0].text == smollm.decode([token] * 4)
+
+
+def test_repetition_penalty_extension_equals_greedy_with_it(client, smollm):
+    import searchdec as sd
+
+    messages = ask("Repeat after me: la la la la la la")
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16,
+                                       extra_body={"repetition_penalty": 1.5, "no_repeat_ngram_size": 2})  # fmt: skip
+    search = sd.Greedy(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    assert r.choices[0].message.content == sd.generate(smollm, messages, max_tokens=16, search=search).text
+
+
 def test_max_tokens_cut_reports_length(client):
     r = client.chat.completions.create(model=MODEL, messages=ask("Write a long poem."), temperature=0,
                                        max_completion_tokens=5)  # fmt: skip
@@ -594,7 +628,15 @@ def test_unknown_model_is_not_found(client):
         ({"tools": TOOLS, "extra_body": {"guided_regex": "a+"}}, "guided_regex", None),
         ({"n": 0}, "n", "invalid_value"),
         ({"max_tokens": 9000}, "max_tokens", "context_length_exceeded"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty", "unsupported_parameter"),
+        ({"reasoning_effort": "high"}, "reasoning_effort", "unsupported_parameter"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty", None),
+        ({"presence_penalty": -3}, "presence_penalty", None),
+        ({"logit_bias": {"99999999": 5}}, "logit_bias", None),
+        ({"logit_bias": {"the": 5}}, "logit_bias", None),
+        ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty", None),
+        ({"extra_body": {"typical_p": 1.5}}, "typical_p", None),
+        ({"extra_body": {"search": {"algorithm": "sample", "presence_penalty": 5}}}, "search.presence_penalty", None),
+        ({"frequency_penalty": 0.5, "extra_body": {"search": {"algorithm": "beam"}}}, "frequency_penalty", None),
         ({"top_logprobs": 2}, "top_logprobs", None),
     ],
 )

@@ -221,3 +221,25 @@ def test_searches_waiting_together_share_one_search_call(tiny):
     assert [c.tokens for c in collectors] == [[h.tokens for h in out.hypotheses] for out in expected]
     assert alone[0].tokens == alone[1].tokens
     assert len(tiny.cache) == 0
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        sd.Sample(temperature=0.8, n=2, seed=4, presence_penalty=1.5, frequency_penalty=0.5, logit_bias={104: 2.0}),
+        sd.Greedy(repetition_penalty=1.4, no_repeat_ngram_size=2),
+    ],
+    ids=["openai-penalties", "greedy-processors"],
+)
+def test_batched_rows_with_logit_processors_get_what_generate_gives(tiny, search):
+    """The continuous batch applies each request's processors over its own rows' history, whatever
+    else decodes beside it."""
+    expected = sd.generate(tiny, "abab abab", max_tokens=20, search=search)
+    engine = Engine(tiny, max_rows=8)
+    engine.start()
+    beside, collector = Collector(1), Collector(search.n)
+    engine.submit(job(tiny, "zz top", beside, 20))
+    engine.submit(job(tiny, "abab abab", collector, 20, search=search, n=search.n))
+    assert collector.done.wait(60) and collector.error is None and beside.done.wait(60)
+    engine.stop()
+    assert collector.tokens == [h.tokens for h in expected.hypotheses]

@@ -11,7 +11,9 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
 2. masks each row's logits by its node's constraint State (reported log-probabilities stay those of
    the unmasked model);
 3. chooses a token per row (arg-max, or a draw from the row's warped distribution with its own
-   generator: a row's draws depend on its generator alone, never on the batch);
+   generator: a row's draws depend on its generator alone, never on the batch); a policy with logit
+   processors (search/processors.py) first penalizes the row's logits by the row's own tokens (prompt
+   and generated, forced ones included) — before the mask, which it commutes with — and warps after;
 4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
    close within the tokens left (search/budget.py);
 5. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
@@ -33,7 +35,7 @@ from searchdec.search import budget
 from searchdec.search.tree import Node
 
 if TYPE_CHECKING:
-    from searchdec.search.sampling import Sample
+    from searchdec.search.sampling import Greedy, Sample
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class Row:
     start: Node
     prompt_length: int
     rule: Rule
-    policy: Sample | None = None  # None: the arg-max
+    policy: Sample | Greedy | None = None  # None: the arg-max; a Greedy: the arg-max after its processors
     generator: torch.Generator | None = None
     stats: object = None  # a SearchStats charged with this row's expansions and forwarded tokens
     owner: int = 0  # the caller's index (its prompt)
@@ -133,9 +135,10 @@ class Decoder:
         logprobs = logits.log_softmax(dim=-1)
         masked = constrain(logits, nodes)
         rows_of = [index[id(row.node)] for row in rows]
-        tokens = self._choose(rows, masked, rows_of)
-        for row, r, token in zip(rows, rows_of, tokens):
-            child = self._extend(row, token, logprobs[r], masked[r])
+        tokens, penalized = self._choose(rows, masked, rows_of)
+        for i, (row, r, token) in enumerate(zip(rows, rows_of, tokens)):
+            scores = penalized[i] if i in penalized else masked[r]
+            child = self._extend(row, token, logprobs[r], scores)
             self._created[id(child)] = child
             row.node = child
             row.logprobs = logprobs[r]
@@ -183,11 +186,16 @@ class Decoder:
             texts = self._texts[stopping.stop] = StopText(self.model, stopping.stop)
         return texts
 
-    def _choose(self, rows: Sequence[Row], masked: torch.Tensor, rows_of: list[int]) -> list[int]:
+    def _choose(
+        self, rows: Sequence[Row], masked: torch.Tensor, rows_of: list[int]
+    ) -> tuple[list[int], dict[int, torch.Tensor]]:
+        """A token per row, and the logits it was chosen from for each row whose policy penalizes
+        (processors.py: its penalties over the row's history, then the mask — they commute)."""
         if all(row.policy is None for row in rows):
             best = masked.argmax(dim=-1).tolist()
-            return [best[r] for r in rows_of]
+            return [best[r] for r in rows_of], {}
         chosen: list[int] = [0] * len(rows)
+        penalized: dict[int, torch.Tensor] = {}
         groups: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(id(row.policy), []).append(i)
@@ -198,10 +206,17 @@ class Decoder:
                 for i, t in zip(members, picked.argmax(dim=-1).tolist()):
                     chosen[i] = t
                 continue
-            probs = policy.process(picked).softmax(dim=-1)
-            for k, i in enumerate(members):
-                chosen[i] = int(torch.multinomial(probs[k], 1, generator=rows[i].generator))
-        return chosen
+            if policy.penalizes:
+                of_node: dict[int, list[int]] = {}  # rows on one node share its history
+                for i in members:
+                    if id(rows[i].node) not in of_node:
+                        of_node[id(rows[i].node)] = history(rows[i].node)
+                histories = [of_node[id(rows[i].node)] for i in members]
+                picked = policy.penalize(picked, histories, [rows[i].node.depth for i in members])
+                penalized.update((i, picked[k]) for k, i in enumerate(members))
+            for i, t in zip(members, policy.pick(picked, [rows[i].generator for i in members])):
+                chosen[i] = t
+        return chosen, penalized
 
     def _extend(self, row: Row, token: int, logprobs: torch.Tensor, masked: torch.Tensor) -> Node:
         return extend(
@@ -282,7 +297,7 @@ def extend(
     token: int,
     logprobs: torch.Tensor,
     masked: torch.Tensor,
-    policy: Sample | None,
+    policy: Sample | Greedy | None,
     generator: torch.Generator | None,
     stopping: Stopping,
     prompt_length: int,
@@ -344,7 +359,7 @@ def constrain(logits: torch.Tensor, nodes: Sequence[Node]) -> torch.Tensor:
     return apply_masks(logits, [node.state for node in nodes])
 
 
-def choose(policy: Sample | None, logits: torch.Tensor, generator, samples: int = 1) -> list[int]:
+def choose(policy: Sample | Greedy | None, logits: torch.Tensor, generator, samples: int = 1) -> list[int]:
     """`samples` tokens chosen from a one-row batch of (masked) logits (policy None: the arg-max)."""
     if policy is None:
         return [int(logits[0].argmax())] * samples
@@ -378,6 +393,17 @@ class StopText:
     def hit(self, node: Node) -> bool:
         text = self.model.decode(node.last_tokens(self.window + len(node.new_tokens)))
         return any(s in text for s in self.stop)
+
+
+def history(node: Node) -> list[int]:
+    """Every token from the root (the prompt) to `node`, forced ones included: the `input_ids` a
+    transformers logits processor sees; the last `node.depth` of them were generated."""
+    parts: list[tuple[int, ...]] = []
+    current: Node | None = node
+    while current is not None:
+        parts.append(current.new_tokens)
+        current = current.parent
+    return [token for part in reversed(parts) for token in part]
 
 
 def tokens_since(node: Node, start: Node) -> list[int]:

@@ -4,6 +4,11 @@
 transformers' order, temperature, top-k, top-p (nucleus; Holtzman et al., arXiv 1904.09751) and
 min-p (Nguyen et al., arXiv 2407.01082), always keeping at least one token, then draws from the
 renormalised distribution with its own seeded generator, so a seed reproduces a run.
+Both take the logit processors of search/processors.py as keyword arguments (`typical_p`,
+`epsilon_cutoff`, `eta_cutoff`, `repetition_penalty`, `no_repeat_ngram_size`, `presence_penalty`,
+`frequency_penalty`, `logit_bias`); the decoding step applies their penalties to each row's logits
+before the constraint mask (`penalize`), and `process` warps after it. `Greedy` with none set is
+the plain arg-max path, fused across prompts.
 Reported log-probabilities are those of the unprocessed model distribution.
 """
 
@@ -15,27 +20,43 @@ import torch
 
 from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.decode import complete
+from searchdec.search.processors import Processors
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
 
 
 @dataclass(frozen=True)
-class Greedy(Search):
-    """Pick the most probable next token."""
+class Greedy(Processors, Search):
+    """Pick the most probable next token (of the processed logits, when a processor is set)."""
 
     n: int = 1
     distributable = True
+    seed = None  # draws nothing: with processors its rows run as policy rows, and their seeds go unused
 
     def __post_init__(self) -> None:
         if self.n != 1:
             raise ValueError("Greedy returns one hypothesis; use Sample(n=...) or a beam search for more")
+        self.check_processors()
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
-        return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, None, 1))]
+        policy = self if self.processes else None  # None: the fused arg-max path
+        return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, policy, 1))]
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the arg-max is taken over: the truncation warpers' (removed tokens -inf)."""
+        return self.truncate(logits) if self.truncates else logits
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator | None = None, samples: int = 1) -> torch.Tensor:
+        """The arg-max of each row, `samples` times ([batch, samples])."""
+        return self.process(logits).argmax(dim=-1, keepdim=True).expand(-1, samples)
+
+    def pick(self, scores: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
+        """One token per row of (penalized, masked) `scores`."""
+        return self.process(scores).argmax(dim=-1).tolist()
 
 
 @dataclass(frozen=True)
-class Sample(Search):
+class Sample(Processors, Search):
     """Draw each next token from the processed model distribution; `n` independent samples per
     prompt, sample j of prompt i with its own generator seeded by `task_seed(seed, i, j)`."""
 
@@ -59,6 +80,7 @@ class Sample(Search):
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        self.check_processors()
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, self, self.n))]
@@ -86,7 +108,12 @@ class Sample(Search):
             remove = probs < threshold
             remove &= ~(probs == probs.max(dim=-1, keepdim=True).values)
             scores = scores.masked_fill(remove, float("-inf"))
-        return scores
+        return self.truncate(scores) if self.truncates else scores
+
+    def pick(self, scores: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
+        """One token per row of (penalized, masked) `scores`, row i drawn with `generators[i]`."""
+        probs = self.process(scores).softmax(dim=-1)
+        return [int(torch.multinomial(probs[k], 1, generator=g)) for k, g in enumerate(generators)]
 
     def draw(self, logits: torch.Tensor, generator: torch.Generator, samples: int = 1) -> torch.Tensor:
         """Token ids [batch, samples], drawn independently (with replacement) per row."""

@@ -280,6 +280,11 @@ class Speculative(Search):
             raise TypeError("sample must be sd.Sample(...) or None (greedy)")
         if self.sample is not None and self.sample.n != 1:
             raise ValueError("Speculative decodes one hypothesis per prompt (sample.n must be 1)")
+        if self.sample is not None and self.sample.penalizes:
+            raise ValueError(
+                "Speculative does not apply the history penalties (repetition_penalty, no_repeat_ngram_size, "
+                "presence_penalty, frequency_penalty, logit_bias) to its drafts; decode with sd.Sample(...) instead"
+            )
         object.__setattr__(self, "source", _source(self.draft))
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:

@@ -236,9 +236,12 @@ class Engine:
             self._running.append(_Running(job, root, choices))
             rows += job.n
 
-    def _policy(self, job: Job, choice: int) -> tuple[Sample | None, torch.Generator | None]:
-        """How a choice draws: greedy, or from its own generator seeded as `generate`'s sample j of a
-        one-prompt call (`task_seed(seed, 0, j)`), so a seeded request gives what a script gets."""
+    def _policy(self, job: Job, choice: int) -> tuple[Greedy | Sample | None, torch.Generator | None]:
+        """How a choice draws: greedy (after its logit processors, if any), or from its own generator
+        seeded as `generate`'s sample j of a one-prompt call (`task_seed(seed, 0, j)`), so a seeded
+        request gives what a script gets."""
+        if isinstance(job.search, Greedy):
+            return (job.search if job.search.processes else None), None
         if not isinstance(job.search, Sample):
             return None, None
         seed = job.search.seed

@@ -22,6 +22,7 @@ from searchdec.errors import ConstraintError, PromptTooLongError
 from searchdec.grammars import ConstraintSpec, ToolCalls
 from searchdec.grammars.base import Constraint
 from searchdec.requests import ChatFormat, RequestConstraint, RequestError, request_constraint
+from searchdec.search.processors import is_neutral
 from searchdec.search.rows import Stopping
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server import searches
@@ -181,13 +182,14 @@ def _best_of(served: ServedModel, req: CompletionRequest):
         raise bad_request("best_of cannot be used with stream", "best_of")
     if req.search is not None:
         raise bad_request("best_of and search are two ways to choose a search; give one", "best_of")
-    sampling = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "min_p", "seed")}
-    sampling = {k: v for k, v in sampling.items() if v is not None}
+    context = searches.SearchContext(req.n, served.model)
+    sampling = {k: getattr(req, k) for k in _DECODING if getattr(req, k) is not None}
+    sampling.update(searches.processors({k: getattr(req, k) for k in searches.PROCESSORS}, context))
     if sampling.get("temperature", 1.0) < searches.MIN_TEMPERATURE:
         raise bad_request("best_of needs temperature > 0: greedy samples are all the same", "temperature")
     params = {"n": req.best_of, "reward": "logprob", "temperature": 1.0, **sampling}
     try:
-        return searches.build({"algorithm": "best_of_n", **params}, searches.SearchContext(req.n, served.model))
+        return searches.build({"algorithm": "best_of_n", **params}, context)
     except APIError as error:
         raise bad_request(error.message.replace("search 'best_of_n': n", "best_of"), "best_of") from None
 
@@ -224,9 +226,6 @@ def _check_model(served: ServedModel, name: str) -> None:
 
 
 _NEUTRAL = {
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
     "modalities": (None, ["text"]),
     "audio": (None,),
     "prediction": (None,),
@@ -246,18 +245,24 @@ def _refuse_unsupported(req: _Sampling) -> None:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
 
 
+_DECODING = ("temperature", "top_p", "top_k", "min_p", "seed")
+
+
 def _search(served: ServedModel, req: _Sampling):
+    context = searches.SearchContext(req.n, served.model)
     if req.search is not None:
-        beside = [k for k in ("temperature", "top_p", "top_k", "min_p", "seed") if getattr(req, k) is not None]
+        beside = [k for k in _DECODING if getattr(req, k) is not None]
+        beside += [k for k in searches.PROCESSORS if not is_neutral(k, getattr(req, k))]
         if beside:
             raise bad_request(f"search holds the decoding parameters; move {', '.join(beside)} into it", beside[0])
-        return searches.build(req.search.model_dump(), searches.SearchContext(req.n, served.model))
+        return searches.build(req.search.model_dump(), context)
+    processors = searches.processors({k: getattr(req, k) for k in searches.PROCESSORS}, context)
     temperature = 1.0 if req.temperature is None else req.temperature
     if temperature < searches.MIN_TEMPERATURE:
-        return Greedy()  # a temperature this close to 0 overflows the scaled logits; it means arg-max
+        return Greedy(**processors)  # a temperature this close to 0 overflows the scaled logits; it means arg-max
     top_k = req.top_k if req.top_k not in (None, -1, 0) else None
     try:
-        return Sample(temperature, top_k, req.top_p or 1.0, req.min_p or 0.0, n=req.n, seed=req.seed)
+        return Sample(temperature, top_k, req.top_p or 1.0, req.min_p or 0.0, n=req.n, seed=req.seed, **processors)
     except ValueError as error:
         raise bad_request(str(error)) from None
 

@@ -4,7 +4,9 @@ Every field OpenAI defines for these endpoints is declared; one that searchdec c
 refused when set to anything but its neutral value (see `app._refuse_unsupported`), and a field
 nobody defines is a 400, as OpenAI itself answers. searchdec's own extensions: `search`,
 `structured_outputs`, the legacy `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`,
-and `top_k` / `min_p`.
+`top_k` / `min_p`, and transformers' logit processors `repetition_penalty`, `no_repeat_ngram_size`,
+`typical_p`, `epsilon_cutoff`, `eta_cutoff` (search/processors.py; OpenAI's `frequency_penalty`,
+`presence_penalty` and `logit_bias` map onto the same pipeline).
 """
 
 from __future__ import annotations
@@ -129,6 +131,11 @@ class _Sampling(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
+    typical_p: float | None = Field(default=None, gt=0, le=1)
+    epsilon_cutoff: float | None = Field(default=None, ge=0, lt=1)
+    eta_cutoff: float | None = Field(default=None, ge=0, lt=1)
     user: str | None = None
     search: SearchSpec | None = None
     structured_outputs: StructuredOutputs | None = None

@@ -13,8 +13,12 @@ The request's `n` is the number of choices returned: beam searches return their 
 `structured_outputs`) hold for every searched hypothesis, as they do for decoded ones.
 
 Algorithms and parameters (defaults in brackets):
-- `greedy`: none.
-- `sample`: temperature [1.0], top_p [1.0], top_k [none], min_p [0.0], seed.
+- `greedy`: the logit processors (below).
+- `sample`: temperature [1.0], top_p [1.0], top_k [none], min_p [0.0], seed, and the logit processors.
+- the logit processors (search/processors.py), taken by greedy, sample and best_of_n: frequency_penalty
+  and presence_penalty [0; within [-2, 2]], logit_bias [none; token id (a JSON string) -> bias, clamped
+  to [-100, 100] as vLLM's `SamplingParams.from_optional` does], repetition_penalty [1.0; > 0],
+  no_repeat_ngram_size [0], typical_p [1.0; (0, 1]], epsilon_cutoff and eta_cutoff [0; [0, 1)].
 - `beam` (transformers' beam search): width [max(4, n)], length_penalty [1.0],
   early_stopping [false; true or "never"], patience [1.0].
 - `diverse_beam` (Hamming diversity between groups): width [groups * max(2, ceil(n / groups))],
@@ -22,7 +26,7 @@ Algorithms and parameters (defaults in brackets):
 - `best_first_beam` (returns what beam with length_penalty 0 returns, with fewer expansions):
   width [max(4, n)].
 - `best_of_n`: n [max(8, request n)] samples, reward ["logprob"], aggregate ["max"; "weighted",
-  "majority"], temperature [0.8], top_p, top_k, min_p, seed. Built-in rewards, by name, each the
+  "majority"], temperature [0.8], top_p, top_k, min_p, seed, the logit processors. Built-in rewards, by name, each the
   `rewards.*` a script would use: "logprob", `rewards.MeanLogprob()`, the sample's mean token
   log-probability under the model (OpenAI's legacy `best_of` criterion; free: no extra forward),
   reported as its exponential, the geometric-mean token probability; "self_eval",
@@ -53,6 +57,7 @@ from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server.errors import bad_request
 
@@ -61,6 +66,17 @@ MAX_WIDTH = 64  # beams or samples of one request: one search holds the worker f
 MAX_LENGTH_PENALTY = 20.0  # context_window ** 20 stays a finite float for any window below 1e15
 MAX_PATIENCE = 16.0
 MAX_DIVERSITY_PENALTY = 1e6
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range; vLLM clamps to it (vllm/sampling_params.py `SamplingParams.from_optional`)
+PROCESSORS = (
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+)
 
 
 @dataclass(frozen=True)
@@ -146,8 +162,57 @@ def _width(params: dict, key: str, default: int, context: SearchContext) -> int:
     return width
 
 
+def processors(params: dict, context: SearchContext, prefix: str = "") -> dict[str, Any]:
+    """The logit processor settings among `params` (set ones only), each checked alone so that an
+    error names its field (`prefix` + name); `logit_bias` keys become token ids within the model's
+    vocabulary and its biases are clamped to [-100, 100]."""
+    settings: dict[str, Any] = {}
+    for key in PROCESSORS:
+        value = params.get(key)
+        if value is None:
+            continue
+        if key == "logit_bias":
+            value = _logit_bias(value, context, prefix + key)
+        elif key == "no_repeat_ngram_size":
+            value = _checked(params, key, prefix, int)
+        else:
+            value = float(_checked(params, key, prefix))
+        try:
+            Processors(**{key: value}).check_processors()
+        except ValueError as error:
+            raise bad_request(str(error), prefix + key) from None
+        settings[key] = value
+    return settings
+
+
+def _checked(params: dict, key: str, prefix: str, kind=(int, float)):
+    try:
+        return _number(params, key, kind)
+    except (TypeError, ValueError) as error:
+        raise bad_request(str(error), prefix + key) from None
+
+
+def _logit_bias(value, context: SearchContext, param: str) -> dict[int, float]:
+    if not isinstance(value, dict):
+        raise bad_request(f"logit_bias must map token ids to biases, got {type(value).__name__}", param)
+    vocab = getattr(context.model, "vocab_size", None)
+    table: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}", param) from None
+        if token < 0 or (vocab is not None and token >= vocab):
+            raise bad_request(f"logit_bias token id {token} is outside the vocabulary [0, {vocab})", param)
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise bad_request(f"logit_bias[{key!r}] must be a finite number, got {bias!r}", param)
+        table[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, float(bias)))
+    return table
+
+
 def _greedy(params: dict, context: SearchContext) -> Greedy:
-    return Greedy()  # n > 1 greedy hypotheses are identical; the engine decodes them side by side
+    # n > 1 greedy hypotheses are identical; the engine decodes them side by side
+    return Greedy(**processors(params, context, "search."))
 
 
 def _sample(params: dict, context: SearchContext, n: int | None = None, temperature: float = 1.0) -> Sample:
@@ -165,6 +230,7 @@ def _sample(params: dict, context: SearchContext, n: int | None = None, temperat
         min_p=float(params.get("min_p", 0.0)),
         n=context.n if n is None else n,
         seed=params.get("seed"),
+        **processors(params, context, "search."),
     )
 
 
@@ -224,7 +290,7 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
 
 
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed")
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
 
 
 def _contrastive(params: dict, context: SearchContext) -> Contrastive:
@@ -240,10 +306,13 @@ def _contrastive(params: dict, context: SearchContext) -> Contrastive:
     return search
 
 
-register(SearchEntry("greedy", (), _greedy, description="the most probable token at each step"))
+register(SearchEntry("greedy", PROCESSORS, _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
-        "sample", _SAMPLING, _sample, description="ancestral sampling with temperature, top-k, top-p and min-p, seeded"
+        "sample",
+        _SAMPLING,
+        _sample,
+        description="ancestral sampling with temperature, top-k, top-p, min-p and the logit processors, seeded",
     )
 )
 register(
