@@ -60,7 +60,12 @@ def includes(phrases, *, within: ConstraintSpec | None = None) -> Includes:
     `within` combines it with another constraint: `sd.includes(["Paris"], within=sd.json_schema(schema))`
     gives JSON documents valid under `schema` that contain "Paris" (in a string field, where the schema
     lets free text go). Every output that finishes with "stop" contains every phrase; `generate` raises
-    `PhrasesDoNotFitError` up front when `max_tokens` cannot hold them."""
+    `PhrasesDoNotFitError` up front when `max_tokens` cannot hold them.
+
+    Searches that decode rows (Greedy, Sample, BestOfN, MCTS, ...) write a phrase in when the tokens left
+    require it (search/budget.py), so they always finish with every phrase; `sd.LexicalBeam` is the beam
+    search for phrases (dynamic beam allocation). `sd.Beam` and the other frontier searches only refuse
+    to end before the phrases are met: their output may end with "length" instead."""
     if isinstance(phrases, (str, bytes)):
         raise TypeError(f"includes() takes a list of phrases, not one string: write includes([{phrases!r}])")
     try:
