@@ -23,7 +23,19 @@ from searchdec.errors import (
     WorkersLostError,
 )
 from searchdec.generate import Generation, Hypothesis, generate
-from searchdec.grammars import Constraint, State, choice, from_outlines, json_schema, lark, regex, sql, tool_calls
+from searchdec.grammars import (
+    Constraint,
+    PhrasesDoNotFitError,
+    State,
+    choice,
+    from_outlines,
+    includes,
+    json_schema,
+    lark,
+    regex,
+    sql,
+    tool_calls,
+)
 from searchdec.models.loading import ALIASES, DEFAULT_MODEL, load
 from searchdec.models.model import Model
 from searchdec.requests import RequestError, chat_prompt, constraint_for
@@ -43,11 +55,13 @@ __all__ = [
     "RayExecutor",
     "WorkersLostError",
     "GrammarSyntaxError",
+    "PhrasesDoNotFitError",
     "SchemaError",
     "State",
     "UnsupportedKeywordError",
     "choice",
     "from_outlines",
+    "includes",
     "json_schema",
     "lark",
     "regex",

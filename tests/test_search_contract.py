@@ -25,6 +25,7 @@ SEARCHES = {
     "Greedy": lambda: sd.Greedy(),
     "Sample": lambda: sd.Sample(n=3, seed=1),
     "Beam": lambda: sd.Beam(3),
+    "LexicalBeam": lambda: sd.LexicalBeam(3, lookahead=2),
     "DiverseBeam": lambda: sd.DiverseBeam(4, 2, 0.5),
     "BestFirstBeam": lambda: sd.BestFirstBeam(3),
     "AStar": lambda: sd.AStar(length, budget=40, step="token", expansions=2),
@@ -39,7 +40,18 @@ SEARCHES = {
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),
 }
-TREES = {"Beam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS", "FirstFinish"}
+TREES = {
+    "Beam",
+    "LexicalBeam",
+    "DiverseBeam",
+    "BestFirstBeam",
+    "AStar",
+    "MCTS",
+    "BestOfN",
+    "StepBeam",
+    "DVTS",
+    "FirstFinish",
+}
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 
 

@@ -13,6 +13,7 @@ from searchdec.grammars.base import (
     register_backend,
     tokenizer_info,
 )
+from searchdec.grammars.lexical import Includes, LexicalBackend, PhrasesDoNotFitError, includes
 from searchdec.grammars.llguidance_backend import LLGuidanceBackend
 from searchdec.grammars.outlines import from_outlines
 from searchdec.grammars.outlines_core_backend import OutlinesCoreBackend
@@ -22,14 +23,17 @@ from searchdec.grammars.tool_calls import ToolCalls, tool_calls
 
 register_backend(LLGuidanceBackend())
 register_backend(OutlinesCoreBackend())
+register_backend(LexicalBackend())
 
 __all__ = [
     "Backend",
     "Choice",
     "Constraint",
     "ConstraintSpec",
+    "Includes",
     "JsonSchema",
     "Lark",
+    "PhrasesDoNotFitError",
     "Regex",
     "Sql",
     "State",
@@ -40,6 +44,7 @@ __all__ = [
     "backend_names",
     "choice",
     "from_outlines",
+    "includes",
     "json_schema",
     "lark",
     "regex",

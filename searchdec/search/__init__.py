@@ -9,6 +9,7 @@ from searchdec.search.best_of_n import BestOfN
 from searchdec.search.contrastive import Contrastive, EarlyExit
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.first_finish import FirstFinish
+from searchdec.search.lexical import LexicalBeam
 from searchdec.search.mcts import MCTS
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
@@ -32,6 +33,7 @@ __all__ = [
     "FirstFinish",
     "Greedy",
     "InProcessExecutor",
+    "LexicalBeam",
     "Node",
     "PromptLookup",
     "RewardGuidedSpeculative",

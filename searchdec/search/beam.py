@@ -84,7 +84,7 @@ class Beam(Search):
         model, stopping = work.model, work.stopping
         expander = Expander(model, stopping)
         k = max(2, 1 + len(stopping.eos_token_ids)) * self.width
-        beams = [_PromptBeams(root, self, model) for root in roots]
+        beams = [self._prompt_beams(root, model) for root in roots]
         if stopping.max_tokens == 0:
             for b in beams:
                 leaf = root_leaf(b.root)
@@ -109,6 +109,10 @@ class Beam(Search):
             step += 1
         expander.discard(forwarded)
         return [b.result(self) for b in beams]
+
+    def _prompt_beams(self, root: Node, model) -> _PromptBeams:
+        """One prompt's beams; a variant that chooses its candidates otherwise (LexicalBeam) overrides it."""
+        return _PromptBeams(root, self, model)
 
 
 def root_leaf(root: Node) -> Node:

@@ -11,7 +11,9 @@ with "length", as it would without a budget.
 
 The walk costs ~50 µs a token, so it runs only where the budget is tight: on every step once the
 tokens left are within `2 * cost + SLACK` of the last measured cost, and otherwise every `PERIOD`
-tokens, which keeps the estimate fresh when a token opens structure that is costly to close.
+tokens, which keeps the estimate fresh when a token opens structure that is costly to close. A State
+whose `steer_every_token` is true is checked on every token (a lexical constraint over a grammar: one
+token can close the grammar with a required phrase still unwritten, whatever the tokens left).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def keep_closable(
     if node.closing < 0 or child.state is None:
         return child
     left = tokens_left(child, max_tokens, room)
-    tight = left <= 2 * node.closing + SLACK
+    tight = left <= 2 * node.closing + SLACK or getattr(child.state, "steer_every_token", False)
     if not tight and child.depth % PERIOD:
         return child
     for attempt in range(RETRIES + 1):
