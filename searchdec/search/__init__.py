@@ -1,6 +1,7 @@
 """Search: the node tree, the one decoding step (rows.py), the Work interface (work.py), and the
 algorithms over them, one module per algorithm, each registered by its import line below."""
 
+from searchdec.search.arithmetic import ArithmeticSampling
 from searchdec.search.astar import AStar
 from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
@@ -8,6 +9,7 @@ from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.first_finish import FirstFinish
+from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
@@ -19,7 +21,9 @@ from searchdec.search.work import Executor, InProcessExecutor
 
 __all__ = [
     "DVTS",
+    "MBR",
     "MCTS",
+    "ArithmeticSampling",
     "AStar",
     "Beam",
     "BestFirstBeam",
