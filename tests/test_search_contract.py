@@ -33,12 +33,18 @@ SEARCHES = {
     "StepBeam": lambda: sd.StepBeam(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=3)),
     "DVTS": lambda: sd.DVTS(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=4)),
     "FirstFinish": lambda: sd.FirstFinish(4, sample=sd.Sample(seed=5), num_return=2),
+    "MBR": lambda: sd.MBR(3, utility="chrf", candidates=sd.Sample(n=3, seed=6)),
+    "PrioritySampling": lambda: sd.PrioritySampling(3),
+    "ArithmeticSampling": lambda: sd.ArithmeticSampling(3, sample=sd.Sample(seed=7)),
     "Speculative": lambda: sd.Speculative(k=3),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),
 }
-TREES = {"Beam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS", "FirstFinish"}
+TREES = {
+    *("Beam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS", "FirstFinish"),
+    *("MBR", "PrioritySampling"),
+}
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 
 

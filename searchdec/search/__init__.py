@@ -11,6 +11,7 @@ from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.first_finish import FirstFinish
 from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
+from searchdec.search.priority import PrioritySampling
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
@@ -34,6 +35,7 @@ __all__ = [
     "Greedy",
     "InProcessExecutor",
     "Node",
+    "PrioritySampling",
     "PromptLookup",
     "RewardGuidedSpeculative",
     "Sample",

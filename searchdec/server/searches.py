@@ -31,6 +31,12 @@ Algorithms and parameters (defaults in brackets):
   batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
   not offered: under `response_format` the grammar already makes every finished sample valid, so it
   could not tell them apart.
+- `mbr` (minimum Bayes risk): n [max(8, request n)] samples ranked by their mean utility against the
+  others, utility ["exact": the extracted final answers match; "chrf", "f1"], answer [the last
+  number; a regex whose last match, or first group, is the answer, only with "exact"], weights
+  ["uniform"; "model"], temperature [1.0], top_p, top_k, min_p, seed [0]: `sd.MBR`.
+- `priority` (priority sampling): the request's n unique outputs in order of the model's
+  confidence, the first the greedy one, deterministic; branching [n - 1: exact]: `sd.PrioritySampling`.
 
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
@@ -48,6 +54,8 @@ from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.mbr import MBR
+from searchdec.search.priority import PrioritySampling
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server.errors import bad_request
 
@@ -221,6 +229,28 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed")
 
+
+def _mbr(params: dict, context: SearchContext) -> MBR:
+    samples = _width(params, "n", max(8, context.n), context)
+    sampling = {k: v for k, v in params.items() if k in _SAMPLING}
+    sampling.setdefault("seed", 0)
+    for key in ("utility", "weights", "answer"):
+        if key in params and not isinstance(params[key], str):
+            raise TypeError(f"{key} must be a string, got {params[key]!r}")
+    return MBR(
+        n=samples,
+        utility=params.get("utility", "exact"),
+        candidates=_sample(sampling, context, samples),
+        weights=params.get("weights", "uniform"),
+        answer=params.get("answer"),
+    )
+
+
+def _priority(params: dict, context: SearchContext) -> PrioritySampling:
+    branching = _number(params, "branching", int)
+    return PrioritySampling(n=context.n, branching=branching)
+
+
 register(SearchEntry("greedy", (), _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
@@ -261,5 +291,23 @@ register(
         _best_of_n,
         stepwise=False,
         description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
+    )
+)
+register(
+    SearchEntry(
+        "mbr",
+        ("n", "utility", "answer", "weights", *_SAMPLING),
+        _mbr,
+        stepwise=False,
+        description="minimum Bayes risk: n samples ranked by mean utility (exact answer, chrF, F1) against the others",
+    )
+)
+register(
+    SearchEntry(
+        "priority",
+        ("branching",),
+        _priority,
+        stepwise=False,
+        description="priority sampling: n unique outputs, most confident branch first, the first greedy",
     )
 )
