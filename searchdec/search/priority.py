@@ -24,6 +24,8 @@ below them can be popped). A branch's prefix is forwarded again from the prompt 
 (one batched forward of its tokens); only the prompts' cache entries are kept between rounds.
 A branch token is appended as it is, without the grammar's forced text after it (the greedy
 completion then chooses the forced tokens, one forward each: the same tokens and log-probabilities).
+Under a constraint, a popped branch from which the output could no longer close within the tokens
+left is dropped (the decoding step's budget steering never chooses such a token either).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from searchdec.search import budget
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
 from searchdec.search.expand import Expander
-from searchdec.search.rows import Row, Rule, constrain, decode_rows, start_budget
+from searchdec.search.rows import Row, Rule, Stopping, constrain, decode_rows, start_budget
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
@@ -87,7 +90,9 @@ class PrioritySampling(Search):
                     if len(found[i]) >= self.n or not queues[i]:
                         continue
                     negative, _, at, token, value = heapq.heappop(queues[i])
-                    start = root if token is None else self._branch(at, token, value)
+                    start = root if token is None else self._branch(at, token, value, root, work.stopping)
+                    if start is None:
+                        continue
                     reason = None if token is None else expander.finish_reason(start, root)
                     if reason is not None:
                         start.finish_reason = reason
@@ -115,10 +120,19 @@ class PrioritySampling(Search):
         return [self._result(model, root, f, s) for root, f, s in zip(roots, found, stats)]
 
     @staticmethod
-    def _branch(at: Node, token: int, logprob: float) -> Node:
-        """The node appending the popped branch's token to its prefix."""
+    def _branch(at: Node, token: int, logprob: float, root: Node, stopping: Stopping) -> Node | None:
+        """The node appending the popped branch's token to its prefix; None when a constrained
+        output could no longer close within the tokens left from it (budget.py: the decoding step
+        never chooses such a token either)."""
         start = at.child((token,), (logprob,))
         start.closing = at.closing
+        if start.state is None or at.closing < 0 or start.state.finished or token in stopping.eos_token_ids:
+            return start
+        room = None if stopping.context_window is None else stopping.context_window - len(root.new_tokens)
+        found = start.state.closing(budget.tokens_left(start, stopping.max_tokens, room))
+        if found is None:
+            return None
+        start.closing = found[0]
         return start
 
     def _result(self, model, root: Node, found: list[tuple[float, Node]], stats: SearchStats) -> SearchResult:
