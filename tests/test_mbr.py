@@ -162,3 +162,23 @@ def test_a_utility_returning_a_non_number_names_itself(tiny):
 
     with pytest.raises(TypeError, match="utility 'bad' must return a number"):
         sd.generate(tiny, "hello", max_tokens=4, search=sd.MBR(3, utility=bad))
+
+
+def test_the_server_builds_mbr_from_its_search_field():
+    pytest.importorskip("fastapi")
+    from searchdec.server.errors import APIError
+    from searchdec.server.searches import SearchContext, build
+
+    spec = build({"algorithm": "mbr", "n": 6, "utility": "chrf", "temperature": 0.7, "seed": 3}, SearchContext(n=2))
+    assert spec == sd.MBR(6, utility="chrf", candidates=sd.Sample(temperature=0.7, n=6, seed=3))
+    assert build({"algorithm": "mbr"}, SearchContext(n=1)).candidates == sd.Sample(n=8, seed=0)
+    for bad, param in [
+        ({"utility": "bleu"}, "search"),
+        ({"answer": "("}, "search"),
+        ({"answer": 3}, "search"),
+        ({"n": 1}, "search"),
+        ({"width": 3}, "search.width"),
+    ]:
+        with pytest.raises(APIError) as caught:
+            build({"algorithm": "mbr", **bad}, SearchContext(n=1))
+        assert caught.value.status == 400 and caught.value.param == param, bad

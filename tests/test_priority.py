@@ -86,3 +86,16 @@ def test_a_narrow_branching_still_gives_unique_outputs(tiny):
 def test_bad_input_is_a_specific_early_error(kwargs, error, words):
     with pytest.raises(error, match=words):
         sd.PrioritySampling(**kwargs)
+
+
+def test_the_server_builds_priority_sampling_from_its_search_field():
+    pytest.importorskip("fastapi")
+    from searchdec.server.errors import APIError
+    from searchdec.server.searches import SearchContext, build
+
+    assert build({"algorithm": "priority"}, SearchContext(n=3)) == sd.PrioritySampling(3)
+    assert build({"algorithm": "priority", "branching": 2}, SearchContext(n=3)) == sd.PrioritySampling(3, 2)
+    for bad, param in [({"branching": 0}, "search"), ({"branching": 1.5}, "search"), ({"n": 4}, "search.n")]:
+        with pytest.raises(APIError) as caught:
+            build({"algorithm": "priority", **bad}, SearchContext(n=3))
+        assert caught.value.status == 400 and caught.value.param == param, bad
