@@ -283,12 +283,15 @@ class MBR(Search):
             range(len(leaves)),
             key=lambda i: (leaves[i].finish_reason != "stop", -expected[i], -leaves[i].logprob, i),
         )
-        stats = MBRStats(**found.stats.as_dict()) if found.stats is not None else MBRStats()
+        stats = MBRStats()
+        if found.stats is not None:  # the candidates' cost (a search's own extra counters are left out)
+            for name in SearchStats.__dataclass_fields__:
+                setattr(stats, name, getattr(found.stats, name))
         stats.utility_pairs = pairs
-        name = self._utility.name
-        trace = Trace("MBR", {"n": self.n, "utility": name, "weights": self.weights}, model.decode)
+        utility = self._utility.name
+        trace = Trace("MBR", {"n": self.n, "utility": utility, "weights": self.weights}, model.decode)
         trace.add(root, status="root")
         for i, leaf in enumerate(leaves):
-            extra = {"answer": str(self._utility.features(texts[i]))[:80]} if name == "exact" else {}
+            extra = {"answer": str(self._utility.features(texts[i]))[:80]} if utility == "exact" else {}
             trace.add(leaf, score=expected[i], status="finished", **extra)
         return SearchResult.ranked([(expected[i], leaves[i]) for i in order], trace, stats)
