@@ -34,6 +34,9 @@ SEARCHES = {
     "StepBeam": lambda: sd.StepBeam(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=3)),
     "DVTS": lambda: sd.DVTS(2, 2, step_scores, step=re.compile("[aeiou]"), sample=sd.Sample(seed=4)),
     "FirstFinish": lambda: sd.FirstFinish(4, sample=sd.Sample(seed=5), num_return=2),
+    "MBR": lambda: sd.MBR(3, utility="chrf", candidates=sd.Sample(n=3, seed=6)),
+    "PrioritySampling": lambda: sd.PrioritySampling(3),
+    "ArithmeticSampling": lambda: sd.ArithmeticSampling(3, sample=sd.Sample(seed=7)),
     "Speculative": lambda: sd.Speculative(k=3),
     "Contrastive": lambda: sd.Contrastive(amateur=1, alpha=0.1, search=sd.Beam(2)),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
@@ -41,16 +44,8 @@ SEARCHES = {
     ),
 }
 TREES = {
-    "Beam",
-    "LexicalBeam",
-    "DiverseBeam",
-    "BestFirstBeam",
-    "AStar",
-    "MCTS",
-    "BestOfN",
-    "StepBeam",
-    "DVTS",
-    "FirstFinish",
+    *("Beam", "LexicalBeam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS"),
+    *("FirstFinish", "MBR", "PrioritySampling"),
 }
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 

@@ -417,6 +417,8 @@ def test_best_of_n_ranks_its_samples_by_mean_token_logprob(client, smollm):
         {"algorithm": "best_of_n", "n": 3, "aggregate": "majority", "seed": 1},
         {"algorithm": "diverse_beam", "width": 4, "groups": 2, "diversity_penalty": 1.0},
         {"algorithm": "best_first_beam", "width": 2},
+        {"algorithm": "mbr", "n": 4, "utility": "chrf", "seed": 1},
+        {"algorithm": "priority"},
     ],
 )
 def test_every_registered_search_is_served(client, search):
@@ -618,6 +620,8 @@ def test_unknown_model_is_not_found(client):
         ({"extra_body": {"search": {"algorithm": "beam", "early_stopping": "soon"}}}, "search", None),
         ({"extra_body": {"search": {"algorithm": "best_of_n", "reward": "magic"}}}, "search", None),
         ({"extra_body": {"search": {"algorithm": "best_of_n", "reward": "none"}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "mbr", "utility": "bleu"}}}, "search", None),
+        ({"extra_body": {"search": {"algorithm": "priority", "branching": 0}}}, "search", None),
         ({"temperature": 0.5, "extra_body": {"search": {"algorithm": "beam"}}}, "temperature", None),
         ({"logprobs": True, "top_logprobs": 2, "extra_body": {"search": {"algorithm": "beam"}}}, "top_logprobs", None),
         (

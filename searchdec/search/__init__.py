@@ -1,6 +1,7 @@
 """Search: the node tree, the one decoding step (rows.py), the Work interface (work.py), and the
 algorithms over them, one module per algorithm, each registered by its import line below."""
 
+from searchdec.search.arithmetic import ArithmeticSampling
 from searchdec.search.astar import AStar
 from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
@@ -10,7 +11,9 @@ from searchdec.search.contrastive import Contrastive, EarlyExit
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.first_finish import FirstFinish
 from searchdec.search.lexical import LexicalBeam
+from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
+from searchdec.search.priority import PrioritySampling
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
@@ -21,7 +24,9 @@ from searchdec.search.work import Executor, InProcessExecutor
 
 __all__ = [
     "DVTS",
+    "MBR",
     "MCTS",
+    "ArithmeticSampling",
     "AStar",
     "Beam",
     "BestFirstBeam",
@@ -35,6 +40,7 @@ __all__ = [
     "InProcessExecutor",
     "LexicalBeam",
     "Node",
+    "PrioritySampling",
     "PromptLookup",
     "RewardGuidedSpeculative",
     "Sample",

@@ -11,9 +11,10 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
 2. masks each row's logits by its node's constraint State (reported log-probabilities stay those of
    the unmasked model);
 3. chooses a token per row (arg-max, or a draw from the row's warped distribution with its own
-   generator: a row's draws depend on its generator alone, never on the batch); a policy with logit
-   processors (search/processors.py) first penalizes the row's logits by the row's own tokens (prompt
-   and generated, forced ones included) — before the mask, which it commutes with — and warps after;
+   generator — or its own `Picker`, such as arithmetic sampling's code point: a row's draws depend
+   on its generator alone, never on the batch); a policy with logit processors
+   (search/processors.py) first penalizes the row's logits by the row's own tokens (prompt and
+   generated, forced ones included) — before the mask, which it commutes with — and warps after;
 4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
    close within the tokens left (search/budget.py);
 5. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
@@ -26,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -62,6 +63,21 @@ class Rule:
     max_step_tokens: int | None = None
 
 
+class Picker(Protocol):
+    """A row's own rule for drawing its token from the processed distribution, in place of a torch
+    generator (arithmetic sampling's code point). `retry=True` draws again for the same step from an
+    edited distribution (budget steering masked the token drawn first)."""
+
+    def pick(self, probs: torch.Tensor, retry: bool = False) -> int: ...
+
+
+def draw(probs: torch.Tensor, source: torch.Generator | Picker | None, retry: bool = False) -> int:
+    """One token from a row of probabilities, by the row's generator or its `Picker`."""
+    if source is None or isinstance(source, torch.Generator):
+        return int(torch.multinomial(probs, 1, generator=source))
+    return source.pick(probs, retry)
+
+
 @dataclass(eq=False)
 class Row:
     """One hypothesis being decoded. `node` is its newest node; after `advance`, `logprobs` holds the
@@ -73,7 +89,7 @@ class Row:
     prompt_length: int
     rule: Rule
     policy: Sample | Greedy | None = None  # None: the arg-max; a Greedy: the arg-max after its processors
-    generator: torch.Generator | None = None
+    generator: torch.Generator | Picker | None = None
     stats: object = None  # a SearchStats charged with this row's expansions and forwarded tokens
     owner: int = 0  # the caller's index (its prompt)
     ended: bool = False
@@ -298,7 +314,7 @@ def extend(
     logprobs: torch.Tensor,
     masked: torch.Tensor,
     policy: Sample | Greedy | None,
-    generator: torch.Generator | None,
+    generator: torch.Generator | Picker | None,
     stopping: Stopping,
     prompt_length: int,
     jump_forward: bool,
@@ -360,9 +376,13 @@ def constrain(logits: torch.Tensor, nodes: Sequence[Node]) -> torch.Tensor:
 
 
 def choose(policy: Sample | Greedy | None, logits: torch.Tensor, generator, samples: int = 1) -> list[int]:
-    """`samples` tokens chosen from a one-row batch of (masked) logits (policy None: the arg-max)."""
+    """`samples` tokens chosen from a one-row batch of (masked) logits (policy None: the arg-max); a
+    `Picker` draws again for the step it drew last (budget steering's re-draw)."""
     if policy is None:
         return [int(logits[0].argmax())] * samples
+    if generator is not None and not isinstance(generator, torch.Generator):
+        probs = policy.process(logits).softmax(dim=-1)[0]
+        return [draw(probs, generator, retry=True) for _ in range(samples)]
     return policy.draw(logits, generator, samples)[0].tolist()
 
 

@@ -21,6 +21,7 @@ import torch
 from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.decode import complete
 from searchdec.search.processors import Processors
+from searchdec.search.rows import Picker, draw
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
 
@@ -110,10 +111,11 @@ class Sample(Processors, Search):
             scores = scores.masked_fill(remove, float("-inf"))
         return self.truncate(scores) if self.truncates else scores
 
-    def pick(self, scores: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
-        """One token per row of (penalized, masked) `scores`, row i drawn with `generators[i]`."""
+    def pick(self, scores: torch.Tensor, generators: list[torch.Generator | Picker]) -> list[int]:
+        """One token per row of (penalized, masked) `scores`, row i drawn with `generators[i]` (a torch
+        generator, or the row's own `Picker`, e.g. arithmetic sampling's code point)."""
         probs = self.process(scores).softmax(dim=-1)
-        return [int(torch.multinomial(probs[k], 1, generator=g)) for k, g in enumerate(generators)]
+        return [draw(probs[k], g) for k, g in enumerate(generators)]
 
     def draw(self, logits: torch.Tensor, generator: torch.Generator, samples: int = 1) -> torch.Tensor:
         """Token ids [batch, samples], drawn independently (with replacement) per row."""

@@ -39,6 +39,12 @@ Algorithms and parameters (defaults in brackets):
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
   & Lewis's (1 + beta) l_e - beta l_a]. One choice (n = 1).
+- `mbr` (minimum Bayes risk): n [max(8, request n)] samples ranked by their mean utility against the
+  others, utility ["exact": the extracted final answers match; "chrf", "f1"], answer [the last
+  number; a regex whose last match, or first group, is the answer, only with "exact"], weights
+  ["uniform"; "model"], temperature [1.0], top_p, top_k, min_p, seed [0]: `sd.MBR`.
+- `priority` (priority sampling): the request's n unique outputs in order of the model's
+  confidence, the first the greedy one, deterministic; branching [n - 1: exact]: `sd.PrioritySampling`.
 
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
@@ -57,6 +63,8 @@ from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.mbr import MBR
+from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.server.errors import bad_request
@@ -306,6 +314,27 @@ def _contrastive(params: dict, context: SearchContext) -> Contrastive:
     return search
 
 
+def _mbr(params: dict, context: SearchContext) -> MBR:
+    samples = _width(params, "n", max(8, context.n), context)
+    sampling = {k: v for k, v in params.items() if k in _SAMPLING}
+    sampling.setdefault("seed", 0)
+    for key in ("utility", "weights", "answer"):
+        if key in params and not isinstance(params[key], str):
+            raise TypeError(f"{key} must be a string, got {params[key]!r}")
+    return MBR(
+        n=samples,
+        utility=params.get("utility", "exact"),
+        candidates=_sample(sampling, context, samples),
+        weights=params.get("weights", "uniform"),
+        answer=params.get("answer"),
+    )
+
+
+def _priority(params: dict, context: SearchContext) -> PrioritySampling:
+    branching = _number(params, "branching", int)
+    return PrioritySampling(n=context.n, branching=branching)
+
+
 register(SearchEntry("greedy", PROCESSORS, _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
@@ -358,5 +387,23 @@ register(
         _contrastive,
         stepwise=False,
         description="contrastive decoding against the model's own first layers (early exit) as the amateur",
+    )
+)
+register(
+    SearchEntry(
+        "mbr",
+        ("n", "utility", "answer", "weights", *_SAMPLING),
+        _mbr,
+        stepwise=False,
+        description="minimum Bayes risk: n samples ranked by mean utility (exact answer, chrF, F1) against the others",
+    )
+)
+register(
+    SearchEntry(
+        "priority",
+        ("branching",),
+        _priority,
+        stepwise=False,
+        description="priority sampling: n unique outputs, most confident branch first, the first greedy",
     )
 )
