@@ -101,9 +101,7 @@ def decode_all(model, constraints, search, max_tokens: int) -> list:
     """Every prompt under its own constraint in one search run (one batched forward per step): the
     search contract's roots each carry their own State, so prompts with different phrases batch."""
     for constraint in constraints:
-        compiled = constraint.compile(model)
-        if hasattr(compiled, "check_budget"):  # what generate checks first
-            compiled.check_budget(max_tokens)
+        constraint.compile(model).check_budget(max_tokens)  # what generate checks first
     roots = [
         Node(tuple(sd.chat_prompt(model, [{"role": "user", "content": prompt}])), state=c.compile(model).start())
         for (prompt, _), c in zip(TOPICS, constraints)

@@ -90,8 +90,8 @@ def generate(
         model.check_prompt_length(len(root.new_tokens))
 
     budget = model.context_window if max_tokens is None else max_tokens  # None: the window decides
-    if compiled is not None and hasattr(compiled, "check_budget"):  # sd.includes: do the phrases fit?
-        compiled.check_budget(budget)
+    if compiled is not None:
+        compiled.check_budget(budget)  # e.g. sd.includes: do the phrases fit?
     stopping = Stopping(budget, model.eos_token_ids, stops, model.context_window)
     # Tasks compile the spec where they run; in this process a compiled constraint is used as it is.
     spec = compiled if executor is None else _spec(constraint)

@@ -73,6 +73,13 @@ class State(ABC):
         return False
 
     @property
+    def steer_every_token(self) -> bool:
+        """Whether the search's budget steering (search/budget.py) must check `closing` on every token,
+        not only once the budget is tight: a state that one token can close for good while something
+        it requires is still missing (a lexical constraint over a grammar) says True."""
+        return False
+
+    @property
     @abstractmethod
     def forced(self) -> list[int]:
         """Tokens the grammar fixes from here (empty when it fixes nothing): they can be appended
@@ -128,6 +135,11 @@ class Constraint(ABC):
     @abstractmethod
     def start(self) -> State:
         """The state before any token."""
+
+    def check_budget(self, max_tokens: int) -> None:
+        """Raise a ConstraintError, before any forward, when no output of at most `max_tokens` tokens
+        can satisfy this constraint and it can tell up front (a lexical constraint whose phrases do not
+        fit); by default nothing is known, and budget steering handles the rest."""
 
     def __repr__(self) -> str:
         return f"Constraint({self.description}, backend={self.backend!r})"

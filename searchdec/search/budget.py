@@ -60,7 +60,7 @@ def keep_closable(
     if node.closing < 0 or child.state is None:
         return child
     left = tokens_left(child, max_tokens, room)
-    tight = left <= 2 * node.closing + SLACK or getattr(child.state, "steer_every_token", False)
+    tight = left <= 2 * node.closing + SLACK or child.state.steer_every_token
     if not tight and child.depth % PERIOD:
         return child
     for attempt in range(RETRIES + 1):
