@@ -140,6 +140,7 @@ class Constraint(ABC):
         """Raise a ConstraintError, before any forward, when no output of at most `max_tokens` tokens
         can satisfy this constraint and it can tell up front (a lexical constraint whose phrases do not
         fit); by default nothing is known, and budget steering handles the rest."""
+        return None
 
     def __repr__(self) -> str:
         return f"Constraint({self.description}, backend={self.backend!r})"
