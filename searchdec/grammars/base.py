@@ -18,10 +18,17 @@ i // 32; `allocate_bitmask`, `unpack_bitmask` and `apply_masks` work on it.
 Adding a backend: one module with a `State`, a `Constraint` and a `Backend` subclass, and one line
 `register_backend(MyBackend())` in `searchdec/grammars/__init__.py`; specs then name it with
 `backend="my-backend"`.
+
+Beyond the grammar, a `Check` (declared here too) enforces what no context-free grammar can hold (JSON
+Schema's `uniqueItems` or `not`, SQL scope): its `CheckState` reads the output so far, byte by byte, with
+the grammar's State beside it, and answers a `Verdict`. grammars/checks.py joins a Constraint and its
+checks into one Constraint whose States carry both (forked together, immutable), and which is `dead` the
+moment a check is violated; the decoding step (search/rows.py) then backtracks.
 """
 
 from __future__ import annotations
 
+import enum
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -68,8 +75,16 @@ class State(ABC):
 
     @property
     def dead(self) -> bool:
-        """No continuation can satisfy the grammar. A backend whose `advance` refuses every forbidden
-        token never gets here; one that can reach an error state says so."""
+        """No continuation can satisfy the constraint. A backend whose `advance` refuses every forbidden
+        token never gets here; one that can reach an error state says so, and so does a state with checks
+        (grammars/checks.py) once one is violated. A dead state allows no token."""
+        return False
+
+    @property
+    def may_die(self) -> bool:
+        """Whether a hypothesis from here can turn `dead` after a token the mask allowed (a check beyond the
+        grammar that decides only once a value is complete): the decoding step then keeps alternatives to
+        backtrack to (search/rows.py)."""
         return False
 
     @property
@@ -159,6 +174,60 @@ class Backend(ABC):
     @abstractmethod
     def compile(self, spec: Any, tokenizer: TokenizerInfo) -> Constraint:
         """`spec` compiled for `tokenizer`; raises a ConstraintError subclass naming the cause."""
+
+
+# --- checks beyond the grammar ------------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    """What a check says of the output so far."""
+
+    OK = "ok"  # the output, if it ended here, satisfies the check (end-of-sequence may come, as far as it goes)
+    UNDECIDED = "undecided"  # it may not end here, but some continuation may still satisfy the check
+    VIOLATED = "violated"  # no output that begins with the text so far satisfies the check: the hypothesis is dead
+
+
+class CheckState(ABC):
+    """Where one hypothesis stands for one check. Immutable, like `State`: `feed` returns a new one.
+
+    How it agrees with its check's reference (what tests/test_checks*.py verify for every check): for
+    every document, feeding its bytes in any split (token by token) ends in OK exactly when the reference
+    validator (jsonschema, SQLite EXPLAIN, ...) accepts it; VIOLATED is final (once said, no further
+    bytes are fed); a state says VIOLATED no later than the first byte after which no continuation can
+    pass, when the check can tell that (a check may also decide later: the search backtracks then)."""
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def verdict(self) -> Verdict:
+        """The check's answer for the output so far (see `Verdict`)."""
+
+    @abstractmethod
+    def feed(self, data: bytes, grammar: State | None) -> CheckState:
+        """The state once `data` (the bytes of the next token, possibly b"") follows the output so far;
+        `grammar` is the grammar's State after them (its parse position, for a check that needs it;
+        None when the check runs on free text)."""
+
+    def refused(self) -> frozenset[int]:
+        """Tokens this check knows would violate it if they came next (masked with the grammar's mask);
+        by default none: a violation is found once the token is taken, and the search backtracks."""
+        return frozenset()
+
+
+class Check(ABC):
+    """A rule over the output text that a grammar cannot express, compiled once per tokenizer (the
+    `start` State of each hypothesis is derived from it). `name` says what it enforces, for messages
+    and traces ("uniqueItems at /tags")."""
+
+    name: str
+
+    @abstractmethod
+    def start(self, tokenizer: TokenizerInfo) -> CheckState:
+        """The state before any output, for hypotheses decoded with `tokenizer`."""
+
+    def __repr__(self) -> str:
+        return f"Check({self.name})"
 
 
 # --- the registry -------------------------------------------------------------------------------

@@ -17,16 +17,25 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
    generated, forced ones included) — before the mask, which it commutes with — and warps after;
 4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
    close within the tokens left (search/budget.py);
-5. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
+5. backtracks when the new node's State is `dead` (a check beyond the grammar — grammars/checks.py —
+   found the token violates it): the token is masked and the row chooses again at the same step (the
+   next best token; a fresh draw from the rest of its distribution for a sampled row), and when nothing
+   is left there it resumes from the best alternative kept on its path (best-first by the model's
+   cumulative log-probability: a row whose State says `may_die` keeps its `ALTERNATIVES` best other
+   tokens of every step). A row spends at most `Rule.backtracks` such choices; past them, or with no
+   alternative left, it finishes with "unsatisfied", never as a valid-looking output;
+6. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
    or "length" (`max_tokens`, the context window), or ends its step (delimiter or `max_step_tokens`);
-6. drops the cache entry of a node this step created once its child has been forwarded.
+7. drops the cache entry of a node this step created once its child has been forwarded.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -37,6 +46,10 @@ from searchdec.search.tree import Node
 
 if TYPE_CHECKING:
     from searchdec.search.sampling import Greedy, Sample
+
+UNSATISFIED = "unsatisfied"  # the finish reason of a hypothesis a check killed with no alternative left
+BACKTRACKS = 256  # choices a row may spend backtracking from dead hypotheses (Rule.backtracks)
+ALTERNATIVES = 4  # other tokens kept per step, to backtrack to, on a row whose State may die
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,7 @@ class Rule:
     to_end: bool = True
     step: re.Pattern | None = None
     max_step_tokens: int | None = None
+    backtracks: int = BACKTRACKS
 
 
 class Picker(Protocol):
@@ -94,6 +108,8 @@ class Row:
     owner: int = 0  # the caller's index (its prompt)
     ended: bool = False
     logprobs: torch.Tensor | None = None
+    backtracks: int = 0  # choices spent backtracking from dead hypotheses
+    alternatives: list = field(default_factory=list)  # heap of (-cumulative logprob, order, parent, token, logprob)
 
 
 def generator(seed: int | None, device) -> torch.Generator:
@@ -115,6 +131,8 @@ class Decoder:
         self._created: dict[int, Node] = {}  # nodes this decoder appended (their entries are its to drop)
         self.forwarded = 0  # nodes forwarded to choose a token (expansions)
         self._given: dict[int, Node] = {}  # nodes a caller gave that this decoder forwarded (release_all drops them)
+        self.backtracks = 0  # choices spent on dead hypotheses, all rows together
+        self._order = itertools.count()  # tie-break of kept alternatives: the earlier kept first
 
     def advance(self, rows: Sequence[Row], known: dict[int, torch.Tensor] | None = None) -> None:
         """Append one token (plus forced ones) to every row; see the module docstring."""
@@ -154,7 +172,11 @@ class Decoder:
         tokens, penalized = self._choose(rows, masked, rows_of)
         for i, (row, r, token) in enumerate(zip(rows, rows_of, tokens)):
             scores = penalized[i] if i in penalized else masked[r]
+            if row.node.state is not None and row.node.state.may_die:
+                self._keep_alternatives(row, token, logprobs[r], scores)
             child = self._extend(row, token, logprobs[r], scores)
+            if child.state is not None and child.state.dead:
+                child = self._backtrack(row, child, logprobs[r], scores, rows)
             self._created[id(child)] = child
             row.node = child
             row.logprobs = logprobs[r]
@@ -239,6 +261,44 @@ class Decoder:
             row.node, token, logprobs, masked, row.policy, row.generator, row.rule.stopping, row.prompt_length,
             row.rule.jump_forward,
         )  # fmt: skip
+
+    def _keep_alternatives(self, row: Row, token: int, logprobs: torch.Tensor, scores: torch.Tensor) -> None:
+        """Push the row's best other allowed tokens of this step (by the model's log-probability) to backtrack to."""
+        candidates = logprobs.masked_fill(~torch.isfinite(scores), float("-inf"))
+        candidates[token] = float("-inf")
+        values, tokens = torch.topk(candidates, min(ALTERNATIVES, candidates.numel()))
+        base = row.node.logprob
+        for value, alternative in zip(values.tolist(), tokens.tolist()):
+            if value == float("-inf"):
+                break
+            heapq.heappush(row.alternatives, (-(base + value), next(self._order), row.node, alternative, value))
+
+    def _backtrack(self, row: Row, child: Node, logprobs: torch.Tensor, scores: torch.Tensor, rows) -> Node:
+        """A live replacement for the dead `child` (see step 5 of the module docstring), or the dead
+        child itself once the row's backtracking budget or its alternatives run out."""
+        node = row.node
+        scores = scores.clone()  # the caller's row stays as chosen from
+        while child.state is not None and child.state.dead:
+            if row.backtracks >= row.rule.backtracks:
+                return child
+            row.backtracks += 1
+            self.backtracks += 1
+            if scores is not None:
+                scores[child.new_tokens[0]] = float("-inf")
+                if bool(torch.isfinite(scores).any()):
+                    token = choose(row.policy, scores.unsqueeze(0), row.generator)[0]
+                    child = self._extend(row, token, logprobs, scores)
+                    continue
+                scores = None  # nothing left at this step: resume from the best alternative kept
+            if not row.alternatives:
+                return child
+            _, _, parent, token, value = heapq.heappop(row.alternatives)
+            stopping = row.rule.stopping
+            child = _child(parent, token, value, stopping, row.prompt_length, row.rule.jump_forward)
+            child.closing = parent.closing
+        if child.parent is not node and not any(other.node is node for other in rows if other is not row):
+            self._drop(node)  # the abandoned path's newest entry; its ancestors' went as it grew
+        return child
 
     def _step_ended(self, row: Row) -> bool:
         rule = row.rule
@@ -387,7 +447,9 @@ def choose(policy: Sample | Greedy | None, logits: torch.Tensor, generator, samp
 
 
 def finish_reason(node: Node, stopping: Stopping, prompt_length: int, texts: StopText) -> str | None:
-    """ "stop", "length", or None (the hypothesis can still grow)."""
+    """ "stop", "length", "unsatisfied" (a dead hypothesis: a check it violates), or None (it can still grow)."""
+    if node.state is not None and node.state.dead:
+        return UNSATISFIED
     if node.new_tokens and node.new_tokens[-1] in stopping.eos_token_ids:
         return "stop"
     if node.state is not None and node.state.finished:

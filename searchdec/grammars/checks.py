@@ -1,0 +1,181 @@
+"""A constraint beyond its grammar: a compiled grammar plus any number of checks (grammars/base.py's
+`Check`), forked with the hypothesis as one State.
+
+A `CheckedState` pairs the grammar's State with one `CheckState` per check and feeds every token's bytes
+to each check as the token is taken. It allows what the grammar allows, except the tokens a check refuses
+outright (`CheckState.refused`) and end-of-sequence while a check is not OK; it is `dead` the moment a
+check says VIOLATED (or the grammar ends with a check still unsatisfied), and a dead state allows nothing.
+So a finished output satisfies every check. What a check only finds once the token is taken is left to
+the search: the decoding step (search/rows.py) backtracks from a dead hypothesis to the next best
+alternative, and frontier searches (beams, best-first) drop it (`finish_reason` "unsatisfied").
+
+`closing` is the grammar's own walk (checks do not steer it): an upper bound when the walk satisfies the
+checks; a walk that violates one is found dead when taken, and the search backtracks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from searchdec.grammars.base import Check, CheckState, Constraint, State, TokenizerInfo, Verdict
+
+
+def _signed(word: int) -> int:
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+class CheckedConstraint(Constraint):
+    """`inner` (a compiled grammar) with `checks`, for one tokenizer."""
+
+    def __init__(self, inner: Constraint, checks: tuple[Check, ...], tokenizer: TokenizerInfo) -> None:
+        if not checks:
+            raise ValueError("a CheckedConstraint needs at least one check (use the grammar itself otherwise)")
+        self.inner = inner
+        self.checks = tuple(checks)
+        self.backend = inner.backend
+        self.vocab_size = inner.vocab_size
+        self.description = f"{inner.description} with checks ({', '.join(c.name for c in self.checks)})"
+        self.eos = frozenset(tokenizer.eos_token_ids)
+        special = tokenizer.special_token_ids | tokenizer.eos_token_ids
+        self.pieces = [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
+        self._tokenizer = tokenizer
+
+    def start(self) -> CheckedState:
+        inner = self.inner.start()
+        checks = tuple(check.start(self._tokenizer).feed(b"", inner) for check in self.checks)
+        return CheckedState(self, inner, checks, None)
+
+    def check_budget(self, max_tokens: int) -> None:
+        self.inner.check_budget(max_tokens)
+
+
+class CheckedState(State):
+    """The grammar's State and each check's State for one hypothesis. Immutable."""
+
+    __slots__ = ("_constraint", "_inner", "_checks", "_parent")
+
+    def __init__(
+        self,
+        constraint: CheckedConstraint,
+        inner: State,
+        checks: tuple[CheckState, ...],
+        parent: CheckedState | None,
+    ) -> None:
+        self._constraint = constraint
+        self._inner = inner
+        self._checks = checks
+        self._parent = parent
+
+    def __repr__(self) -> str:
+        verdicts = ", ".join(f"{c.name}: {s.verdict.value}" for c, s in zip(self._constraint.checks, self._checks))
+        return f"CheckedState({verdicts}; inner={self._inner!r})"
+
+    @property
+    def inner(self) -> State:
+        return self._inner
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """Each check's verdict, in the order the checks were given."""
+        return tuple(state.verdict for state in self._checks)
+
+    def violated(self) -> list[str]:
+        """The names of the checks the output so far violates."""
+        return [c.name for c, s in zip(self._constraint.checks, self._checks) if s.verdict is Verdict.VIOLATED]
+
+    @property
+    def _all_ok(self) -> bool:
+        return all(state.verdict is Verdict.OK for state in self._checks)
+
+    @property
+    def dead(self) -> bool:
+        if self._inner.dead or any(state.verdict is Verdict.VIOLATED for state in self._checks):
+            return True
+        return self._inner.finished and not self._all_ok
+
+    @property
+    def accepting(self) -> bool:
+        return not self.dead and self._inner.accepting and self._all_ok
+
+    @property
+    def finished(self) -> bool:
+        return not self.dead and self._inner.finished and self._all_ok
+
+    @property
+    def steer_every_token(self) -> bool:
+        return self._inner.steer_every_token
+
+    @property
+    def may_die(self) -> bool:
+        """A check may find a token violates it only once taken: the decoding step keeps alternatives."""
+        return not self.dead
+
+    @property
+    def forced(self) -> list[int]:
+        if self.dead:
+            return []
+        forced = self._inner.forced
+        refused = self._refused()
+        for i, token in enumerate(forced):
+            if token in refused:
+                return forced[:i]
+        return forced
+
+    def _refused(self) -> frozenset[int]:
+        refused = frozenset()
+        for state in self._checks:
+            refused |= state.refused()
+        return refused
+
+    def allows(self, token_id: int) -> bool:
+        if self.dead or not self._inner.allows(token_id):
+            return False
+        if token_id in self._constraint.eos and not self._all_ok:
+            return False
+        return token_id not in self._refused()
+
+    def advance(self, token_id: int) -> CheckedState:
+        if not self.allows(token_id):
+            raise ValueError(f"token {token_id} is not allowed here ({self._why_not(token_id)})")
+        inner = self._inner.advance(token_id)
+        data = b"" if token_id in self._constraint.eos else self._constraint.pieces[token_id]
+        checks = tuple(state.feed(data, inner) for state in self._checks)
+        return CheckedState(self._constraint, inner, checks, self)
+
+    def _why_not(self, token_id: int) -> str:
+        if self.dead:
+            return f"the output already violates {', '.join(self.violated()) or 'a check'}"
+        if not self._inner.allows(token_id):
+            return f"{self._constraint.inner.description} forbids it"
+        if token_id in self._constraint.eos:
+            return "end-of-sequence while a check is still unsatisfied"
+        return "a check refuses it"
+
+    def rollback(self, n: int) -> CheckedState:
+        state = self
+        for _ in range(n):
+            if state._parent is None:
+                raise ValueError(f"cannot roll back {n} tokens: fewer were consumed")
+            state = state._parent
+        return state
+
+    def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
+        if self.dead:
+            bitmask[row] = 0
+            return
+        self._inner.fill(bitmask, row)
+        refused = set(self._refused())
+        if not self._all_ok:
+            refused |= self._constraint.eos
+        for token in refused:
+            bitmask[row, token // 32] &= _signed(~(1 << (token % 32)) & 0xFFFFFFFF)
+
+    def closing(self, limit: int) -> tuple[int, int | None] | None:
+        if self.dead:
+            return None
+        if self.finished:
+            return (0, None)
+        found = self._inner.closing(limit)
+        if found is None or found[1] is None or not self.allows(found[1]):
+            return None
+        return found
