@@ -5,10 +5,16 @@ The grammar is `sql.lark` (shipped as package data). Given a database (a SQLite 
 the schema's names, so a constrained model can only name tables and columns that exist (matched
 case-insensitively, as SQLite does, bare or quoted). Aliases (`AS T1`) remain free identifiers.
 Without a schema the grammar accepts any identifier where a name goes.
+
+Function calls are specialized too, always, to the SQLite library this process runs (the one `EXPLAIN`
+and the SQL reward use): only functions it provides (`pragma_function_list`; `concat` only where SQLite
+is 3.44 or newer), each with the argument counts it accepts (`FLOOR(a, b)` is refused), DISTINCT only
+in a one-argument aggregate, and no window-only function (the grammar has no OVER clause).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -54,7 +60,10 @@ class Sql(ConstraintSpec):
                 text = _substitute(text, _PLACEHOLDER[kind], _name_terminal(names))
         if self.tables:
             text = _substitute(text, "TABLE_ALIAS", _TABLE_ALIASES)
-        return text
+        rule, terminals = _function_grammar()
+        text = _replace_definition(text, "sqlite_function", rule)
+        text = _replace_definition(text, "FUNCTION0", "")
+        return _replace_definition(text, "FUNCTION", "\n".join(terminals))
 
     def describe(self) -> str:
         return f"SQL grammar ({self.dialect})"
@@ -191,6 +200,101 @@ def _unique(names) -> tuple[str, ...]:
     return tuple(kept)
 
 
+# --- the functions of the SQLite in use ---------------------------------------------------------------
+
+# Built-in window functions (sqlite.org/windowfunctions.html#builtins): they need OVER, which the grammar
+# does not cover. (Aggregates such as sum are window-capable too, and stay.)
+_WINDOW_ONLY = frozenset(
+    "row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value".split()
+)
+# Names the grammar spells as keywords or operators (`x LIKE y`), or that change the connection.
+_NOT_CALLABLE = frozenset({"count", "like", "glob", "match", "regexp", "load_extension"})
+_PROBED_ARGUMENTS = 4  # a variadic function's least argument count is found by EXPLAIN among 0..3
+
+
+@dataclass(frozen=True)
+class SqlFunction:
+    """A function of the SQLite in use: its name, the least and most arguments (None: no most), and
+    whether it is an aggregate (which alone takes DISTINCT, with one argument)."""
+
+    name: str
+    least: int
+    most: int | None
+    aggregate: bool
+
+
+@functools.cache
+def sqlite_functions() -> tuple[SqlFunction, ...]:
+    """The functions this process's SQLite provides (`pragma_function_list`), with their argument counts.
+    A fixed count comes from the list; a variadic function's least count is the first of 0..3 arguments
+    that `EXPLAIN` accepts (`coalesce` needs two), since the list says only "any"."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        rows = connection.execute("SELECT name, type, narg FROM pragma_function_list").fetchall()
+        counts: dict[str, set[int]] = {}
+        aggregate: set[str] = set()
+        for name, kind, narg in rows:
+            name = name.lower()
+            callable_here = name not in _NOT_CALLABLE | _WINDOW_ONLY and not name.startswith("current_")
+            if not (callable_here and _WORD.fullmatch(name)):
+                continue
+            counts.setdefault(name, set()).add(narg)
+            if kind == "w":
+                aggregate.add(name)
+        found = []
+        for name in sorted(counts):
+            fixed = {n for n in counts[name] if n >= 0}
+            least, most = (min(fixed), max(fixed)) if fixed else (None, None)
+            if -1 in counts[name]:
+                accepted = (n for n in range(_PROBED_ARGUMENTS) if _explains(connection, name, n))
+                probed = next(accepted, _PROBED_ARGUMENTS)
+                least, most = min(probed, least if least is not None else probed), None
+            found.append(SqlFunction(name, least, most, name in aggregate))
+        return tuple(found)
+    finally:
+        connection.close()
+
+
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _explains(connection: sqlite3.Connection, name: str, arguments: int) -> bool:
+    try:
+        connection.execute(f"EXPLAIN SELECT {name}({', '.join(['1'] * arguments)})")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+@functools.cache
+def _function_grammar() -> tuple[str, list[str]]:
+    """The `sqlite_function` rule and its terminals: one terminal per shape of call (aggregate or not,
+    least and most arguments), naming every function of that shape."""
+    shapes: dict[tuple[bool, int, int | None], list[str]] = {}
+    for function in sqlite_functions():
+        shapes.setdefault((function.aggregate, function.least, function.most), []).append(function.name)
+    alternatives, terminals = [], []
+    for index, ((aggregate, least, most), names) in enumerate(sorted(shapes.items(), key=repr)):
+        terminal = f"FUNCTION_{index}"
+        terminals.append(f"{terminal}: /(?:{'|'.join(_fold(name) for name in names)})/")
+        arguments = _arguments(least, most)
+        if aggregate and least <= 1 and (most is None or most >= 1):
+            arguments = f"(DISTINCT expr | {arguments})"
+        arguments = f" {arguments} " if arguments else " "
+        alternatives.append(f'{terminal} "("{arguments}")"')
+    return "sqlite_function: " + " | ".join(alternatives), terminals
+
+
+def _arguments(least: int, most: int | None) -> str:
+    """The rule body of `least` to `most` (None: any number of) comma-separated expressions."""
+    if least == 0:
+        return "" if most == 0 else f"({_arguments(1, most)})?"
+    text = "expr" + ' "," expr' * (least - 1)
+    if most is None:
+        return text + ' ("," expr)*'
+    return text + (f' ("," expr){{0,{most - least}}}' if most > least else "")
+
+
 # --- specializing the grammar -------------------------------------------------------------------
 
 
@@ -234,10 +338,15 @@ def _ascii_case_folded(text: str) -> str:
 
 
 def _substitute(text: str, terminal: str, body: str) -> str:
-    line = re.compile(rf"^{terminal}:.*$", re.MULTILINE)
+    return _replace_definition(text, terminal, f"{terminal}: {body}")
+
+
+def _replace_definition(text: str, name: str, definition: str) -> str:
+    """`text` with the one-line definition of `name` (a rule or terminal) replaced by `definition`."""
+    line = re.compile(rf"^{name}:.*$", re.MULTILINE)
     if len(line.findall(text)) != 1:
-        raise RuntimeError(f"sql.lark must define {terminal} on exactly one line")
-    return line.sub(lambda _: f"{terminal}: {body}", text)
+        raise RuntimeError(f"sql.lark must define {name} on exactly one line")
+    return line.sub(lambda _: definition, text)
 
 
-__all__ = ["DatabaseNotFoundError", "Sql", "grammar_text", "spider_database", "sql"]
+__all__ = ["DatabaseNotFoundError", "Sql", "SqlFunction", "grammar_text", "spider_database", "sql", "sqlite_functions"]
