@@ -331,14 +331,21 @@ def _tokenizer_eos(tokenizer) -> list[int]:
 
 
 def compile_spec(spec, source) -> Constraint:
-    """`spec` compiled by its backend for the tokenizer of `source` (see `tokenizer_info`), cached."""
+    """`spec` compiled by its backend for the tokenizer of `source` (see `tokenizer_info`), cached. A spec
+    whose outputs must also pass checks (`spec.split_checks()`) compiles to its grammar joined with
+    them (grammars/checks.py), whatever the backend."""
     info = tokenizer_info(source)
     key = repr(spec)  # specs are frozen dataclasses: the repr holds every field
     cache = info.compiled
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    constraint = backend_named(spec.backend).compile(spec, info)
+    grammar, checks = spec.split_checks()
+    constraint = backend_named(spec.backend).compile(grammar, info)
+    if checks:
+        from searchdec.grammars.checks import CheckedConstraint  # checks.py builds on this module
+
+        constraint = CheckedConstraint(constraint, tuple(checks), info)
     cache[key] = constraint
     if len(cache) > COMPILED_PER_TOKENIZER:
         cache.popitem(last=False)

@@ -10,7 +10,6 @@ pointer, from the metaschema), a grammar that does not parse, a language with no
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -25,9 +24,7 @@ from searchdec.errors import (
     GrammarSyntaxError,
     UnsupportedKeywordError,
 )
-from searchdec.grammars import json_checks
 from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, allocate_bitmask, unpack_bitmask
-from searchdec.grammars.checks import CheckedConstraint
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, schema_problem
 
 NAME = "llguidance"
@@ -239,17 +236,7 @@ class LLGuidanceBackend(Backend):
     def check(self, spec: ConstraintSpec) -> None:
         """Every spec compiles here (a spec with no form llguidance reads fails at compile time)."""
 
-    def compile(self, spec: ConstraintSpec, tokenizer: TokenizerInfo) -> LLGuidanceConstraint | CheckedConstraint:
-        """`spec` compiled; a JSON Schema using keywords a grammar cannot hold (grammars/json_checks.py)
-        compiles without them, and a check enforces them."""
-        if isinstance(spec, JsonSchema):
-            grammar, check = json_checks.split(spec.schema)
-            if check is not None:
-                inner = self._grammar(dataclasses.replace(spec, schema_text=json.dumps(grammar)), tokenizer)
-                return CheckedConstraint(inner, (check,), tokenizer)
-        return self._grammar(spec, tokenizer)
-
-    def _grammar(self, spec: ConstraintSpec, tokenizer: TokenizerInfo) -> LLGuidanceConstraint:
+    def compile(self, spec: ConstraintSpec, tokenizer: TokenizerInfo) -> LLGuidanceConstraint:
         llg_tokenizer = tokenizer.prepare(
             NAME, lambda: llguidance.hf.from_tokenizer(tokenizer.tokenizer, n_vocab=tokenizer.vocab_size)
         )

@@ -13,6 +13,7 @@ emit whitespace until it runs out of tokens.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections import deque
 from dataclasses import dataclass
@@ -51,6 +52,16 @@ class ConstraintSpec:
     def lark(self) -> str:
         """This spec as a Lark grammar (llguidance's dialect: `%json {schema}` embeds a JSON Schema)."""
         raise ConstraintError(f"{self.describe()} has no Lark form")
+
+    def split_checks(self) -> tuple[ConstraintSpec, tuple]:
+        """The spec a grammar backend compiles, and the checks (grammars/base.py's `Check`) its outputs
+        must pass beyond that grammar; `compile` joins the two (grammars/checks.py). By default the
+        spec itself and no checks."""
+        return self, ()
+
+    def checks(self) -> tuple:
+        """The checks of `split_checks`."""
+        return self.split_checks()[1]
 
 
 def _checked(spec: ConstraintSpec) -> ConstraintSpec:
@@ -102,6 +113,16 @@ class JsonSchema(ConstraintSpec):
 
     def describe(self) -> str:
         return "JSON Schema"
+
+    def split_checks(self) -> tuple[ConstraintSpec, tuple]:
+        """Keywords no grammar holds (`uniqueItems`, `not`, `if`/`then`/`else`, ...: grammars/json_checks.py)
+        come out of the grammar's schema and into a check."""
+        from searchdec.grammars import json_checks  # the checks build on this module's specs
+
+        grammar, check = json_checks.split(self.schema)
+        if check is None:
+            return self, ()
+        return dataclasses.replace(self, schema_text=json.dumps(grammar)), (check,)
 
     def engine_schema(self) -> dict | bool:
         """The schema with the engine's options in `x-guidance` (strict mode, whitespace bounds), as

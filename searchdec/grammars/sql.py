@@ -6,6 +6,11 @@ the schema's names, so a constrained model can only name tables and columns that
 case-insensitively, as SQLite does, bare or quoted). Aliases (`AS T1`) remain free identifiers.
 Without a schema the grammar accepts any identifier where a name goes.
 
+With a schema, the output is also checked beyond the grammar (grammars/sql_checks.py, on by default,
+`checks=False` to turn off): SQLite's own word boundaries (no "ANDname"), and names in scope, aliases,
+GROUP BY and aggregate rules, by compiling each closed stretch of the query and the whole of it with
+`EXPLAIN` on an empty database with the schema's tables: every finished query compiles there.
+
 Function calls are specialized too, always, to the SQLite library this process runs (the one `EXPLAIN`
 and the SQL reward use): only functions it provides (`pragma_function_list`; `concat` only where SQLite
 is 3.44 or newer), each with the argument counts it accepts (`FLOOR(a, b)` is refused), DISTINCT only
@@ -46,6 +51,7 @@ class Sql(ConstraintSpec):
     tables: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
     dialect: str = "sqlite"
+    schema: tuple[str, ...] = ()  # the CREATE statements of the tables, for the checks' EXPLAIN (empty: no checks)
 
     # Tokens the budget's closing walk prefers (search/budget.py): "SELECT * FROM t" is the shortest
     # query; the JSON-minded default would loop on "" string literals.
@@ -68,28 +74,44 @@ class Sql(ConstraintSpec):
     def describe(self) -> str:
         return f"SQL grammar ({self.dialect})"
 
+    def split_checks(self) -> tuple[ConstraintSpec, tuple]:
+        if not self.schema:
+            return self, ()
+        from searchdec.grammars.sql_checks import SqlCheck  # the checks build on this module's names
+
+        words = _grammar_words() | {f.name for f in sqlite_functions()} | {f"t{i}" for i in range(1, 10)}
+        words |= {name.lower() for name in self.tables + self.columns if _BARE.fullmatch(name)}
+        return self, (SqlCheck(frozenset(words), self.schema),)
+
     def lark(self) -> str:
         return self.source
 
 
-def sql(db=None, *, tables=None, dialect: str = "sqlite") -> Sql:
+def sql(db=None, *, tables=None, dialect: str = "sqlite", checks: bool = True) -> Sql:
     """SQLite SELECT statements over the schema of `db` (a SQLite file path or `sqlite3.Connection`)
-    or of `tables` (a Spider `tables.json` entry); with neither, any table and column names."""
+    or of `tables` (a Spider `tables.json` entry); with neither, any table and column names.
+
+    With a schema and `checks=True` (the default), every finished query also compiles under `EXPLAIN`
+    on that schema (see grammars/sql_checks.py); `checks=False` keeps the grammar alone."""
+    if not isinstance(checks, bool):
+        raise TypeError(f"sql() checks must be True or False, got {checks!r}")
     if dialect not in DIALECTS:
         raise ConstraintError(f"unsupported SQL dialect {dialect!r}; supported: {', '.join(DIALECTS)}")
     if db is not None and tables is not None:
         raise TypeError("sql() takes a database or a tables.json entry, not both")
     if db is not None:
         table_names, column_names = _schema_from_db(db)
+        schema = _ddl_from_db(db) if checks else ()
     elif tables is not None:
         table_names, column_names = _schema_from_spider(tables)
+        schema = _ddl(spider_database(tables)) if checks else ()
     else:
         return Sql(dialect=dialect)
     if not table_names:
         raise ConstraintError("the database has no tables, so no SELECT over it can be written")
     if not column_names:
         raise ConstraintError("the database's tables have no columns")
-    return Sql(_unique(table_names), _unique(column_names), dialect)
+    return Sql(_unique(table_names), _unique(column_names), dialect, schema)
 
 
 def spider_database(entry: dict) -> sqlite3.Connection:
@@ -144,6 +166,37 @@ def _schema_from_db(db) -> tuple[list[str], list[str]]:
         return _read_schema(connection, path)
     finally:
         connection.close()
+
+
+def _ddl(connection: sqlite3.Connection) -> tuple[str, ...]:
+    """The CREATE statements of a database's tables and views (its indexes and triggers do not change
+    what compiles), in creation order, so an empty copy can be made anywhere."""
+    rows = connection.execute(
+        "SELECT sql FROM sqlite_master WHERE type IN ('table', 'view') AND sql IS NOT NULL"
+        " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid"
+    ).fetchall()
+    return tuple(row[0] for row in rows)
+
+
+def _ddl_from_db(db) -> tuple[str, ...]:
+    if isinstance(db, sqlite3.Connection):
+        return _ddl(db)
+    connection = sqlite3.connect("file:" + _uri_path(os.path.abspath(os.fspath(db))) + "?mode=ro", uri=True)
+    try:
+        return _ddl(connection)
+    finally:
+        connection.close()
+
+
+@functools.cache
+def _grammar_words() -> frozenset[str]:
+    """The keywords of sql.lark, lower case: its "word"i literals and its KEYWORD list."""
+    text = grammar_text()
+    words = {word.lower() for word in re.findall(r'"([A-Za-z_]+)"i', text)}
+    listed = re.search(r"^KEYWORD: /\(\?i:([a-z_|]+)\)/", text, re.MULTILINE)
+    if listed is None:
+        raise RuntimeError("sql.lark must list its keywords on one KEYWORD line")
+    return frozenset(words | set(listed.group(1).split("|")))
 
 
 def _uri_path(path: str) -> str:
@@ -209,6 +262,12 @@ _WINDOW_ONLY = frozenset(
 )
 # Names the grammar spells as keywords or operators (`x LIKE y`), or that change the connection.
 _NOT_CALLABLE = frozenset({"count", "like", "glob", "match", "regexp", "load_extension"})
+# Auxiliary functions of the FTS and R-tree extensions: they work only on such virtual tables, and
+# SELECTs over a schema's plain tables cannot use them.
+_EXTENSION_ONLY = frozenset(
+    "fts5 fts5_source_id fts3_tokenizer bm25 highlight snippet matchinfo offsets optimize rtreenode rtreedepth"
+    " rtreecheck".split()
+)
 _PROBED_ARGUMENTS = 4  # a variadic function's least argument count is found by EXPLAIN among 0..3
 
 
@@ -235,8 +294,8 @@ def sqlite_functions() -> tuple[SqlFunction, ...]:
         aggregate: set[str] = set()
         for name, kind, narg in rows:
             name = name.lower()
-            callable_here = name not in _NOT_CALLABLE | _WINDOW_ONLY and not name.startswith("current_")
-            if not (callable_here and _WORD.fullmatch(name)):
+            excluded = name in _NOT_CALLABLE | _WINDOW_ONLY | _EXTENSION_ONLY or name.startswith("current_")
+            if excluded or not _WORD.fullmatch(name):
                 continue
             counts.setdefault(name, set()).add(narg)
             if kind == "w":

@@ -1,0 +1,139 @@
+"""`sd.sql(db=...)` / `sd.sql(tables=...)` check their outputs beyond the grammar (grammars/sql_checks.py):
+SQLite's word boundaries, and everything `EXPLAIN` checks on the schema (names in scope, aliases, GROUP BY
+and aggregate rules), so every finished query compiles on its database."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import searchdec as sd
+from searchdec.grammars.base import Verdict
+from searchdec.grammars.sql import spider_database, sql
+
+DATA = Path(__file__).parent / "data"
+GOLD = json.loads((DATA / "spider" / "dev_sample.json").read_text())
+TABLES = {entry["db_id"]: entry for entry in json.loads((DATA / "spider" / "tables.json").read_text())}
+DEPARTMENT_STORE = DATA / "sqlite" / "department_store.sqlite"
+CONCERT = TABLES["concert_singer"]
+
+
+def check_state(spec, text: str, split: int = 1):
+    """The SQL check's state after `text`, fed `split` characters at a time (no grammar beside it)."""
+    (check,) = spec.checks()
+    state = check.start()
+    for i in range(0, len(text), split):
+        state = state.feed(text[i : i + split].encode(), None)
+    return state
+
+
+def walk(model, spec, text):
+    """The compiled constraint's State after `text` as the model's tokenizer splits it (None: refused)."""
+    try:
+        return spec.compile(model).start().advance_many(model.encode(text, add_special_tokens=False))
+    except ValueError:
+        return None
+
+
+def compiles(entry, query) -> bool:
+    try:
+        spider_database(entry).execute("EXPLAIN " + query)
+    except sqlite3.Error:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("split", [1, 3, 7])
+def test_every_gold_query_passes_the_check_in_any_split(split):
+    for item in GOLD:
+        state = check_state(sql(tables=TABLES[item["db_id"]]), item["query"], split)
+        assert state.verdict is Verdict.OK, item["query"]
+
+
+def test_check_agrees_with_explain_on_complete_queries():
+    spec = sql(tables=CONCERT)
+    queries = [
+        "SELECT Name FROM singer",
+        "SELECT T2.Theme FROM singer AS T1",  # T2 is not in scope
+        "SELECT T2.Theme FROM singer AS T1 JOIN concert AS T2 ON T1.Singer_ID = T2.Stadium_ID",
+        "SELECT Name FROM singer GROUP BY count(*)",  # aggregate in GROUP BY
+        "SELECT Name FROM singer WHERE count(*) > 1",  # aggregate in WHERE
+        "SELECT Name, Age FROM singer UNION SELECT Name FROM singer",  # column counts differ
+        "SELECT Name FROM singer AS T1 JOIN concert AS T1",  # an alias defined twice
+        "SELECT Name FROM singer ORDER BY 3",  # ORDER BY term out of range
+        "SELECT count(*) FROM singer WHERE Age > 20",
+    ]
+    for query in queries:
+        ok = check_state(spec, query).verdict is Verdict.OK
+        assert ok == compiles(CONCERT, query), query
+
+
+def test_glued_words_are_violated_where_they_glue():
+    spec = sql(tables=CONCERT)
+    for text in [
+        "SELECT Name FROM singer WHERE Age > 20 ANDName",  # the issue's ANDSourceAirport
+        "SELECT Name FROM singer EXCEPTSELECT",
+        "SELECT NameFROM",
+        "SELECT Name FROM singer LIMIT 1OFFSET",
+    ]:
+        assert check_state(spec, text).verdict is Verdict.VIOLATED, text
+    # Punctuation separates words, as it does for SQLite; made-up names are free only after AS.
+    fine = ["SELECT count(*)FROM singer", "SELECT Name AS singer_name FROM singer", "SELECT T1.Name FROM singer AS T1"]
+    for text in fine:
+        assert check_state(spec, text).verdict is Verdict.OK, text
+
+
+def test_scope_errors_are_final_when_the_from_clause_is_closed():
+    spec = sql(tables=CONCERT)
+    # Before WHERE a JOIN may still bring T2 in: not OK to end, not dead. A word is read once it ends.
+    assert check_state(spec, "SELECT T2.Theme FROM singer AS T1").verdict is Verdict.UNDECIDED
+    assert check_state(spec, "SELECT T2.Theme FROM singer AS T1 WHERE ").verdict is Verdict.VIOLATED
+    assert check_state(spec, "SELECT Name FROM singer WHERE T1.Age > 1 AND ").verdict is Verdict.VIOLATED
+    # Inside a subquery or an ON clause the outer statement is not closed yet.
+    assert check_state(spec, "SELECT Name FROM singer WHERE Singer_ID IN (SELECT Singer_ID FROM").verdict is not (
+        Verdict.VIOLATED
+    )
+    # Keywords inside strings and quoted names are not words.
+    assert check_state(spec, "SELECT Name FROM singer WHERE Name = 'x WHERE yANDz'").verdict is Verdict.OK
+
+
+@pytest.mark.integration
+def test_constraint_refuses_dead_queries_and_eos_before_it_compiles(smollm):
+    spec = sql(tables=CONCERT)
+    assert walk(smollm, spec, "SELECT T2.Theme FROM singer AS T1").accepting is False
+    assert walk(smollm, spec, "SELECT T2.Theme FROM singer AS T1 JOIN concert AS T2").accepting is True
+    dead = walk(smollm, spec, "SELECT T2.Theme FROM singer AS T1 WHERE")
+    assert dead is None or dead.dead
+    for item in GOLD[:20]:
+        state = walk(smollm, sql(tables=TABLES[item["db_id"]]), item["query"])
+        assert state is not None and state.accepting, item["query"]
+
+
+def test_checks_are_on_with_a_schema_and_off_on_request():
+    assert len(sql(tables=CONCERT).checks()) == 1
+    assert len(sql(DEPARTMENT_STORE).checks()) == 1
+    assert sql(tables=CONCERT, checks=False).checks() == ()
+    assert sql().checks() == ()  # no schema: nothing to compile against
+    with pytest.raises(TypeError, match="checks"):
+        sql(tables=CONCERT, checks="yes")
+
+
+def test_database_file_schema_is_used_for_explain():
+    spec = sql(DEPARTMENT_STORE)
+    good = "SELECT T1.customer_name FROM Customers AS T1 JOIN Customer_Orders AS T2 ON T1.customer_id = T2.customer_id"
+    assert check_state(spec, good).verdict is Verdict.OK
+    assert check_state(spec, "SELECT order_id FROM Customers WHERE ").verdict is Verdict.VIOLATED
+
+
+@pytest.mark.integration
+def test_greedy_spider_queries_that_finish_compile(smollm):
+    """Real model, real Spider schemas: every query greedy decoding finishes compiles under EXPLAIN."""
+    items = GOLD[::12][:4]
+    for item in items:
+        entry = TABLES[item["db_id"]]
+        prompt = [{"role": "user", "content": f"Write one SQLite query that answers: {item['question']}"}]
+        out = sd.generate(smollm, prompt, max_tokens=48, constraint=sql(tables=entry))
+        assert out.finish_reason in ("stop", "length", "unsatisfied"), out.finish_reason
+        if out.finish_reason == "stop":
+            assert compiles(entry, out.text.strip()), out.text
