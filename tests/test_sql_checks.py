@@ -86,9 +86,10 @@ def test_glued_words_are_violated_where_they_glue():
 
 def test_scope_errors_are_final_when_the_from_clause_is_closed():
     spec = sql(tables=CONCERT)
-    # Before WHERE a JOIN may still bring T2 in: not OK to end, not dead. A word is read once it ends.
+    # Before WHERE a JOIN may still bring T2 in: not OK to end, not dead. WHERE closes FROM as written
+    # (no known word extends it); a word that may still grow is read once it ends.
     assert check_state(spec, "SELECT T2.Theme FROM singer AS T1").verdict is Verdict.UNDECIDED
-    assert check_state(spec, "SELECT T2.Theme FROM singer AS T1 WHERE ").verdict is Verdict.VIOLATED
+    assert check_state(spec, "SELECT T2.Theme FROM singer AS T1 WHERE").verdict is Verdict.VIOLATED
     assert check_state(spec, "SELECT Name FROM singer WHERE T1.Age > 1 AND ").verdict is Verdict.VIOLATED
     # Inside a subquery or an ON clause the outer statement is not closed yet.
     assert check_state(spec, "SELECT Name FROM singer WHERE Singer_ID IN (SELECT Singer_ID FROM").verdict is not (

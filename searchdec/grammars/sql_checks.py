@@ -78,10 +78,18 @@ class SqlCheck(Check):
 
     @functools.cached_property
     def prefixes(self) -> frozenset[str]:
+        """Every beginning of a known word (the words included)."""
         return frozenset(word[:i] for word in self.words | frozenset(_TYPE_WORDS) for i in range(1, len(word) + 1))
 
+    @functools.cached_property
+    def extendable(self) -> frozenset[str]:
+        """Known words that begin a longer known word (a clause keyword that does not is complete as soon
+        as it is written: "WHERE" cannot become another word, so the clause check need not wait for
+        the byte after it)."""
+        return frozenset(word[:i] for word in self.words | frozenset(_TYPE_WORDS) for i in range(1, len(word)))
+
     def start(self, tokenizer: TokenizerInfo | None = None) -> SqlState:
-        return SqlState(self, b"", Verdict.UNDECIDED, 0, None, b"", "", False, False, -1)
+        return SqlState(self, b"", Verdict.UNDECIDED, 0, None, b"", "", False, False, False)
 
 
 class SqlState(CheckState):
@@ -97,10 +105,10 @@ class SqlState(CheckState):
         "_previous",
         "_after_where",
         "_quote_closing",
-        "_word_start",
+        "_word_checked",
     )
 
-    def __init__(self, check, text, verdict, depth, quote, word, previous, after_where, quote_closing, word_start):
+    def __init__(self, check, text, verdict, depth, quote, word, previous, after_where, quote_closing, word_checked):
         self._check = check
         self.text = text  # the output so far
         self._verdict = verdict
@@ -110,7 +118,7 @@ class SqlState(CheckState):
         self._previous = previous  # the last complete word, lower case ("" after punctuation)
         self._after_where = after_where  # WHERE has begun at the top level of the current SELECT
         self._quote_closing = quote_closing  # the quote's closing byte was just read (it may be doubled)
-        self._word_start = word_start
+        self._word_checked = word_checked  # the word in progress is a clause keyword already checked
 
     @property
     def verdict(self) -> Verdict:
@@ -120,41 +128,46 @@ class SqlState(CheckState):
         if self._verdict is Verdict.VIOLATED:
             return self
         text, depth, quote, word = self.text, self._depth, self._quote, self._word
-        previous, after_where, closing = self._previous, self._after_where, self._quote_closing
+        previous, after_where, closing, checked = (
+            self._previous,
+            self._after_where,
+            self._quote_closing,
+            self._word_checked,
+        )
         for byte in data:
             if quote is not None:
+                text += bytes([byte])
                 if closing:
                     closing = False
                     if byte == quote and quote != ord("]"):
-                        text += bytes([byte])
                         continue  # a doubled quote: still inside
-                    quote = None
-                    previous = ""
+                    quote, previous, text = None, "", text[:-1]  # the quote ended before this byte
                 elif byte == quote:
                     closing = True
-                    text += bytes([byte])
                     continue
                 else:
-                    text += bytes([byte])
                     continue
             if byte in _WORD_BYTES:
                 word += bytes([byte])
-                if not self._word_may_be(word, previous):
-                    return self._violated(text + bytes([byte]))
                 text += bytes([byte])
+                if checked or not self._word_may_be(word, previous):
+                    return self._violated(text)
+                lower = word.decode("utf-8", "replace").lower()
+                if depth == 0 and lower in self._check.words and lower not in self._check.extendable:
+                    if self._clause_closes(lower, after_where) and self._closed_wrong(text, word):
+                        return self._violated(text)
+                    checked = self._clause_closes(lower, after_where)
                 continue
             if word:
                 done = word.decode("utf-8", "replace").lower()
                 if not self._word_is(done, previous) and not (byte == ord("'") and done == "x"):
                     return self._violated(text)
-                if depth == 0 and (done in _CLOSED_BEFORE or (after_where and done in _CLOSED_BEFORE_AFTER_WHERE)):
-                    before = text[: len(text) - len(word)].decode("utf-8", "replace")
-                    error = compile_error(self._check.schema, before)
-                    if error is not None and not _is_syntax(error):
-                        return self._violated(text, error)
+                if depth == 0 and not checked and self._clause_closes(done, after_where):
+                    if self._closed_wrong(text, word):
+                        return self._violated(text)
                 if depth == 0:
                     after_where = (after_where or done == "where") and done not in ("union", "intersect", "except")
-                previous, word = done, b""
+                previous, word, checked = done, b"", False
             if byte in _QUOTES:
                 quote, previous = _QUOTES[byte], ""
             elif byte == ord("("):
@@ -164,18 +177,20 @@ class SqlState(CheckState):
             if byte not in b" \t\r\n" and byte not in _QUOTES:
                 previous = ""
             text += bytes([byte])
-        return SqlState(
-            self._check,
-            text,
-            self._verdict_of(text, word, previous, quote, closing, grammar),
-            depth,
-            quote,
-            word,
-            previous,
-            after_where,
-            closing,
-            -1,
-        )
+        verdict = self._verdict_of(text, word, previous, quote, closing, grammar)
+        return SqlState(self._check, text, verdict, depth, quote, word, previous, after_where, closing, checked)
+
+    @staticmethod
+    def _clause_closes(word: str, after_where: bool) -> bool:
+        """Whether `word`, at the top level, closes what precedes it (see the module docstring)."""
+        return word in _CLOSED_BEFORE or (after_where and word in _CLOSED_BEFORE_AFTER_WHERE)
+
+    def _closed_wrong(self, text: bytes, word: bytes) -> bool:
+        """Whether the statement before the clause keyword `word` (the end of `text`) fails to compile
+        for a reason other than syntax (an incomplete stretch, such as "a BETWEEN 1", is not final)."""
+        before = text[: len(text) - len(word)].decode("utf-8", "replace")
+        error = compile_error(self._check.schema, before)
+        return error is not None and not _is_syntax(error)
 
     def _word_may_be(self, word: bytes, previous: str) -> bool:
         """Whether `word` (in progress) can still become a word the grammar means."""
@@ -203,5 +218,5 @@ class SqlState(CheckState):
             return Verdict.UNDECIDED
         return Verdict.OK if compile_error(self._check.schema, query) is None else Verdict.UNDECIDED
 
-    def _violated(self, text: bytes, error: str | None = None) -> SqlState:
-        return SqlState(self._check, text, Verdict.VIOLATED, self._depth, None, b"", "", False, False, -1)
+    def _violated(self, text: bytes) -> SqlState:
+        return SqlState(self._check, text, Verdict.VIOLATED, self._depth, None, b"", "", False, False, False)
