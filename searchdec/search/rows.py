@@ -177,6 +177,7 @@ class Decoder:
             child = self._extend(row, token, logprobs[r], scores)
             if child.state is not None and child.state.dead:
                 child = self._backtrack(row, child, logprobs[r], scores, rows)
+            child.backtracks = row.backtracks
             self._created[id(child)] = child
             row.node = child
             row.logprobs = logprobs[r]
@@ -283,6 +284,8 @@ class Decoder:
                 return child
             row.backtracks += 1
             self.backtracks += 1
+            if row.stats is not None:
+                row.stats.backtracks += 1
             if scores is not None:
                 scores[child.new_tokens[0]] = float("-inf")
                 if bool(torch.isfinite(scores).any()):

@@ -136,4 +136,5 @@ def _unranked(root: Node, leaves: list[Node]) -> SearchResult:
     stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
     stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
     stats.generated_tokens = sum(leaf.depth for leaf in leaves)
+    stats.backtracks = sum(leaf.backtracks for leaf in leaves)
     return SearchResult(leaves, [None] * len(leaves), None, stats)
