@@ -32,7 +32,6 @@ from searchdec.search.smc import SMC
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
 
-
 EXACT_PARTICLES = 16  # the fewest particles Sample(exact=True) runs
 
 
