@@ -1,7 +1,8 @@
 """Sequential Monte Carlo and AWRS (search/smc.py) sample from the model conditioned on the constraint.
 
 The exact conditional p(x | C) comes from enumerating every output the constraint accepts (each
-tokenization, forced tokens followed as jump-forward appends them) and scoring it under the model. On a
+tokenization, forced tokens followed as jump-forward appends them) and scoring it under the model, its
+end included (`smc.enumerate_outputs`). On a
 tiny model where the language is small, independent SMC runs pooled by their normalising-constant
 estimates (the standard, consistent way to combine runs: each run's weighted particles times its Z-hat)
 are within a total-variation distance of 0.08 of p(x | C) with 60 runs of 16 particles (960 particles),
@@ -20,48 +21,13 @@ import torch
 from tiny import bias_token, tiny_model
 
 import searchdec as sd
-from searchdec.search.smc import AWRSProposal, SMCStats
+from searchdec.search.smc import AWRSProposal, SMCStats, enumerate_outputs
 from searchdec.search.tree import Node
 
 PROMPT = "hello"
 LANGUAGE = sd.regex("(a[ab]|b[cd]|bac)")  # "ba" forces "c", which the model finds unlikely: masking over-weights it
 RUNS, PARTICLES = 60, 16
 TOLERANCE = 0.08
-
-
-def exact_outputs(model, prompt_tokens, spec, max_tokens: int, jump_forward: bool = True) -> dict:
-    """{generated tokens: (log p under the model, log q under plain masked sampling)} for every output
-    the constraint accepts within `max_tokens`."""
-    compiled = spec.compile(model)
-    root = Node(tuple(prompt_tokens), state=compiled.start())
-    made, found = [root], {}
-
-    def logp(node: Node) -> torch.Tensor:
-        return model.logits([node])[0].double().log_softmax(-1)
-
-    def walk(node: Node, tokens: tuple, lp: float, lq: float) -> None:
-        scores = logp(node)
-        allowed = node.state.allowed_tokens(model.vocab_size).to(scores.device)
-        mass = float(scores.masked_fill(~allowed, -math.inf).logsumexp(-1))
-        for t in allowed.nonzero().flatten().tolist():
-            child = Node((t,), node, state=node.state.advance(t))
-            made.append(child)
-            path, p, q = (*tokens, t), lp + float(scores[t]), lq + float(scores[t]) - mass
-            if t not in model.eos_token_ids and jump_forward and not child.state.finished:
-                for f in child.state.forced[: max_tokens - len(path)]:
-                    p += float(logp(child)[f])
-                    child = Node((f,), child, state=child.state.advance(f))
-                    made.append(child)
-                    path = (*path, f)
-            if t in model.eos_token_ids or child.state.finished:
-                found[path] = (p, q)
-            elif len(path) < max_tokens:
-                walk(child, path, p, q)
-
-    walk(root, (), 0.0, 0.0)
-    for node in made:
-        model.cache.discard(node)
-    return found
 
 
 def conditional(outputs: dict) -> tuple[dict, float]:
@@ -96,7 +62,7 @@ def biased():
 
 @pytest.fixture(scope="module")
 def exact(biased):
-    return conditional(exact_outputs(biased, biased.encode(PROMPT), LANGUAGE, 8))
+    return conditional(enumerate_outputs(biased, biased.encode(PROMPT), LANGUAGE, 8))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +93,7 @@ def test_plain_masked_sampling_fails_the_same_test(biased, exact):
 
 def test_the_enumerated_masked_distribution_is_far_from_the_conditional(biased, exact):
     target, _ = exact
-    masked = {x: math.exp(q) for x, (_, q) in exact_outputs(biased, biased.encode(PROMPT), LANGUAGE, 8).items()}
+    masked = {x: math.exp(q) for x, (_, q) in enumerate_outputs(biased, biased.encode(PROMPT), LANGUAGE, 8).items()}
     assert tv(masked, target) > 0.5  # the distortion the sampler must undo
 
 
@@ -280,7 +246,7 @@ def test_the_colour_case_smc_corrects_what_masking_over_weights(smollm):
     messages = [{"role": "user", "content": "Name a colour that starts with B. One word."}]
     spec = sd.regex("(" + "|".join(COLOURS) + ")")
     prompt = sd.chat_prompt(smollm, messages)
-    found = exact_outputs(smollm, prompt, spec, 8)
+    found = enumerate_outputs(smollm, prompt, spec, 8)
     by_word, masked = defaultdict(float), defaultdict(float)
     target, _ = conditional(found)
     for tokens, (_, q) in found.items():
@@ -293,3 +259,62 @@ def test_the_colour_case_smc_corrects_what_masking_over_weights(smollm):
     print({w: (round(by_word[w], 3), round(masked[w], 3), round(estimate[w], 3)) for w in COLOURS})
     assert tv(masked, by_word) > 0.3  # the distortion is real
     assert tv(estimate, by_word) < 0.15
+
+
+# --- the server: `{"search": {"algorithm": "smc", ...}}` with the official openai client ------------
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    import os
+
+    import openai
+    from live_server import LiveServer
+
+    from searchdec.server import create_app
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with LiveServer(create_app(sd.load("smollm2-135m"), "smollm2-135m", default_max_tokens=24)) as live:
+        yield openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+@pytest.mark.integration
+def test_smc_through_the_server_returns_n_valid_documents_and_400s_naming_the_field(client):
+    import json
+
+    import jsonschema
+    import openai
+
+    r = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "Describe a person as JSON."}], n=2,
+        max_tokens=40, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        extra_body={"search": {"algorithm": "smc", "particles": 4, "seed": 1}},
+    )  # fmt: skip
+    assert [c.index for c in r.choices] == [0, 1]
+    for choice in r.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    done = client.completions.create(
+        model="smollm2-135m", prompt="The colour of the sky is", max_tokens=4, n=2,
+        extra_body={"search": {"algorithm": "smc", "particles": 4, "proposal": "mask", "seed": 2},
+                    "structured_outputs": {"choice": ["blue", "grey"]}},
+    )  # fmt: skip
+    assert len(done.choices) == 2 and all(c.text in ("blue", "grey") for c in done.choices)
+    for search, field in (
+        ({"particles": 0}, "search.particles"),
+        ({"proposal": "gibbs"}, "search.proposal"),
+        ({"ess_threshold": 2}, "search.ess_threshold"),
+        ({"width": 3}, "search.width"),
+    ):
+        with pytest.raises(openai.BadRequestError) as error:
+            client.completions.create(
+                model="smollm2-135m", prompt="Hi", max_tokens=2, extra_body={"search": {"algorithm": "smc", **search}}
+            )
+        assert error.value.param == field

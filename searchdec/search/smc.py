@@ -7,9 +7,12 @@ Adaptive Weighted Rejection Sampling" (arXiv 2504.05410).
 
 Target: p(x | x satisfies C and ends within max_tokens), twisted by the potentials: proportional to
 p(x) * prod_k phi_k(x) over the outputs x the constraint accepts. p is the model's own (unprocessed)
-probability of the generated tokens: end-of-sequence is a token like any other when drawn; a grammar that
-admits nothing more ends the output without it; tokens the grammar forces (jump-forward) count with their
-model probability (so with `jump_forward` the target holds only the forced tokenization of forced text).
+probability of the whole output, its end included: end-of-sequence is a token like any other when drawn,
+and where the grammar admits nothing more (the output ends without drawing it) the weight multiplies in
+the model's probability of ending there, p(end-of-sequence | x), from one more forward of the finished
+particle. Tokens the grammar forces (jump-forward) count with their model probability (so with
+`jump_forward` the target holds only the forced tokenization of forced text). `enumerate_outputs` computes
+this target exactly for a small language.
 Masking each token and renormalising (plain constrained sampling) draws from another distribution, which
 favours prefixes with many allowed continuations; SMC corrects that with importance weights.
 
@@ -64,7 +67,7 @@ import torch
 
 from searchdec.rewards.base import Reward, as_reward
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int, text_of
-from searchdec.search.rows import Decoder, Proposal, Row, Rule, constrain, generator
+from searchdec.search.rows import Decoder, Proposal, Row, Rule, constrain, forward, generator
 from searchdec.search.tasks import task_seed
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
@@ -235,6 +238,11 @@ class SMC(Search):
     def n(self) -> int:
         return self.draws if self.draws is not None else self.particles
 
+    @property
+    def width(self) -> int:
+        """Rows one prompt decodes at a time (the server sizes its groups of searches by it)."""
+        return self.particles
+
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
         model = work.model
         base = self.seed if self.seed is not None else random.SystemRandom().randrange(2**62)
@@ -271,7 +279,7 @@ class SMC(Search):
         decoder.advance(active)
         for particle in active:
             particle.correction += particle.increment - particle.node.token_logprobs[0]
-        decoder.release([p for p in active if p.ended and p.node.forced], keep_ends=True)  # fills forced log p
+        self._close(work.model, [p for p in active if p.ended and p.node.finish_reason == "stop"])
         self._twist(work, populations, active)
         for pop in populations:
             weights = self._incremental(pop)
@@ -285,6 +293,22 @@ class SMC(Search):
             if math.exp(ess) < self.ess_threshold * self.particles:
                 self._resample(pop, weights)
         decoder.keep_only([p.node for pop in populations for p in pop.particles if not p.ended])
+
+    @staticmethod
+    def _close(model, ended: list[Particle]) -> None:
+        """One forward of the particles that just ended with forced tokens (their log-probabilities) or
+        where the grammar ended them (the model's probability of ending there joins their weight)."""
+        eos = sorted(model.eos_token_ids)
+        closed = [
+            p for p in ended if p.node.state is not None and p.node.state.finished and p.node.new_tokens[-1] not in eos
+        ]
+        shut = {id(p) for p in closed}
+        nodes = [p.node for p in closed] + [p.node for p in ended if p.node.forced and id(p) not in shut]
+        if not nodes:
+            return
+        logits = forward(model, nodes)
+        for k, particle in enumerate(closed):
+            particle.correction += float(logits[k].double().log_softmax(-1)[eos].logsumexp(0))
 
     def _twist(self, work: Work, populations: list[_Population], moved: list[Particle]) -> None:
         """Each moved particle's twist: the sum of its potentials' scores (log phi) of its partial output."""
@@ -347,3 +371,48 @@ class SMC(Search):
         result = SearchResult.ranked(chosen, trace, pop.stats)
         result.weights = [weight for weight, _ in chosen]
         return result
+
+
+def enumerate_outputs(
+    model, prompt_tokens: Sequence[int], constraint, max_tokens: int, jump_forward: bool = True
+) -> dict[tuple[int, ...], tuple[float, float]]:
+    """Every output a constraint (a spec or a compiled Constraint) accepts within `max_tokens` after
+    `prompt_tokens`: {generated tokens: (log-probability under SMC's target, unnormalised: the model's,
+    the end included; log-probability under plain masked sampling)}. The exact reference for a small
+    language (tests, benchmarks/smc.py): it forwards one node at a time, every tokenization of every output."""
+    compiled = constraint.compile(model) if hasattr(constraint, "compile") else constraint
+    eos = sorted(model.eos_token_ids)
+    root = Node(tuple(prompt_tokens), state=compiled.start())
+    made, found = [root], {}
+
+    def logp(node: Node) -> torch.Tensor:
+        return model.logits([node])[0].double().log_softmax(-1)
+
+    def walk(node: Node, tokens: tuple[int, ...], lp: float, lq: float) -> None:
+        scores = logp(node)
+        allowed = node.state.allowed_tokens(model.vocab_size).to(scores.device)
+        mass = float(scores.masked_fill(~allowed, -math.inf).logsumexp(-1))
+        for token in allowed.nonzero().flatten().tolist():
+            child = Node((token,), node, state=node.state.advance(token))
+            made.append(child)
+            path, p, q = (*tokens, token), lp + float(scores[token]), lq + float(scores[token]) - mass
+            if token in eos:
+                found[path] = (p, q)
+                continue
+            if jump_forward and not child.state.finished:
+                for forced in child.state.forced[: max_tokens - len(path)]:
+                    p += float(logp(child)[forced])
+                    child = Node((forced,), child, state=child.state.advance(forced))
+                    made.append(child)
+                    path = (*path, forced)
+            if child.state.finished:
+                found[path] = (p + float(logp(child)[eos].logsumexp(0)), q)
+            elif len(path) < max_tokens:
+                walk(child, path, p, q)
+
+    try:
+        walk(root, (), 0.0, 0.0)
+    finally:
+        for node in made:
+            model.cache.discard(node)
+    return found
