@@ -39,6 +39,7 @@ SEARCHES = {
     "ArithmeticSampling": lambda: sd.ArithmeticSampling(3, sample=sd.Sample(seed=7)),
     "Speculative": lambda: sd.Speculative(k=3),
     "Contrastive": lambda: sd.Contrastive(amateur=1, alpha=0.1, search=sd.Beam(2)),
+    "SMC": lambda: sd.SMC(4, seed=8),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),

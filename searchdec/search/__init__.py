@@ -16,6 +16,7 @@ from searchdec.search.mcts import MCTS
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.smc import SMC
 from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculative
 from searchdec.search.step_beam import DVTS, StepBeam
 from searchdec.search.trace import Trace
@@ -48,6 +49,7 @@ __all__ = [
     "SearchResult",
     "SearchStats",
     "SelfSpeculative",
+    "SMC",
     "Speculative",
     "StepBeam",
     "Trace",

@@ -52,6 +52,7 @@ class SearchResult:
     scores: list[float]
     trace: object = None
     stats: SearchStats = field(default_factory=SearchStats)
+    weights: list[float] | None = None  # a weighted search's normalised importance weights, one per leaf
 
     @classmethod
     def ranked(cls, ranked: list[tuple[float, Node]], trace, stats: SearchStats) -> SearchResult:

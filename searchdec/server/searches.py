@@ -43,6 +43,10 @@ Algorithms and parameters (defaults in brackets):
   others, utility ["exact": the extracted final answers match; "chrf", "f1"], answer [the last
   number; a regex whose last match, or first group, is the answer, only with "exact"], weights
   ["uniform"; "model"], temperature [1.0], top_p, top_k, min_p, seed [0]: `sd.MBR`.
+- `smc` (sequential Monte Carlo from the model conditioned on the constraint, `sd.SMC`): particles [16;
+  at most 64], proposal ["awrs"; "mask"], resample ["multinomial"; "systematic"], ess_threshold [0.5; within
+  [0, 1]], seed, max_rejects [64]. The request's `n` choices are drawn from the weighted particles (each
+  choice an output of the model's conditional distribution, not of masked sampling's).
 - `priority` (priority sampling): the request's n unique outputs in order of the model's
   confidence, the first the greedy one, deterministic; branching [n - 1: exact]: `sd.PrioritySampling`.
 
@@ -67,6 +71,7 @@ from searchdec.search.mbr import MBR
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.smc import PROPOSALS, RESAMPLING, SMC
 from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
@@ -335,6 +340,30 @@ def _priority(params: dict, context: SearchContext) -> PrioritySampling:
     return PrioritySampling(n=context.n, branching=branching)
 
 
+def _smc(params: dict, context: SearchContext) -> SMC:
+    """Each parameter checked alone, so that an error names its field."""
+    checked: dict[str, Any] = {}
+    for key, low, high in (("particles", 1, MAX_WIDTH), ("max_rejects", 1, None), ("seed", None, None)):
+        value = _checked(params, key, "search.", int)
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            bound = f"within [{low}, {high}]" if high is not None else f">= {low}"
+            raise bad_request(f"{key} must be {bound} on this server, got {value}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    for key, choices in (("proposal", PROPOSALS), ("resample", RESAMPLING)):
+        value = params.get(key)
+        if value is not None and value not in choices:
+            raise bad_request(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    threshold = _checked(params, "ess_threshold", "search.")
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise bad_request(f"ess_threshold must be within [0, 1], got {threshold!r}", "search.ess_threshold")
+        checked["ess_threshold"] = float(threshold)
+    return SMC(draws=context.n, **checked)
+
+
 register(SearchEntry("greedy", PROCESSORS, _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
@@ -405,5 +434,14 @@ register(
         _priority,
         stepwise=False,
         description="priority sampling: n unique outputs, most confident branch first, the first greedy",
+    )
+)
+register(
+    SearchEntry(
+        "smc",
+        ("particles", "proposal", "resample", "ess_threshold", "seed", "max_rejects"),
+        _smc,
+        stepwise=False,
+        description="sequential Monte Carlo: n draws from the model conditioned on the constraint (AWRS or masked)",
     )
 )
