@@ -31,7 +31,8 @@ from typing import ClassVar
 import torch
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, compile_spec
+from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo
+from searchdec.grammars.compile import compile_spec
 from searchdec.grammars.specs import ConstraintSpec
 
 NAME = "includes"

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from searchdec.errors import ConstraintError, EmptyLanguageError, SchemaError
-from searchdec.grammars.base import Constraint, backend_named, compile_spec
+from searchdec.grammars.base import Constraint, backend_named
+from searchdec.grammars.compile import compile_spec
 
 DEFAULT_BACKEND = "llguidance"
 # JSON nesting a schema may have: both engines read a grammar with serde_json, whose recursion limit is
