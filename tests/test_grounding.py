@@ -128,9 +128,7 @@ def test_hermes_calls_are_read():
 def test_tools_listed_in_the_prompt_are_used_and_not_taken_as_evidence():
     tool = {
         "name": "set_unit",
-        "parameters": {
-            "properties": {"unit": {"type": "string", "description": "e.g. kelvin"}, "n": {"default": 3}}
-        },
+        "parameters": {"properties": {"unit": {"type": "string", "description": "e.g. kelvin"}, "n": {"default": 3}}},
     }
     prompt = tool_prompt([{"type": "function", "function": tool}], "json") + "\nuser: set the unit please"
     reward = Grounding(names=False)

@@ -21,8 +21,8 @@ counts once (list items and object fields one by one):
 The function's name counts as one more value when `names=True` (the default): the fraction of its
 words (split at `_`, `.`, `-` and camelCase) the conversation holds, relative to the best such
 fraction among the tools offered (the best-matching tool scores 1.0, so a lone tool always does),
-which separates "triangle_area" from "circle_area" when several tools are offered. A call with nothing to count scores 1.0; an
-output that makes no parseable call scores 0.0.
+which separates "triangle_area" from "circle_area" when several tools are offered. A call with
+nothing to count scores 1.0; an output that makes no parseable call scores 0.0.
 
 The tools' schemas (for defaults and enums) come from `tools` (an OpenAI `tools` list, or plain
 `{"name", "parameters"}` entries) or, when it is None, from the prompt's own tool listing, so
@@ -55,14 +55,11 @@ _UNITS = {
     "once": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "tenth": 10,
 }  # fmt: skip
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-_MONTHS = {
-    name: i + 1
-    for i, names in enumerate(
-        ("jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july",
-         "aug august", "sep sept september", "oct october", "nov november", "dec december")
-    )  # fmt: skip
-    for name in names.split()
-}
+_MONTH_NAMES = (
+    "jan january|feb february|mar march|apr april|may|jun june|jul july|aug august|sep sept september|"
+    "oct october|nov november|dec december"
+)
+_MONTHS = {name: i + 1 for i, names in enumerate(_MONTH_NAMES.split("|")) for name in names.split()}
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
 _DATES = (  # (pattern, order of its groups: y m d, month given by name where "n")
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), "ymd"),
