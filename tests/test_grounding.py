@@ -157,3 +157,61 @@ def test_best_of_n_with_grounding_over_a_tool_call_constraint(tiny):
     for h in finished:
         assert h.score == Grounding([TRIANGLE]).score(tiny.decode(tiny.encode(QUESTION)), h.text)
     assert [h.score for h in finished] == sorted((h.score for h in finished), reverse=True)
+
+
+# --- the server's "reward": "grounding" --------------------------------------------------------
+
+
+def test_the_server_grounding_reward_is_grounding_with_a_likelihood_tie_break(tiny):
+    from searchdec.server import searches
+
+    spec = searches.build({"algorithm": "best_of_n", "reward": "grounding"}, searches.SearchContext(1, tiny))
+    terms = spec.reward.terms
+    assert [type(r) for _, r in terms] == [Grounding, sd.rewards.MeanLogprob]
+    assert terms[0][0] == 1.0 and terms[1][0] < 0.05 and terms[0][1].tools is None  # tools read from the prompt
+
+
+def test_an_unknown_server_reward_is_a_400_naming_search(tiny):
+    from searchdec.server import searches
+    from searchdec.server.errors import APIError
+
+    with pytest.raises(APIError, match="grounding") as caught:
+        searches.build({"algorithm": "best_of_n", "reward": "grounded"}, searches.SearchContext(1, tiny))
+    assert caught.value.status == 400 and caught.value.param == "search"
+
+
+@pytest.mark.integration
+def test_served_best_of_n_with_grounding_returns_the_best_grounded_call_first(smollm):
+    openai = pytest.importorskip("openai")
+    from live_server import LiveServer
+
+    from searchdec.server import create_app
+
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    }
+    question = "What's the weather in Paris in celsius?"
+    with LiveServer(create_app(sd.load("smollm2-135m"), "m", default_max_tokens=40)) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        r = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": question}], tools=[weather], tool_choice="required",
+            parallel_tool_calls=False, n=2,
+            extra_body={"search": {"algorithm": "best_of_n", "n": 4, "reward": "grounding", "seed": 0}},
+        )  # fmt: skip
+    scores = []
+    for choice in r.choices:
+        (tool_call,) = choice.message.tool_calls
+        output = json.dumps([{"name": tool_call.function.name, "arguments": json.loads(tool_call.function.arguments)}])
+        scores.append(Grounding([weather]).score(question, output))
+    assert scores == sorted(scores, reverse=True)

@@ -32,9 +32,11 @@ Algorithms and parameters (defaults in brackets):
   reported as its exponential, the geometric-mean token probability; "self_eval",
   `rewards.SelfEvaluation(model)`, the model asked whether its answer to the request's last user
   message (the prompt itself for a completion) is correct, P(Yes) / (P(Yes) + P(No)) (one extra
-  batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
-  not offered: under `response_format` the grammar already makes every finished sample valid, so it
-  could not tell them apart.
+  batched forward); "grounding", `rewards.Grounding() + 0.01 * rewards.MeanLogprob()`, the fraction of
+  a tool call's argument values the conversation supports (its tools read from the prompt's listing),
+  ties broken by likelihood — for requests with `tools`; "none", no reward (only with aggregate
+  "majority": self-consistency). A JSON-validity reward is not offered: under `response_format` the
+  grammar already makes every finished sample valid, so it could not tell them apart.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -57,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from searchdec.rewards import MeanLogprob, SelfEvaluation
+from searchdec.rewards import Grounding, MeanLogprob, SelfEvaluation, Weighted
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
@@ -277,7 +279,8 @@ def _best_first_beam(params: dict, context: SearchContext) -> BestFirstBeam:
     return BestFirstBeam(width=_width(params, "width", max(4, context.n), context), num_return=context.n)
 
 
-REWARDS = ("logprob", "self_eval", "none")
+REWARDS = ("logprob", "self_eval", "grounding", "none")
+GROUNDING_TIE_BREAK = 0.01  # below the smallest step of a grounding fraction with up to 99 values
 
 
 def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
@@ -287,10 +290,12 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got {reward!r}")
     if reward == "none" and aggregate != "majority":
-        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob" or "self_eval"')
+        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob", "self_eval" or "grounding"')
     sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
     if reward == "logprob":
         scorer = MeanLogprob()
+    elif reward == "grounding":
+        scorer = Weighted([(1.0, Grounding()), (GROUNDING_TIE_BREAK, MeanLogprob())])
     elif reward == "self_eval":
         scorer = SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
     else:
@@ -377,7 +382,7 @@ register(
         ("n", "reward", "aggregate", *_SAMPLING),
         _best_of_n,
         stepwise=False,
-        description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
+        description="n samples ranked by a built-in reward (logprob, self_eval, grounding) or by majority",
     )
 )
 register(
