@@ -37,6 +37,11 @@ Algorithms and parameters (defaults in brackets):
   ties broken by likelihood — for requests with `tools`; "none", no reward (only with aggregate
   "majority": self-consistency). A JSON-validity reward is not offered: under `response_format` the
   grammar already makes every finished sample valid, so it could not tell them apart.
+- `treebon` (TreeBoN, `sd.TreeBoN`: best-of-N grown in segments, the low-reward partial candidates
+  rejected each round): n [max(8, request n)], branching [2], segment [16 tokens], rounds [3],
+  reward ["logprob"; "self_eval", "grounding": the built-in rewards above, scored on partial text],
+  step [none; a delimiter that also ends a segment], temperature [0.8], top_p, top_k, min_p, seed,
+  the logit processors.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -69,6 +74,7 @@ from searchdec.search.mbr import MBR
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.treebon import TreeBoN
 from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
@@ -292,15 +298,40 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     if reward == "none" and aggregate != "majority":
         raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob", "self_eval" or "grounding"')
     sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return BestOfN(n=samples, reward=_scorer(reward, context), aggregate=aggregate, sample=sample)
+
+
+def _scorer(reward: str, context: SearchContext):
+    """The built-in reward named `reward` (REWARDS; "none": None)."""
     if reward == "logprob":
-        scorer = MeanLogprob()
-    elif reward == "grounding":
-        scorer = Weighted([(1.0, Grounding()), (GROUNDING_TIE_BREAK, MeanLogprob())])
-    elif reward == "self_eval":
-        scorer = SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
-    else:
-        scorer = None
-    return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
+        return MeanLogprob()
+    if reward == "grounding":
+        return Weighted([(1.0, Grounding()), (GROUNDING_TIE_BREAK, MeanLogprob())])
+    if reward == "self_eval":
+        return SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
+    return None
+
+
+def _treebon(params: dict, context: SearchContext) -> TreeBoN:
+    samples = _width(params, "n", max(8, context.n), context)
+    reward = params.get("reward", "logprob")
+    if reward not in REWARDS or reward == "none":
+        raise ValueError(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}')
+    for key in ("branching", "segment", "rounds"):
+        _number(params, key, int)
+    step = params.get("step")
+    if step is not None and not isinstance(step, str):
+        raise TypeError(f"step must be a delimiter string, got {step!r}")
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return TreeBoN(
+        n=samples,
+        branching=params.get("branching", 2),
+        segment=params.get("segment", 16),
+        rounds=params.get("rounds", 3),
+        reward=_scorer(reward, context),
+        step=step,
+        sample=sample,
+    )
 
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
@@ -410,5 +441,14 @@ register(
         _priority,
         stepwise=False,
         description="priority sampling: n unique outputs, most confident branch first, the first greedy",
+    )
+)
+register(
+    SearchEntry(
+        "treebon",
+        ("n", "branching", "segment", "rounds", "reward", "step", *_SAMPLING),
+        _treebon,
+        stepwise=False,
+        description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
     )
 )
