@@ -115,8 +115,20 @@ def test_lists_and_objects_count_each_leaf():
 
 def test_no_call_scores_zero_and_a_call_without_arguments_one():
     assert score("The area is 25.") == 0.0
-    assert score('[{"name": "calculate_triangle_area"') == 0.0
+    assert score('[{"name": "calculate_tri') == 0.0  # no name yet
     assert score(call(), names=False) == 1.0
+
+
+def test_an_unfinished_call_is_scored_on_the_values_it_has_completed():
+    full = call(base=10, height=7)
+    assert parse_calls(full[: full.index("7")]) == [{"name": "calculate_triangle_area", "arguments": {"base": 10}}]
+    assert score(full[: full.index("7")]) == 1.0  # the height being written does not count yet
+    assert score(full[: full.index("7") + 1]) == 1.0  # "7" may still become "75": left out until complete
+    assert score(full[:-2]) < 1.0  # {"base": 10, "height": 7} is complete
+    assert parse_calls('[{"name": "calculate_tri') == []
+    assert parse_calls('[{"name": "f", "arguments": {"city": "San Fr') == [{"name": "f", "arguments": {}}]
+    hermes = '<tool_call>\n{"name": "f", "arguments": {"a": "x", "b": 1'
+    assert parse_calls(hermes) == [{"name": "f", "arguments": {"a": "x"}}]
 
 
 def test_hermes_calls_are_read():

@@ -114,3 +114,16 @@ def test_the_server_builds_treebon_and_names_bad_fields(tiny):
     with pytest.raises(APIError) as caught:
         searches.build({"algorithm": "treebon", "width": 3}, searches.SearchContext(1, tiny))
     assert caught.value.param == "search.width"
+
+
+def test_treebon_ranks_tool_calls_by_grounding_on_partial_calls(tiny):
+    tool = {"name": "area", "parameters": {"type": "object", "properties": {"base": {"type": "integer"}}}}
+    spec = sd.tool_calls([tool], tool_choice="required", format="json")
+    reward = sd.rewards.Grounding([tool])
+    search = sd.TreeBoN(n=4, branching=2, segment=6, rounds=2, reward=reward, sample=sd.Sample(seed=5))
+    out = sd.generate(tiny, "The base is 10.", constraint=spec, max_tokens=40, search=search)
+    kept = [n for n in out.trace.to_dict()["nodes"] if n["status"] == "kept"]
+    assert kept and all(0.0 <= n["score"] <= 1.0 for n in kept)
+    for h in out.hypotheses:
+        if h.finish_reason == "stop":
+            assert spec.parse(h.text)[0]["name"] == "area"

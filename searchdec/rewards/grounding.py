@@ -18,6 +18,8 @@ counts once (list items and object fields one by one):
 - a value equal to the parameter's schema `default` (or to a quoted value its description calls the
   default) is supported, as is the only value of a one-value `enum`;
 - a boolean or null counts only where the schema gives a default: supported when it equals it.
+An unfinished output (cut by `max_tokens`, or a search's partial candidate, as TreeBoN scores) counts
+what it has completed: its complete calls, and the complete values of the call being written.
 The function's name counts as one more value when `names=True` (the default): the fraction of its
 words (split at `_`, `.`, `-` and camelCase) the conversation holds, relative to the best such
 fraction among the tools offered (the best-matching tool scores 1.0, so a lone tool always does),
@@ -132,23 +134,64 @@ class Evidence:
 
 
 def parse_calls(output: str) -> list[dict]:
-    """The calls an output makes, as [{"name", "arguments"}] (none when it makes no parseable call)."""
+    """The calls an output makes, as [{"name", "arguments"}] (none when it makes no parseable call);
+    of an unfinished output, the calls and values it has completed (`complete_part`)."""
     text = output.strip()
     found: list = []
     if text.startswith(("[", "{")):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return []
-        found = value if isinstance(value, list) else [value]
+        value = complete_part(text)
+        found = value if isinstance(value, list) else [] if value is None else [value]
     else:
-        for body in _HERMES_CALL.findall(text):
-            try:
-                found.append(json.loads(body))
-            except ValueError:
+        bodies = _HERMES_CALL.findall(text)
+        opened = text.rfind("<tool_call>")
+        if opened >= 0 and "</tool_call>" not in text[opened:]:
+            bodies.append(text[opened + len("<tool_call>") :].strip())  # the call being written
+        for body in bodies:
+            value = complete_part(body)
+            if value is None:
                 return []
+            found.append(value)
     calls = [c for c in found if isinstance(c, dict) and isinstance(c.get("name"), str)]
     return calls if len(calls) == len(found) else []
+
+
+def complete_part(text: str):
+    """The JSON value `text` holds, or, when it is cut short, the value made of its complete parts:
+    the longest prefix ending at a complete string, object, array or before a comma, with its open
+    brackets closed (a number or string still being written is left out). None: nothing parses."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    stack: list[str] = []
+    cuts: list[tuple[int, str]] = []  # (end of a prefix, the brackets that close it)
+    in_string = escape = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_string = False
+                cuts.append((i + 1, "".join(reversed(stack))))
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append("]" if ch == "[" else "}")
+            cuts.append((i + 1, "".join(reversed(stack))))
+        elif ch in "]}" and stack:
+            stack.pop()
+            cuts.append((i + 1, "".join(reversed(stack))))
+        elif ch == ",":
+            cuts.append((i, "".join(reversed(stack))))
+    for end, closers in reversed(cuts):
+        try:
+            return json.loads(text[:end] + closers)
+        except ValueError:
+            continue
+    return None
 
 
 def _name_score(name: str, tools: dict[str, dict], evidence: Evidence) -> float:
