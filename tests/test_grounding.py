@@ -131,6 +131,13 @@ def test_an_unfinished_call_is_scored_on_the_values_it_has_completed():
     assert parse_calls(hermes) == [{"name": "f", "arguments": {"a": "x"}}]
 
 
+def test_a_repeated_call_scores_zero_for_its_values():
+    once = {"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}
+    other = {"name": "calculate_triangle_area", "arguments": {"base": 5, "height": 10}}
+    assert score(json.dumps([once, other])) == 1.0  # parallel calls with other values
+    assert score(json.dumps([once, once])) == 0.5
+
+
 def test_hermes_calls_are_read():
     output = '<tool_call>\n{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}\n</tool_call>'
     assert parse_calls(output) == [{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}]

@@ -18,6 +18,8 @@ counts once (list items and object fields one by one):
 - a value equal to the parameter's schema `default` (or to a quoted value its description calls the
   default) is supported, as is the only value of a one-value `enum`;
 - a boolean or null counts only where the schema gives a default: supported when it equals it.
+A call that repeats an earlier one of the same output verbatim scores 0.0 for each of its values
+(the conversation asked for it once; parallel calls differ in their arguments).
 An unfinished output (cut by `max_tokens`, or a search's partial candidate, as TreeBoN scores) counts
 what it has completed: its complete calls, and the complete values of the call being written.
 The function's name counts as one more value when `names=True` (the default): the fraction of its
@@ -93,15 +95,20 @@ class Grounding(Reward):
         tools = self.tools if self.tools is not None else _schemas(_listed_tools(prompt))
         evidence = Evidence(_TOOLS.sub(" ", prompt))
         scores: list[float] = []
+        seen: set[str] = set()
         for call in calls:
             schema = tools.get(call["name"], {})
-            if self.names:
-                scores.append(_name_score(call["name"], tools, evidence))
+            call_scores = [_name_score(call["name"], tools, evidence)] if self.names else []
             arguments = call.get("arguments")
             if isinstance(arguments, dict):
                 properties = schema.get("properties") or {}
                 for key, value in arguments.items():
-                    scores += _leaf_scores(value, properties.get(key) or {}, evidence)
+                    call_scores += _leaf_scores(value, properties.get(key) or {}, evidence)
+            key = json.dumps(call, sort_keys=True)
+            if key in seen:  # a repeated call: the conversation asked for it once
+                call_scores = [0.0] * max(len(call_scores), 1)
+            seen.add(key)
+            scores += call_scores
         return sum(scores) / len(scores) if scores else 1.0
 
 
