@@ -21,6 +21,7 @@ from searchdec.search.speculative import PromptLookup, SelfSpeculative, Speculat
 from searchdec.search.step_beam import DVTS, StepBeam
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
+from searchdec.search.treebon import TreeBoN
 from searchdec.search.work import Executor, InProcessExecutor
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "Speculative",
     "StepBeam",
     "Trace",
+    "TreeBoN",
 ]

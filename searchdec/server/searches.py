@@ -32,9 +32,16 @@ Algorithms and parameters (defaults in brackets):
   reported as its exponential, the geometric-mean token probability; "self_eval",
   `rewards.SelfEvaluation(model)`, the model asked whether its answer to the request's last user
   message (the prompt itself for a completion) is correct, P(Yes) / (P(Yes) + P(No)) (one extra
-  batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
-  not offered: under `response_format` the grammar already makes every finished sample valid, so it
-  could not tell them apart.
+  batched forward); "grounding", `rewards.Grounding() + 0.01 * rewards.MeanLogprob()`, the fraction of
+  a tool call's argument values the conversation supports (its tools read from the prompt's listing),
+  ties broken by likelihood — for requests with `tools`; "none", no reward (only with aggregate
+  "majority": self-consistency). A JSON-validity reward is not offered: under `response_format` the
+  grammar already makes every finished sample valid, so it could not tell them apart.
+- `treebon` (TreeBoN, `sd.TreeBoN`: best-of-N grown in segments, the low-reward partial candidates
+  rejected each round): n [max(8, request n)], branching [2], segment [16 tokens], rounds [3],
+  reward ["logprob"; "self_eval", "grounding": the built-in rewards above, scored on partial text],
+  step [none; a delimiter that also ends a segment], temperature [0.8], top_p, top_k, min_p, seed,
+  the logit processors.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -61,7 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from searchdec.rewards import MeanLogprob, SelfEvaluation
+from searchdec.rewards import Grounding, MeanLogprob, SelfEvaluation, Weighted
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
@@ -72,6 +79,7 @@ from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.smc import PROPOSALS, RESAMPLING, SMC
+from searchdec.search.treebon import TreeBoN
 from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
@@ -282,7 +290,8 @@ def _best_first_beam(params: dict, context: SearchContext) -> BestFirstBeam:
     return BestFirstBeam(width=_width(params, "width", max(4, context.n), context), num_return=context.n)
 
 
-REWARDS = ("logprob", "self_eval", "none")
+REWARDS = ("logprob", "self_eval", "grounding", "none")
+GROUNDING_TIE_BREAK = 0.01  # below the smallest step of a grounding fraction with up to 99 values
 
 
 def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
@@ -292,15 +301,42 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got {reward!r}")
     if reward == "none" and aggregate != "majority":
-        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob" or "self_eval"')
+        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob", "self_eval" or "grounding"')
     sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return BestOfN(n=samples, reward=_scorer(reward, context), aggregate=aggregate, sample=sample)
+
+
+def _scorer(reward: str, context: SearchContext):
+    """The built-in reward named `reward` (REWARDS; "none": None)."""
     if reward == "logprob":
-        scorer = MeanLogprob()
-    elif reward == "self_eval":
-        scorer = SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
-    else:
-        scorer = None
-    return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
+        return MeanLogprob()
+    if reward == "grounding":
+        return Weighted([(1.0, Grounding()), (GROUNDING_TIE_BREAK, MeanLogprob())])
+    if reward == "self_eval":
+        return SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
+    return None
+
+
+def _treebon(params: dict, context: SearchContext) -> TreeBoN:
+    samples = _width(params, "n", max(8, context.n), context)
+    reward = params.get("reward", "logprob")
+    if reward not in REWARDS or reward == "none":
+        raise ValueError(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}')
+    for key in ("branching", "segment", "rounds"):
+        _number(params, key, int)
+    step = params.get("step")
+    if step is not None and not isinstance(step, str):
+        raise TypeError(f"step must be a delimiter string, got {step!r}")
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return TreeBoN(
+        n=samples,
+        branching=params.get("branching", 2),
+        segment=params.get("segment", 16),
+        rounds=params.get("rounds", 3),
+        reward=_scorer(reward, context),
+        step=step,
+        sample=sample,
+    )
 
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
@@ -406,7 +442,7 @@ register(
         ("n", "reward", "aggregate", *_SAMPLING),
         _best_of_n,
         stepwise=False,
-        description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
+        description="n samples ranked by a built-in reward (logprob, self_eval, grounding) or by majority",
     )
 )
 register(
@@ -443,5 +479,14 @@ register(
         _smc,
         stepwise=False,
         description="sequential Monte Carlo: n draws from the model conditioned on the constraint (AWRS or masked)",
+    )
+)
+register(
+    SearchEntry(
+        "treebon",
+        ("n", "branching", "segment", "rounds", "reward", "step", *_SAMPLING),
+        _treebon,
+        stepwise=False,
+        description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
     )
 )
