@@ -12,6 +12,7 @@ from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.drafts import PromptLookup, SelfSpeculative, SuffixDraft
 from searchdec.search.first_finish import FirstFinish
 from searchdec.search.lexical import LexicalBeam
+from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
 from searchdec.search.priority import PrioritySampling
@@ -40,6 +41,7 @@ __all__ = [
     "Greedy",
     "InProcessExecutor",
     "LexicalBeam",
+    "Lookahead",
     "Node",
     "PrioritySampling",
     "PromptLookup",

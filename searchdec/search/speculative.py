@@ -197,7 +197,7 @@ class Speculative(Search):
             room = stopping.max_tokens - node.depth - 1
             if stopping.context_window is not None:
                 room = min(room, stopping.context_window - prompt_length - node.depth - 1)
-            tree = DraftTree()
+            tree, proposed, tip = DraftTree(), None, ROOT
             forced: list[int] = []
             if room > 0:
                 # Tokens the grammar forces are drafted for free; the drafts hang after them.
@@ -206,19 +206,21 @@ class Speculative(Search):
                 state = node.state.advance_many(forced) if forced else node.state
                 if room > len(forced) and not (state is not None and state.finished):
                     context = list(root.new_tokens) + node.generated()[0] + forced
-                    proposed = drafter.propose(
-                        context, k, room - len(forced), self.drafts, state, self.sample, generator
-                    )
+                    limit = room - len(forced)
+                    proposed = drafter.propose(context, k, limit, self.drafts, state, self.sample, generator)
                     tree.graft(proposed, tip)
                     stats.draft_calls += 1
             before = stats.accepted
-            node = self._verify(model, node, tree, drafter, generator, stats)
+            node, rows = self._verify(model, node, tree, generator, stats)
+            if proposed is not None:  # the target's logits after the proposal's root and each of its nodes
+                drafter.observe(proposed, torch.cat([rows[tip + 1 : tip + 2], rows[len(forced) + 1 :]]))
             if self.schedule == "heuristic" and len(tree) > len(forced):
                 all_taken = stats.accepted - before == tree.depth()
                 k = min(k + 2, self.max_k) if all_taken else max(k - 1, 1)
 
-    def _verify(self, model, node: Node, tree: DraftTree, drafter: Drafter, generator, stats) -> Node:
-        """One target forward over `tree` after `node`; the node holding what it accepted."""
+    def _verify(self, model, node: Node, tree: DraftTree, generator, stats) -> tuple[Node, torch.Tensor]:
+        """One target forward over `tree` after `node`: the node holding what it accepted, and the
+        logits after `node` and after each tree node."""
         stats.drafted += len(tree)
         verify = node.child(tuple(tree.tokens), ()) if len(tree) else None
         if verify is None:
@@ -228,7 +230,6 @@ class Speculative(Search):
         else:
             rows = model.logits_tree(verify, tree.parents)
         stats.target_calls += 1
-        drafter.observe(tree, rows)
         raw = rows.log_softmax(-1)
         state = node.state
         at, path, extra = ROOT, [], None
@@ -258,15 +259,15 @@ class Speculative(Search):
         logprobs = tuple(float(raw[rows_of[i] + 1, t]) for i, t in enumerate(new))
         stats.generated += len(new)
         if verify is None:
-            return node.child(tuple(new), logprobs)
+            return node.child(tuple(new), logprobs), rows
         entry = model.cache.get(verify)
         model.cache.discard(verify)
         if entry is None:
-            return node.child(tuple(new), logprobs)
+            return node.child(tuple(new), logprobs), rows
         # The verifying forward computed node + the tree: keep node + the accepted path of its entry.
         kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
         model.cache.put_branch(kept, entry, entry.length - len(tree), path)
-        return kept if extra is None else kept.child((extra,), logprobs[len(accepted) :])
+        return (kept if extra is None else kept.child((extra,), logprobs[len(accepted) :])), rows
 
     def _distribution(self, logits: torch.Tensor, state) -> torch.Tensor:
         if state is not None:
