@@ -222,7 +222,8 @@ class Speculative(Search):
         """One target forward over `tree` after `node`: the node holding what it accepted, and the
         logits after `node` and after each tree node."""
         stats.drafted += len(tree)
-        verify = node.child(tuple(tree.tokens), ()) if len(tree) else None
+        # a cache key only: its tokens are a tree in flat order, no sequence a grammar state could follow
+        verify = Node(tuple(tree.tokens), node) if len(tree) else None
         if verify is None:
             rows = model.logits([node])
         elif tree.is_chain:
