@@ -220,3 +220,24 @@ def test_real_model_tree_suffix_and_lookahead_greedy_are_token_identical(smollm)
     for spec in specs:
         for prompt, reference in zip(prompts, references):
             assert sd.generate(smollm, prompt, max_tokens=24, search=spec).tokens == reference.tokens, spec
+
+
+def test_the_server_search_extension_builds_them_and_refuses_bad_fields():
+    from searchdec.server import searches
+    from searchdec.server.errors import APIError
+
+    context = searches.SearchContext(n=1)
+    spec = searches.build({"algorithm": "speculative", "draft": "suffix", "drafts": 3}, context)
+    assert isinstance(spec, sd.Speculative) and spec.drafts == 3 and isinstance(spec.source, sd.SuffixDraft)
+    assert searches.build({"algorithm": "lookahead", "window": 3}, context).window == 3
+    for bad, field, words in [
+        ({"algorithm": "speculative", "drafts": 0}, "search", "drafts must be within"),
+        ({"algorithm": "speculative", "draft": "model"}, "search", "draft must be"),
+        ({"algorithm": "lookahead", "ngram": 1}, "search", "ngram must be within"),
+        ({"algorithm": "lookahead", "width": 3}, "search.width", "no parameter 'width'"),
+    ]:
+        with pytest.raises(APIError, match=words) as caught:
+            searches.build(bad, context)
+        assert caught.value.param == field and caught.value.status == 400
+    with pytest.raises(APIError, match="n must be 1"):
+        searches.build({"algorithm": "lookahead"}, searches.SearchContext(n=2))
