@@ -56,6 +56,11 @@ Algorithms and parameters (defaults in brackets):
   choice an output of the model's conditional distribution, not of masked sampling's).
 - `priority` (priority sampling): the request's n unique outputs in order of the model's
   confidence, the first the greedy one, deterministic; branching [n - 1: exact]: `sd.PrioritySampling`.
+- `speculative` (lossless: the greedy output, fewer target forwards): draft ["prompt_lookup"; "suffix":
+  suffix-automaton drafts over the prompt and output], k [4; draft length, 1..64], drafts [1; up to 16
+  drafts verified at once as a token tree]: `sd.Speculative`. One choice (n = 1).
+- `lookahead` (lossless lookahead decoding, the greedy output): window [5], ngram [4], candidates [5],
+  each 1..16 (ngram from 2): `sd.Lookahead`. One choice (n = 1).
 
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
@@ -74,11 +79,13 @@ from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
 from searchdec.search.smc import PROPOSALS, RESAMPLING, SMC
+from searchdec.search.speculative import Speculative
 from searchdec.search.treebon import TreeBoN
 from searchdec.server.errors import bad_request
 
@@ -400,6 +407,41 @@ def _smc(params: dict, context: SearchContext) -> SMC:
     return SMC(draws=context.n, **checked)
 
 
+MAX_DRAFT = 64  # draft tokens per chain: one verifying forward holds the worker
+MAX_TREE = 16  # drafts verified at once, window columns, pool candidates, n-gram length
+
+
+def _small(params: dict, key: str, default: int, low: int, high: int) -> int:
+    value = _number(params, key, int)
+    value = default if value is None else value
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be within [{low}, {high}], got {value!r}")
+    return value
+
+
+def _one_choice(name: str, context: SearchContext) -> None:
+    if context.n != 1:
+        raise ValueError(f"{name} decoding returns the one greedy output; n must be 1, got {context.n}")
+
+
+def _speculative(params: dict, context: SearchContext) -> Speculative:
+    _one_choice("speculative", context)
+    draft = params.get("draft", "prompt_lookup")
+    if draft not in ("prompt_lookup", "suffix"):
+        raise ValueError(f'draft must be "prompt_lookup" or "suffix", got {draft!r}')
+    k = _small(params, "k", 4, 1, MAX_DRAFT)
+    return Speculative(draft=draft, k=k, drafts=_small(params, "drafts", 1, 1, MAX_TREE), max_k=max(16, k))
+
+
+def _lookahead(params: dict, context: SearchContext) -> Lookahead:
+    _one_choice("lookahead", context)
+    return Lookahead(
+        window=_small(params, "window", 5, 1, MAX_TREE),
+        ngram=_small(params, "ngram", 4, 2, MAX_TREE),
+        candidates=_small(params, "candidates", 5, 1, MAX_TREE),
+    )
+
+
 register(SearchEntry("greedy", PROCESSORS, _greedy, description="the most probable token at each step"))
 register(
     SearchEntry(
@@ -483,10 +525,28 @@ register(
 )
 register(
     SearchEntry(
+        "speculative",
+        ("draft", "k", "drafts"),
+        _speculative,
+        stepwise=False,
+        description="lossless speculative decoding (prompt-lookup or suffix drafts, several as a token tree)",
+    )
+)
+register(
+    SearchEntry(
         "treebon",
         ("n", "branching", "segment", "rounds", "reward", "step", *_SAMPLING),
         _treebon,
         stepwise=False,
         description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
+    )
+)
+register(
+    SearchEntry(
+        "lookahead",
+        ("window", "ngram", "candidates"),
+        _lookahead,
+        stepwise=False,
+        description="lossless lookahead decoding (Jacobi iterations and an n-gram pool, no draft model)",
     )
 )
