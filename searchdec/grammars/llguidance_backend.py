@@ -31,8 +31,9 @@ NAME = "llguidance"
 # llguidance's default lexer fuel per step (200k, ~14 ms) runs out on one token of a string whose `pattern`
 # counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask has built part of that lexer; the
 # lexer is shared by every copy of the matcher, so the whole compiled constraint then refuses everything.
-# Five times the default (a step's worst case ~70 ms) walks those schemas (tests/test_jsonschemabench.py).
-LIMITS = llguidance.LLParserLimits(step_lexer_fuel=1_000_000)
+# Ten times the default (a step's worst case ~140 ms): 1M was not enough once invalid instances of such a
+# schema had been walked through the same constraint.
+LIMITS = llguidance.LLParserLimits(step_lexer_fuel=2_000_000)
 
 
 class LLGuidanceState(State):
