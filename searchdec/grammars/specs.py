@@ -187,14 +187,24 @@ def _schema_dict(schema):
         return schema.model_json_schema()  # a Pydantic model class
     if isinstance(schema, str):
         try:
-            return json.loads(schema)
+            parsed = json.loads(schema)
         except json.JSONDecodeError as error:
             raise SchemaError(f"not valid JSON: {error}") from error
         except RecursionError:  # Python's own parser gives up far past MAX_SCHEMA_DEPTH
             raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported") from None
+        if isinstance(parsed, str):
+            raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(parsed)}")
+        return _schema_dict(parsed)
     if isinstance(schema, (dict, bool)):
         return schema
+    if schema is None or isinstance(schema, (int, float, list)):  # JSON, but not a schema
+        raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(schema)}")
     raise TypeError(f"json_schema() takes a dict, JSON text or a Pydantic model class, got {type(schema).__name__}")
+
+
+def _json_type(value) -> str:
+    names = {type(None): "null", int: "a number", float: "a number", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
