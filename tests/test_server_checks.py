@@ -94,7 +94,7 @@ BROKEN_ENTRY = {**TABLES["tvshow"], "column_names_original": [[-1, "*"], [7, "x"
         ({"database": "shop"}, "structured_outputs.sql.database", "unknown database 'shop'; the databases here: store"),
         ({"tables": BROKEN_ENTRY}, "structured_outputs.sql.tables", "names table 7"),
         ({"tables": {"table_names_original": []}}, "structured_outputs.sql.tables", "column_names_original"),
-        ({"database": "store", "tables": TABLES["tvshow"]}, "structured_outputs.sql", "exactly one of tables, database"),
+        ({"database": "store", "tables": TABLES["tvshow"]}, "structured_outputs.sql", "exactly one of tables"),
         ({}, "structured_outputs.sql", "exactly one of tables, database; got none"),
         ({"database": "store", "checks": "yes"}, "structured_outputs.sql.checks", "valid boolean"),
         ({"tables": "tvshow"}, "structured_outputs.sql.tables", "valid dictionary"),
