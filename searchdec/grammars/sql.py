@@ -270,7 +270,8 @@ def _check_entry(entry) -> None:
             raise ConstraintError(f"foreign key {list(pair)} names the '*' column, not a table's")
 
 
-_NAME = re.compile(r"[^\x00-\x1f\x7f]+")  # SQLite reads any name, quoted; control characters break the grammar
+# SQLite reads any name, quoted; control characters break the grammar, and a lone surrogate is not text.
+_NAME = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]+")
 
 
 def _schema_from_spider(entry) -> tuple[list[str], list[str]]:
