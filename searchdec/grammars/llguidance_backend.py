@@ -287,5 +287,12 @@ def _check_nonempty(constraint: LLGuidanceConstraint, spec: ConstraintSpec) -> N
     state = constraint.start()
     bitmask = allocate_bitmask(1, constraint.vocab_size)
     state.fill(bitmask)
+    allowed = unpack_bitmask(bitmask, constraint.vocab_size)[0].nonzero().flatten()
+    if len(allowed):  # the mask can allow a token the parser then gives up on (its Earley row limit, 2,000 items)
+        probe = state._matcher.deep_copy()
+        if not probe.consume_token(int(allowed[0])):
+            raise ConstraintError(
+                f"{spec.describe()} is too large for the grammar engine's parser: {probe.get_error().splitlines()[0]}"
+            )
     if not state.accepting and not bool(bitmask.any()):
         raise EmptyLanguageError(f"{spec.describe()} matches no output at all")

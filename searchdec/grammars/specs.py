@@ -15,11 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
-from searchdec.errors import ConstraintError, EmptyLanguageError, SchemaError
+from searchdec.errors import ConstraintError, EmptyLanguageError, GrammarSyntaxError, SchemaError
 from searchdec.grammars.base import Constraint, backend_named
 from searchdec.grammars.compile import compile_spec
 
@@ -28,6 +30,13 @@ DEFAULT_BACKEND = "llguidance"
 # 128 levels, and llguidance's grammar wraps the schema in three of them (tests/test_schema_depth.py
 # compiles a schema of exactly this depth).
 MAX_SCHEMA_DEPTH = 124
+# Subschemas chained by nesting and by local `$ref`s, which the engine follows recursively when it compiles: a
+# long enough chain overflows its native stack, a segmentation fault that ends the process (measured with
+# llguidance 1.9: 1,000 objects each referring to the next crash, 600 compile; 2,000 bare `$ref`s compile, 3,000
+# crash). The bound counts schemas on the longest chain and leaves the engine a wide margin.
+MAX_REFERENCE_DEPTH = 400
+# Lark rules each referring to the next, likewise (llguidance: a chain of 1,000 compiles, 3,000 crash).
+MAX_RULE_CHAIN = 500
 
 
 class ConstraintSpec:
@@ -167,6 +176,7 @@ def lark(grammar: str) -> Lark:
     """Outputs of a Lark grammar (llguidance's Lark dialect; `start` is the top rule)."""
     if not isinstance(grammar, str):
         raise TypeError(f"lark grammar must be a string, got {type(grammar).__name__}")
+    check_lark(grammar)
     return Lark(grammar)
 
 
@@ -177,10 +187,19 @@ def json_schema(
     `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
     schema = _schema_dict(schema)
     check_depth(schema)
+    check_references(schema)
+    text = json.dumps(schema, ensure_ascii=False)
+    if _SURROGATE.search(text):  # JSON text may escape one ("\ud800"); no engine reads it as a character
+        raise SchemaError(
+            "the schema holds a lone surrogate (a \\ud800-\\udfff escape with no pair), which is not text"
+        )
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
     return _checked(JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _schema_dict(schema):
@@ -188,14 +207,24 @@ def _schema_dict(schema):
         return schema.model_json_schema()  # a Pydantic model class
     if isinstance(schema, str):
         try:
-            return json.loads(schema)
+            parsed = json.loads(schema)
         except json.JSONDecodeError as error:
             raise SchemaError(f"not valid JSON: {error}") from error
         except RecursionError:  # Python's own parser gives up far past MAX_SCHEMA_DEPTH
             raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported") from None
+        if isinstance(parsed, str):
+            raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(parsed)}")
+        return _schema_dict(parsed)
     if isinstance(schema, (dict, bool)):
         return schema
+    if schema is None or isinstance(schema, (int, float, list)):  # JSON, but not a schema
+        raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(schema)}")
     raise TypeError(f"json_schema() takes a dict, JSON text or a Pydantic model class, got {type(schema).__name__}")
+
+
+def _json_type(value) -> str:
+    names = {type(None): "null", int: "a number", float: "a number", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
@@ -218,6 +247,138 @@ def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
             )
         for key, value in items:
             pending.append((value, depth + 1, f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"))
+
+
+# Keywords whose values are schemas: a map of them, one, or a list of them.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
+_SCHEMA_VALUES = ("items", "additionalItems", "additionalProperties", "not", "if", "then", "else", "contains",
+                  "propertyNames", "unevaluatedItems", "unevaluatedProperties")  # fmt: skip
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+
+
+def check_references(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
+    """Raise SchemaError when a chain of subschemas, nested or joined by local `$ref`s, is longer than `limit`
+    (a reference back into the chain is a recursive schema, which the engine resolves once: not followed)."""
+    if not isinstance(schema, dict):
+        return
+
+    def successors(node: dict) -> list:
+        found = []
+        for key in _SCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                found += [sub for sub in node[key].values() if isinstance(sub, dict)]
+        found += [node[key] for key in _SCHEMA_VALUES if isinstance(node.get(key), dict)]
+        for key in _SCHEMA_LISTS:
+            if isinstance(node.get(key), list):
+                found += [sub for sub in node[key] if isinstance(sub, dict)]
+        target = _local_target(schema, node.get("$ref"))
+        return found if target is None else [*found, target]
+
+    if longest_chain([schema], successors, limit) > limit:
+        raise SchemaError(
+            f"subschemas nest or refer to each other (by $ref) in a chain longer than {limit}, the most the grammar "
+            "engine compiles safely"
+        )
+
+
+def _local_target(root, ref) -> dict | None:
+    """The schema a local `$ref` ("#", "#/a/b") points to in `root`, or None (remote, anchors, missing)."""
+    if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
+        return None
+    node = root
+    for part in ref[2:].split("/") if ref != "#" else ():
+        part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node if isinstance(node, dict) else None
+
+
+def longest_chain(starts, successors, limit: int, key=id) -> int:
+    """The most nodes on a path from any of `starts` along `successors` that enters no node twice (an edge back
+    into the path is a cycle, not followed); counting stops once past `limit`. Iterative, memoized by `key`."""
+    longest: dict = {}
+    for start in starts:
+        if key(start) in longest:
+            continue
+        path = {key(start)}
+        stack = [(start, successors(start), 0)]
+        while stack:
+            node, children, index = stack[-1]
+            if index < len(children):
+                stack[-1] = (node, children, index + 1)
+                child = children[index]
+                if key(child) not in longest and key(child) not in path:
+                    if len(stack) >= limit:
+                        return len(stack) + 1
+                    path.add(key(child))
+                    stack.append((child, successors(child), 0))
+                continue
+            stack.pop()
+            path.discard(key(node))
+            longest[key(node)] = 1 + max((longest.get(key(child), 0) for child in children), default=0)
+            if longest[key(node)] > limit:
+                return longest[key(node)]
+    return max(longest.values(), default=0)
+
+
+# A Lark grammar's parts that hold no rule names: strings, regexes, comments, and JSON bodies (%json, %regex,
+# %llguidance), which are read apart.
+_LARK_SKIPPED = re.compile(r'"(?:[^"\\\n]|\\.)*"i?|/(?![/*])(?:[^/\\\n]|\\.)*/[a-z]*|//[^\n]*')
+_LARK_DEFINITION = re.compile(r"[?!]?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?(?:\.-?[0-9]+)?\s*:(.*)")
+_LARK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_lark(grammar: str) -> None:
+    """Raise before compiling a Lark grammar the engine would crash on: rules that refer one to the next in a
+    chain longer than MAX_RULE_CHAIN (GrammarSyntaxError), and `%json` schemas that `json_schema` refuses."""
+    text, schemas = _lark_without_json(grammar)
+    for schema in schemas:
+        check_depth(schema)
+        check_references(schema)
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in _LARK_SKIPPED.sub(" ", text).splitlines():
+        if line[:1].isspace() and current is not None:  # a continued definition
+            bodies[current].append(line)
+        elif found := _LARK_DEFINITION.match(line):
+            current = found.group(1)
+            bodies.setdefault(current, []).append(found.group(2))
+        else:
+            current = None
+    refs = {name: [n for n in _LARK_NAME.findall(" ".join(body)) if n in bodies] for name, body in bodies.items()}
+    if longest_chain(list(refs), refs.__getitem__, MAX_RULE_CHAIN, key=str) > MAX_RULE_CHAIN:
+        raise GrammarSyntaxError(
+            f"lark grammar: rules refer one to the next in a chain longer than {MAX_RULE_CHAIN}, the most the grammar "
+            "engine compiles safely"
+        )
+
+
+def _lark_without_json(grammar: str) -> tuple[str, list]:
+    """`grammar` with the JSON bodies of %json/%regex/%llguidance blanked out, and the %json schemas parsed."""
+    decoder = json.JSONDecoder()
+    schemas, out, position = [], [], 0
+    for found in re.finditer(r"%(json|regex|llguidance)\s*(?=\{)", grammar):
+        if found.start() < position:
+            continue
+        try:
+            value, end = decoder.raw_decode(grammar, found.end())
+        except RecursionError:
+            raise SchemaError(
+                f"a %json schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported"
+            ) from None
+        except ValueError:
+            continue  # not JSON: the engine reports it, with its position
+        if found.group(1) == "json":
+            schemas.append(value)
+        out.append(grammar[position : found.end()])
+        out.append(" " * (end - found.end()))
+        position = end
+    out.append(grammar[position:])
+    return "".join(out), schemas
 
 
 def schema_problem(schema) -> SchemaError | None:
