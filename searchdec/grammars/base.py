@@ -137,6 +137,16 @@ class State(ABC):
         return unpack_bitmask(bitmask, vocab_size)[0]
 
 
+def rollback_by_parent(state, n: int):
+    """`state` `n` tokens earlier, for a State that keeps the State it advanced from in `_parent` (states
+    that wrap another State and their own per-token data: lexical.py, checks.py)."""
+    for _ in range(n):
+        if state._parent is None:
+            raise ValueError(f"cannot roll back {n} tokens: fewer were consumed")
+        state = state._parent
+    return state
+
+
 class Constraint(ABC):
     """A grammar compiled for one tokenizer; `start()` gives a fresh State for each new hypothesis."""
 
