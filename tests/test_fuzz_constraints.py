@@ -113,6 +113,27 @@ def test_a_lone_surrogate_is_a_schema_error(schema):
         sd.json_schema(schema)
 
 
+@pytest.mark.parametrize(
+    ("schema", "pointer", "message"),
+    [
+        ({"allOf": 3.7}, "/allOf", "allOf must be a list of schemas"),
+        ({"allOf": [{"enum": [1]}, {"not": {"oneOf": "1e400"}}]}, "/allOf/1/not/oneOf", "oneOf must be a list"),
+        ({"not": {"not": []}}, "/not/not", "not must be a schema"),
+        ({"definitions": -3, "if": None}, "/definitions", "definitions must be an object of schemas"),
+        ({"not": {"$ref": "#/definitions/x"}}, "/not", "does not point into this schema"),
+        ({"contains": {}, "minContains": "x"}, "/minContains", "non-negative integer"),
+        ({"type": "object", "dependentRequired": {"a": "b"}}, "/dependentRequired", "lists of property names"),
+        ({"$schema": {}, "type": "object"}, "/$schema", "must be a string"),
+        ({"x-guidance": 3.7}, "/x-guidance", "an object of the engine's options"),
+    ],
+)
+def test_a_keyword_holding_the_wrong_json_type_is_a_schema_error_at_its_pointer(schema, pointer, message):
+    """They reached the checks' jsonschema validation (or the engine options) and failed in generation: a 500."""
+    with pytest.raises(sd.SchemaError, match=message) as error:
+        sd.json_schema(schema)
+    assert error.value.pointer == pointer
+
+
 ENTRY = {
     "table_names_original": ["singer", "concert"],
     "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [1, "singer_id"]],
@@ -136,6 +157,8 @@ ENTRY = {
         ({"primary_keys": [99]}, "primary_keys must be a list of column indexes"),
         ({"foreign_keys": [[3]]}, "foreign_keys must be a list of"),
         ({"foreign_keys": [[0, 1]]}, "names the '\\*' column"),
+        ({"table_names_original": ["singer", "Singer"]}, "names 'singer' twice"),
+        ({"column_names_original": [[-1, "*"], [0, "id"], [0, "ID"]]}, "names column 'id' twice in table 'singer'"),
     ],
 )
 def test_a_misshapen_tables_entry_is_a_constraint_error_naming_the_key(change, message):
