@@ -190,6 +190,7 @@ def test_sql_over_a_database_the_server_was_started_with_compiles(real_client):
         model="smollm2-135m",
         messages=[{"role": "user", "content": "Write an SQLite query listing the names of all products."}],
         max_tokens=48,
+        temperature=0,
         extra_body={"structured_outputs": {"sql": {"database": "store"}}},
     )
     choice = response.choices[0]
