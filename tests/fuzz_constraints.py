@@ -146,6 +146,16 @@ _KEYWORD_VALUES: dict[str, list] = {
 }  # fmt: skip
 
 
+def dumps(value: Any) -> str:
+    """JSON text of `value`, however deep it nests (the encoder recurses past Python's default limit)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))
+    try:
+        return json.dumps(value)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _nodes(schema: Any) -> list[tuple[Any, Any]]:
     """(container, key) of every dict node inside `schema` (the root as (None, None))."""
     out, pending = [], [(None, None, schema)]
@@ -411,7 +421,7 @@ def _lark(rng: random.Random, grammars: list[str]) -> str:
             ]
         )
     if choice == 3:  # a JSON schema from another family embedded with %json
-        return "start: %json " + json.dumps(rng.choice([_deep, _huge, _pattern, _contradiction, _junk])(rng))
+        return "start: %json " + dumps(rng.choice([_deep, _huge, _pattern, _contradiction, _junk])(rng))
     if choice == 4:  # a random grammar over a few rules
         rules = [f"r{i}" for i in range(rng.randint(1, 5))]
         atoms = rules + ['"a"', '"b"', "/[0-9]+/", '""', "/(x|y)*/", "%json {}"]
@@ -596,15 +606,8 @@ def compile_case(case: Case, tokenizer) -> tuple[str, float]:
 
 
 def post(client, body: dict):
-    """POST `body` to /v1/chat/completions as ASCII JSON (a lone surrogate travels as its escape), however deep
-    it nests (the client's own encoder would recurse past Python's limit)."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))
-    try:
-        content = json.dumps(body)
-    finally:
-        sys.setrecursionlimit(limit)
-    return client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    """POST `body` to /v1/chat/completions as ASCII JSON (a lone surrogate travels as its escape)."""
+    return client.post("/v1/chat/completions", content=dumps(body), headers={"content-type": "application/json"})
 
 
 def request_case(case: Case, client, model: str, databases: dict[str, str]) -> tuple[str | None, float]:
@@ -750,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {seconds:6.2f} s  {family:16s} {api[:100]}")
     print(f"\nfailures: {len(failures)}")
     for case, failure in failures[: args.show]:
-        print(f"  [{case.family}] {failure[:300]}\n      value: {json.dumps(case.value)[:300]}")
+        print(f"  [{case.family}] {failure[:300]}\n      value: {dumps(case.value)[:300]}")
     return 1 if failures else 0
 
 
