@@ -146,6 +146,16 @@ _KEYWORD_VALUES: dict[str, list] = {
 }  # fmt: skip
 
 
+def dumps(value: Any) -> str:
+    """JSON text of `value`, however deep it nests (the encoder recurses past Python's default limit)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))
+    try:
+        return json.dumps(value)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _nodes(schema: Any) -> list[tuple[Any, Any]]:
     """(container, key) of every dict node inside `schema` (the root as (None, None))."""
     out, pending = [], [(None, None, schema)]
@@ -411,7 +421,7 @@ def _lark(rng: random.Random, grammars: list[str]) -> str:
             ]
         )
     if choice == 3:  # a JSON schema from another family embedded with %json
-        return "start: %json " + json.dumps(rng.choice([_deep, _huge, _pattern, _contradiction, _junk])(rng))
+        return "start: %json " + dumps(rng.choice([_deep, _huge, _pattern, _contradiction, _junk])(rng))
     if choice == 4:  # a random grammar over a few rules
         rules = [f"r{i}" for i in range(rng.randint(1, 5))]
         atoms = rules + ['"a"', '"b"', "/[0-9]+/", '""', "/(x|y)*/", "%json {}"]
@@ -595,26 +605,28 @@ def compile_case(case: Case, tokenizer) -> tuple[str, float]:
     return outcome, time.perf_counter() - start
 
 
+def post(client, body: dict):
+    """POST `body` to /v1/chat/completions as ASCII JSON (a lone surrogate travels as its escape)."""
+    return client.post("/v1/chat/completions", content=dumps(body), headers={"content-type": "application/json"})
+
+
 def request_case(case: Case, client, model: str, databases: dict[str, str]) -> tuple[str | None, float]:
     """POST the case as a chat request (one token asked) to a test client; the outcome and seconds taken."""
     fields = case.request(databases)
     if fields is None:
         return None, 0.0
     body = {"model": model, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1, **fields}
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))  # the client's own encoder recurses; deep cases are what is sent
-    try:
-        content = json.dumps(body)  # ASCII: a lone surrogate travels as its JSON escape
-    finally:
-        sys.setrecursionlimit(limit)
     start = time.perf_counter()
     try:
-        response = client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+        response = post(client, body)
     except Exception as error:  # the test client re-raises what the app did not answer
         return f"raised {type(error).__name__}: {str(error)[:300]}", time.perf_counter() - start
     elapsed = time.perf_counter() - start
     if response.status_code == 400:
-        return f"400:{str(response.json()['error']['param']).split('.')[0].split('[')[0]}", elapsed
+        error = response.json()["error"]
+        if error["code"] == "invalid_json":  # a body that cannot be read has no field to name
+            return "400:body", elapsed
+        return f"400:{str(error['param']).split('.')[0].split('[')[0]}", elapsed
     if response.status_code == 200:
         return "200", elapsed
     return f"{response.status_code}: {response.text[:300]}", elapsed
@@ -665,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-server", action="store_true", help="compile only; send nothing over HTTP")
     parser.add_argument("--kill-after", type=float, default=120.0, help="seconds before a worker is taken as hung")
     parser.add_argument("--show", type=int, default=40, help="failures printed in full")
+    parser.add_argument("--only", type=int, nargs="*", help="run these case indexes alone")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -678,9 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     db_folder = Path(tempfile.mkdtemp(prefix="searchdec-fuzz-"))
     all_cases = Cases(args.seed, data=args.data, db_folder=db_folder)
     databases = {Path(p).stem: p for p in all_cases.databases if _opens(p)}  # what a server may be started with
-    import searchdec as sd
+    import torch
 
-    sd.json_schema({"type": "object"}).compile(tokenizer)  # the tokenizer prepared once, before the forks
+    torch.set_num_threads(1)  # no thread pool in this process: a forked worker inherits none half-held
     context = multiprocessing.get_context("fork")
     counts: collections.Counter = collections.Counter()
     per_family: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -688,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     slowest: list[tuple[float, str, str]] = []
     worker = connection = None
     began = time.perf_counter()
-    for index in range(args.count):
+    for index in args.only or range(args.count):
         case = all_cases[index]
         if worker is None:
             connection, child = context.Pipe()
@@ -704,7 +717,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 outcome = connection.recv()
                 failure = outcome.failure
-                key = failure.split(":")[0] if failure else outcome.api.split(":")[0] + "/" + (outcome.http or "-")
+                key = (
+                    failure.split(":")[0]
+                    if failure
+                    else ":".join(outcome.api.split(":")[:2]) + " / " + (outcome.http or "-")
+                )
                 slowest.append((max(outcome.api_s, outcome.http_s), case.family, outcome.api))
             except EOFError:
                 outcome, failure, key = None, f"worker died (exit {worker.exitcode})", "died"
@@ -718,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         per_family[case.family][failure.split(":")[0] if failure else "ok"] += 1
         if failure:
             failures.append((case, failure))
+            print(f"case {index} [{case.family}]: {failure[:200]}", flush=True)
         if (index + 1) % 500 == 0:
             print(f"{index + 1} cases, {time.perf_counter() - began:.0f} s, {len(failures)} failures", flush=True)
     if worker is not None:
@@ -735,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {seconds:6.2f} s  {family:16s} {api[:100]}")
     print(f"\nfailures: {len(failures)}")
     for case, failure in failures[: args.show]:
-        print(f"  [{case.family}] {failure[:300]}\n      value: {json.dumps(case.value)[:300]}")
+        print(f"  [{case.family}] {failure[:300]}\n      value: {dumps(case.value)[:300]}")
     return 1 if failures else 0
 
 

@@ -187,7 +187,7 @@ def json_schema(
     `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
     schema = _schema_dict(schema)
     check_depth(schema)
-    check_references(schema)
+    check_subschemas(schema)
     text = json.dumps(schema, ensure_ascii=False)
     if _SURROGATE.search(text):  # JSON text may escape one ("\ud800"); no engine reads it as a character
         raise SchemaError(
@@ -254,31 +254,102 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _SCHEMA_VALUES = ("items", "additionalItems", "additionalProperties", "not", "if", "then", "else", "contains",
                   "propertyNames", "unevaluatedItems", "unevaluatedProperties")  # fmt: skip
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+# Keywords grammars/json_checks.py takes out of the grammar and validates with jsonschema as generation runs:
+# what they hold is checked here first, so a bad value is an error now, not a failure mid-generation.
+_CHECKED = ("not", "if", "then", "else", "contains", "dependentSchemas")
 
 
-def check_references(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
-    """Raise SchemaError when a chain of subschemas, nested or joined by local `$ref`s, is longer than `limit`
-    (a reference back into the chain is a recursive schema, which the engine resolves once: not followed)."""
+def check_subschemas(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
+    """Raise SchemaError, with its JSON pointer, where a keyword that holds schemas holds something else, where
+    a `$ref` inside a keyword enforced by a check does not resolve within the schema, and where a chain of
+    subschemas, nested or joined by local `$ref`s, is longer than `limit` (a reference back into the chain is
+    a recursive schema, which the engine resolves once: not followed)."""
     if not isinstance(schema, dict):
         return
+    children: dict[int, list[dict]] = {}
+    unresolved: list[tuple[str, str]] = []
+    nested_ids = False
+    pending = [(schema, "", False)]
+    while pending:
+        node, pointer, checked = pending.pop()
+        if id(node) in children:
+            continue
+        if pointer and isinstance(node.get("$id", node.get("id")), str):
+            nested_ids = True  # a new base URI: its "#/..." references resolve against it, not the root
+        found = _subschemas(node, pointer)
+        children[id(node)] = [sub for _, sub, _ in found]
+        ref = node.get("$ref")
+        if checked and ref is not None and _local_target(schema, ref) is None:
+            unresolved.append((ref, pointer))
+        pending += [(sub, where, checked or key in _CHECKED) for key, sub, where in found]
+    if unresolved and not nested_ids:
+        ref, pointer = unresolved[0]
+        raise SchemaError(
+            f"$ref {ref!r} does not point into this schema (only local '#/...' references resolve)", pointer
+        )
 
     def successors(node: dict) -> list:
-        found = []
-        for key in _SCHEMA_MAPS:
-            if isinstance(node.get(key), dict):
-                found += [sub for sub in node[key].values() if isinstance(sub, dict)]
-        found += [node[key] for key in _SCHEMA_VALUES if isinstance(node.get(key), dict)]
-        for key in _SCHEMA_LISTS:
-            if isinstance(node.get(key), list):
-                found += [sub for sub in node[key] if isinstance(sub, dict)]
         target = _local_target(schema, node.get("$ref"))
-        return found if target is None else [*found, target]
+        return children.get(id(node), []) if target is None else [*children.get(id(node), []), target]
 
     if longest_chain([schema], successors, limit) > limit:
         raise SchemaError(
             f"subschemas nest or refer to each other (by $ref) in a chain longer than {limit}, the most the grammar "
             "engine compiles safely"
         )
+
+
+def _subschemas(node: dict, pointer: str) -> list[tuple[str, dict, str]]:
+    """(keyword, subschema, its pointer) of every object subschema of `node`; SchemaError where a keyword that
+    holds schemas, or one a check reads, holds a value of the wrong JSON type."""
+
+    def wrong(key: str, expected: str, where: str = "") -> SchemaError:
+        return SchemaError(f"{key} must be {expected}", where or f"{pointer}/{_escape(key)}")
+
+    found = []
+    for key in _SCHEMA_MAPS:
+        if key in node:
+            if not isinstance(node[key], dict):
+                raise wrong(key, "an object of schemas")
+            for name, sub in node[key].items():
+                where = f"{pointer}/{_escape(key)}/{_escape(str(name))}"
+                if isinstance(sub, dict):
+                    found.append((key, sub, where))
+                elif not isinstance(sub, bool) and not (key == "dependencies" and isinstance(sub, list)):
+                    raise wrong(key, f"an object of schemas, not of {_json_type(sub)}s", where)
+    for key in dict.fromkeys(_SCHEMA_VALUES + _SCHEMA_LISTS):  # "items" is both: a schema, or a draft-4 list
+        if key not in node:
+            continue
+        value = node[key]
+        if isinstance(value, list) and key in _SCHEMA_LISTS:
+            for index, sub in enumerate(value):
+                if not isinstance(sub, (dict, bool)):
+                    raise wrong(key, f"a list of schemas, not of {_json_type(sub)}s", f"{pointer}/{key}/{index}")
+            found += [(key, sub, f"{pointer}/{key}/{i}") for i, sub in enumerate(value) if isinstance(sub, dict)]
+        elif isinstance(value, dict) and key in _SCHEMA_VALUES:
+            found.append((key, value, f"{pointer}/{key}"))
+        elif not (isinstance(value, bool) and key in _SCHEMA_VALUES):
+            raise wrong(key, "a schema" if key in _SCHEMA_VALUES else "a list of schemas")
+    for key in ("$ref", "$schema"):
+        if key in node and not isinstance(node[key], str):
+            raise wrong(key, "a string")
+    if not pointer and not isinstance(node.get("x-guidance", {}), dict):
+        raise wrong("x-guidance", "an object of the engine's options")
+    for key in ("minContains", "maxContains"):
+        if key in node and not (type(node[key]) is int and node[key] >= 0):
+            raise wrong(key, "a non-negative integer")
+    if "uniqueItems" in node and not isinstance(node["uniqueItems"], bool):
+        raise wrong("uniqueItems", "true or false")
+    required = node.get("dependentRequired", {})
+    if not isinstance(required, dict) or not all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names) for names in required.values()
+    ):
+        raise wrong("dependentRequired", "an object of lists of property names")
+    return found
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _local_target(root, ref) -> dict | None:
@@ -338,7 +409,7 @@ def check_lark(grammar: str) -> None:
     text, schemas = _lark_without_json(grammar)
     for schema in schemas:
         check_depth(schema)
-        check_references(schema)
+        check_subschemas(schema)
     bodies: dict[str, list[str]] = {}
     current = None
     for line in _LARK_SKIPPED.sub(" ", text).splitlines():

@@ -249,6 +249,13 @@ def _check_entry(entry) -> None:
             raise ConstraintError(
                 f"column_names_original[{index}] must name the column (printable characters), got {name!r}"
             )
+    seen_tables = _repeated(name.lower() for name in tables)
+    if seen_tables:
+        raise ConstraintError(f"table_names_original names {seen_tables!r} twice (SQLite names ignore case)")
+    repeated = _repeated(f"{table}.{name.lower()}" for table, name in columns if table >= 0)
+    if repeated:
+        table, name = repeated.split(".", 1)
+        raise ConstraintError(f"column_names_original names column {name!r} twice in table {tables[int(table)]!r}")
     types = entry.get("column_types", [])
     if not isinstance(types, list) or not all(isinstance(kind, str) for kind in types):
         raise ConstraintError(f"the tables.json entry's 'column_types' must be a list of strings, got {types!r}"[:300])
@@ -268,6 +275,15 @@ def _check_entry(entry) -> None:
     for pair in pairs:
         if min(columns[pair[0]][0], columns[pair[1]][0]) < 0:
             raise ConstraintError(f"foreign key {list(pair)} names the '*' column, not a table's")
+
+
+def _repeated(keys) -> str | None:
+    seen = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 # SQLite reads any name, quoted; control characters break the grammar, and a lone surrogate is not text.

@@ -310,6 +310,11 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, error: StarletteHTTPException):
+        if isinstance(error.__cause__, RecursionError):  # FastAPI's body parser gave up on a deep body
+            message = (
+                "could not parse the JSON body of the request: it nests deeper than the server's JSON parser reads"
+            )
+            return JSONResponse(APIError(message, code="invalid_json").body(), status_code=400)
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         body = APIError(str(error.detail), error.status_code, kind).body()
         return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))

@@ -107,7 +107,7 @@ class SqlOutputs(_Strict):
 class StructuredOutputs(_Strict):
     """searchdec's constraint extension (vLLM's names, and `sql`): exactly one of these."""
 
-    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_: dict[str, Any] | StrictBool | str | None = Field(default=None, alias="json")
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
@@ -149,7 +149,7 @@ class _Sampling(_Strict):
     user: str | None = None
     search: SearchSpec | None = None
     structured_outputs: StructuredOutputs | None = None
-    guided_json: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | StrictBool | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
