@@ -17,7 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from searchdec.grammars.base import Check, CheckState, Constraint, State, TokenizerInfo, Verdict, rollback_by_parent
+from searchdec.grammars.base import (
+    Check,
+    CheckState,
+    Constraint,
+    State,
+    TokenizerInfo,
+    Verdict,
+    fill_masks,
+    rollback_by_parent,
+)
 
 
 def _signed(word: int) -> int:
@@ -155,10 +164,21 @@ class CheckedState(State):
         return rollback_by_parent(self, n)
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
-        if self.dead:
-            bitmask[row] = 0
-            return
-        self._inner.fill(bitmask, row)
+        self.fill_rows([self], [row], bitmask)
+
+    @classmethod
+    def fill_rows(cls, states: list[State], rows: list[int], bitmask: torch.Tensor) -> None:
+        """The grammar states' masks in one batch (`fill_masks`), then each row's check refusals."""
+        live = [(state, row) for state, row in zip(states, rows) if not state.dead]
+        for state, row in zip(states, rows):
+            if state.dead:
+                bitmask[row] = 0
+        if live:
+            fill_masks([state._inner for state, _ in live], bitmask, [row for _, row in live])
+        for state, row in live:
+            state._refuse(bitmask, row)
+
+    def _refuse(self, bitmask: torch.Tensor, row: int) -> None:
         refused = set(self._refused())
         if not self._all_ok:
             refused |= self._constraint.eos
