@@ -7,6 +7,7 @@ from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.cards import CARDS
 from searchdec.search.contrastive import Contrastive, EarlyExit
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.drafts import PromptLookup, SelfSpeculative, SuffixDraft
@@ -35,6 +36,7 @@ __all__ = [
     "Beam",
     "BestFirstBeam",
     "BestOfN",
+    "CARDS",
     "Contrastive",
     "DiverseBeam",
     "EarlyExit",

@@ -42,6 +42,12 @@ Algorithms and parameters (defaults in brackets):
   reward ["logprob"; "self_eval", "grounding": the built-in rewards above, scored on partial text],
   step [none; a delimiter that also ends a segment], temperature [0.8], top_p, top_k, min_p, seed,
   the logit processors.
+- `cards` (CARDS, `sd.CARDS`: segment-level rejection sampling, segments cut at next-token entropy spikes,
+  each accepted against a reward threshold rising with the output): reward_threshold (required: the
+  reward a whole output should reach), reward ["logprob"; "self_eval", "grounding", scored on partial
+  text], alpha [0.5], start [none: from the reward of the empty output], acceptance ["soft"; "hard"],
+  beta [0.7], entropy [3.0 nats], min_segment [4], max_segment [64], retries [20], candidates [1; at most
+  64], step [none], temperature [0.7], top_p, top_k, min_p, seed, the logit processors. One choice (n = 1).
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -77,6 +83,7 @@ from searchdec.rewards import Grounding, MeanLogprob, SelfEvaluation, Weighted
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.cards import CARDS
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.lookahead import Lookahead
@@ -347,6 +354,43 @@ def _treebon(params: dict, context: SearchContext) -> TreeBoN:
 
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
+_CARDS = ("reward_threshold", "alpha", "start", "beta", "entropy")  # numbers; the rest are ints or names
+
+
+def _cards(params: dict, context: SearchContext) -> CARDS:
+    """Each parameter checked alone, so that an error names its field."""
+    if context.n != 1:
+        raise bad_request(f"cards returns one choice; n must be 1, got {context.n}", "n")
+    reward = params.get("reward", "logprob")
+    if reward not in REWARDS or reward == "none":
+        raise bad_request(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}', "search.reward")
+    if params.get("reward_threshold") is None:
+        raise bad_request(
+            "reward_threshold is required: the reward a whole output should reach", "search.reward_threshold"
+        )
+    checked: dict[str, Any] = {}
+    for key in _CARDS:
+        value = _checked(params, key, "search.")
+        if value is not None:
+            checked[key] = float(value)
+    for key in ("min_segment", "max_segment", "retries", "candidates"):
+        value = _checked(params, key, "search.", int)
+        if value is not None:
+            checked[key] = value
+    if checked.get("candidates", 1) > MAX_WIDTH:
+        raise bad_request(f"candidates must be at most {MAX_WIDTH} on this server", "search.candidates")
+    for key in ("acceptance", "step"):
+        value = params.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, 1, temperature=0.7)
+    try:
+        return CARDS(reward=_scorer(reward, context), sample=sample, **checked)
+    except (TypeError, ValueError) as error:
+        first = str(error).split()[0]  # CARDS' errors open with the field they name
+        raise bad_request(f"search 'cards': {error}", "search." + first if first in checked else "search") from None
 
 
 def _contrastive(params: dict, context: SearchContext) -> Contrastive:
@@ -539,6 +583,15 @@ register(
         _treebon,
         stepwise=False,
         description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
+    )
+)
+register(
+    SearchEntry(
+        "cards",
+        ("reward", *_CARDS, "acceptance", "min_segment", "max_segment", "retries", "candidates", "step", *_SAMPLING),
+        _cards,
+        stepwise=False,
+        description="CARDS: segment-level rejection sampling cut at entropy spikes, against a rising reward threshold",
     )
 )
 register(
