@@ -45,13 +45,14 @@ SEARCHES = {
     "CARDS": lambda: sd.CARDS(
         reward=length, reward_threshold=3.0, entropy=2.0, min_segment=2, retries=2, sample=sd.Sample(seed=9)
     ),
+    "PhiDecoding": lambda: sd.PhiDecoding(2, 2, max_steps=2, step="a", max_step_tokens=3, sample=sd.Sample(seed=10)),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),
 }
 TREES = {
     *("Beam", "LexicalBeam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS"),
-    *("FirstFinish", "MBR", "PrioritySampling", "TreeBoN", "CARDS"),
+    *("FirstFinish", "MBR", "PrioritySampling", "TreeBoN", "CARDS", "PhiDecoding"),
 }
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 

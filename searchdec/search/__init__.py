@@ -16,6 +16,7 @@ from searchdec.search.lexical import LexicalBeam
 from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
+from searchdec.search.phi import PhiDecoding
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
@@ -47,6 +48,7 @@ __all__ = [
     "LexicalBeam",
     "Lookahead",
     "Node",
+    "PhiDecoding",
     "PrioritySampling",
     "PromptLookup",
     "RewardGuidedSpeculative",

@@ -48,6 +48,12 @@ Algorithms and parameters (defaults in brackets):
   text], alpha [0.5], start [none: from the reward of the empty output], acceptance ["soft"; "hard"],
   beta [0.7], entropy [3.0 nats], min_segment [4], max_segment [64], retries [20], candidates [1; at most
   64], step [none], temperature [0.7], top_p, top_k, min_p, seed, the logit processors. One choice (n = 1).
+- `phi` (φ-decoding, `sd.PhiDecoding`: each candidate step valued by a rollout to the end — its
+  likelihood advantage and how many rollouts reach its answer —, the next steps drawn by that value):
+  beams [max(2, n)], candidates [4 per beam], max_steps [8], min_steps [1], step ["\n"], max_step_tokens
+  [64], sigma [1.0; width pruning, null: none], agreement [0.7; depth pruning, null: none], tau [0.1],
+  answer [the last number; a regex], temperature [0.6], top_p, top_k, min_p, seed, the logit processors.
+  No reward.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -88,6 +94,7 @@ from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
+from searchdec.search.phi import PhiDecoding
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
@@ -393,6 +400,42 @@ def _cards(params: dict, context: SearchContext) -> CARDS:
         raise bad_request(f"search 'cards': {error}", "search." + first if first in checked else "search") from None
 
 
+def _phi(params: dict, context: SearchContext) -> PhiDecoding:
+    """Each parameter checked alone, so that an error names its field."""
+    checked: dict[str, Any] = {"beams": _checked_width(params, "beams", max(2, context.n), context)}
+    for key in ("candidates", "max_steps", "min_steps", "max_step_tokens"):
+        value = _checked(params, key, "search.", int)
+        if value is not None:
+            checked[key] = value
+    if checked["beams"] * checked.get("candidates", 4) > MAX_WIDTH:
+        raise bad_request(f"beams * candidates must be at most {MAX_WIDTH} on this server", "search.candidates")
+    for key in ("sigma", "agreement", "tau"):
+        if key in params:
+            value = _checked(params, key, "search.")
+            if value is None and key == "tau":
+                raise bad_request("tau must be a number", "search.tau")
+            checked[key] = None if value is None else float(value)
+    for key in ("step", "answer"):
+        value = params.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, 1, temperature=0.6)
+    try:
+        return PhiDecoding(sample=sample, **checked)
+    except (TypeError, ValueError) as error:
+        first = str(error).split()[0]  # PhiDecoding's errors open with the field they name
+        raise bad_request(f"search 'phi': {error}", "search." + first if first in checked else "search") from None
+
+
+def _checked_width(params: dict, key: str, default: int, context: SearchContext) -> int:
+    try:
+        return _width(params, key, default, context)
+    except (TypeError, ValueError) as error:
+        raise bad_request(str(error), "search." + key) from None
+
+
 def _contrastive(params: dict, context: SearchContext) -> Contrastive:
     layers = _number(params, "layers", int)
     if layers is None:
@@ -592,6 +635,27 @@ register(
         _cards,
         stepwise=False,
         description="CARDS: segment-level rejection sampling cut at entropy spikes, against a rising reward threshold",
+    )
+)
+register(
+    SearchEntry(
+        "phi",
+        (
+            "beams",
+            "candidates",
+            "max_steps",
+            "min_steps",
+            "step",
+            "max_step_tokens",
+            "sigma",
+            "agreement",
+            "tau",
+            "answer",
+            *_SAMPLING,
+        ),  # fmt: skip
+        _phi,
+        stepwise=False,
+        description="phi-decoding: candidate steps valued by rollouts (likelihood advantage, answer agreement), pruned",
     )
 )
 register(
