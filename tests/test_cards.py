@@ -169,3 +169,22 @@ def test_the_server_builds_cards_and_names_bad_fields(tiny):
     with pytest.raises(APIError) as caught:
         searches.build({"algorithm": "cards", "reward_threshold": 1}, searches.SearchContext(2, tiny))
     assert caught.value.param == "n"
+
+
+@pytest.mark.integration
+def test_cards_on_the_real_model_cuts_segments_by_its_entropy_and_keeps_the_grammar(smollm):
+    fruits = {"apple", "banana", "cherry", "grape", "mango", "orange", "pear", "peach", "plum", "lemon"}
+
+    def known(prompt: str, output: str) -> float:
+        words = [w.strip() for w in output.split(",") if w.strip()]
+        return sum(w in fruits for w in words) / 3
+
+    spec = sd.regex(r"[a-z]+, [a-z]+, [a-z]+")
+    search = sd.CARDS(reward=known, reward_threshold=1.0, start=0.0, acceptance="hard", entropy=2.0, min_segment=2,
+                      max_segment=8, retries=2, candidates=2, sample=sd.Sample(seed=0))  # fmt: skip
+    messages = [{"role": "user", "content": "Name three fruits, comma separated, lowercase."}]
+    out = sd.generate(smollm, messages, max_tokens=16, constraint=spec, search=search)
+    assert out.finish_reason == "stop" and re.fullmatch(r"[a-z]+, [a-z]+, [a-z]+", out.text)
+    assert out.hypotheses[0].score == known("", out.text)
+    lengths = {len(node["tokens"]) for node in segments(out.trace) if node["finish_reason"] is None}
+    assert lengths and all(2 <= n <= 8 for n in lengths)

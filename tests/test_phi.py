@@ -142,3 +142,11 @@ def test_the_server_builds_phi_and_names_bad_fields(tiny):
         with pytest.raises(APIError) as caught:
             searches.build({"algorithm": "phi", **params}, context)
         assert caught.value.status == 400 and caught.value.param == field, params
+
+
+@pytest.mark.integration
+def test_phi_decoding_on_the_real_model_returns_completed_rollouts(smollm):
+    search = sd.PhiDecoding(beams=2, candidates=2, max_steps=2, step=" ", max_step_tokens=3, sample=sd.Sample(seed=0))
+    out = sd.generate(smollm, "Q: What is 17 times 3?\nA:", max_tokens=12, stop=["\n"], search=search)
+    assert len(out.hypotheses) == 2 and all(h.finish_reason in ("stop", "length") for h in out.hypotheses)
+    assert 1 <= len(by_round(out.trace)) <= 2 and out.stats.reward_calls == 0
