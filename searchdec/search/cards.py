@@ -16,8 +16,8 @@ Reference: Li, Wang, Grama and Zhang, "Cascade Reward Sampling for Efficient Dec
    segment) faces tau(t) = min(reward_threshold, r0 + t * (reward_threshold - r0) / max_tokens).
    Acceptance (`acceptance`): "hard", reward >= tau(t); "soft" (the paper's default), with
    probability min(1, exp((reward - tau(t)) / beta)), each draw from a generator seeded by the
-   candidate's place. The first accepted candidate, in sample order, becomes the prefix; the others
-   are rejected (so `candidates` > 1 returns what drawing them one by one would, sampling a few
+   candidate's place. The first accepted candidate, in sample order, becomes the prefix; those after
+   it go unused (so `candidates` > 1 returns what drawing them one by one would, sampling a few
    segments more).
 4. Rejected segments are regenerated; after `retries` rejections since the last accepted segment the
    best candidate seen in that time (highest reward; the earlier on ties) is kept as if accepted.
@@ -192,7 +192,8 @@ class _Prompt:
                 kept = node
                 self.trace.add(node, score=score, status="accepted", parent=self.prefix, round=attempt, threshold=tau)
                 continue
-            self.trace.add(node, score=score, status="rejected", parent=self.prefix, round=attempt, threshold=tau)
+            status = "rejected" if kept is None else "unused"  # sampled beside the first accepted one
+            self.trace.add(node, score=score, status=status, parent=self.prefix, round=attempt, threshold=tau)
             if kept is None:
                 self.rejected += 1
                 if self.best is None or score > self.best[0]:
