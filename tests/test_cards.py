@@ -168,7 +168,7 @@ def test_the_server_builds_cards_and_names_bad_fields(tiny):
         assert caught.value.status == 400 and caught.value.param == field, params
     with pytest.raises(APIError) as caught:
         searches.build({"algorithm": "cards", "reward_threshold": 1}, searches.SearchContext(2, tiny))
-    assert caught.value.param == "n"
+    assert caught.value.param == "search" and "n must be 1" in str(caught.value)
 
 
 @pytest.mark.integration

@@ -367,7 +367,7 @@ _CARDS = ("reward_threshold", "alpha", "start", "beta", "entropy")  # numbers; t
 def _cards(params: dict, context: SearchContext) -> CARDS:
     """Each parameter checked alone, so that an error names its field."""
     if context.n != 1:
-        raise bad_request(f"cards returns one choice; n must be 1, got {context.n}", "n")
+        raise ValueError(f"cards returns one choice; n must be 1, got {context.n}")  # a 400 naming "search"
     reward = params.get("reward", "logprob")
     if reward not in REWARDS or reward == "none":
         raise bad_request(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}', "search.reward")
