@@ -16,11 +16,13 @@ of steps kept from the draft and the target forwards avoided (draft tokens kept)
 
 With `--searches`, the draft model alone runs the reward-guided searches on the same problems with the
 "chain" reward, one table at equal settings: greedy, beam, best-of-N (ranked by the reward of the whole
-answer), MCTS over lines and TreeBoN (lines as segments, the partial answer scored after each line):
-accuracy, tokens forwarded and reward calls per problem.
+answer), MCTS over lines, TreeBoN (lines as segments, the partial answer scored after each line),
+CARDS (segments cut at a line end or an entropy spike, each accepted when the partial answer's reward
+reaches the threshold) and φ-decoding (lines as steps valued by rollouts to the end, clustered by
+their final answer; no reward): accuracy, tokens forwarded and reward calls per problem.
 
 Run:  python benchmarks/reward_guided.py [--problems 16] [--threshold 0.5]
-      python benchmarks/reward_guided.py --searches [--problems 16] [--samples 8]
+      python benchmarks/reward_guided.py --searches [--problems 16] [--samples 8] [--only best-of-8 ...]
 """
 
 from __future__ import annotations
@@ -145,7 +147,32 @@ def compare_searches(model, prompts, answers, args) -> None:
         f"TreeBoN({n}, 2, line)": sd.TreeBoN(
             n, branching=2, segment=24, rounds=2, step="\n", reward=reward, sample=sample
         ),
+        # CARDS: the chain reward of a partial line is 0, so a segment also ends at a line end; up to
+        # n // 2 tries of 2 candidates per segment, hard acceptance (the reward is 0 or 1)
+        f"CARDS(2 x {n // 2}, line)": sd.CARDS(
+            reward=reward,
+            reward_threshold=1.0,
+            acceptance="hard",
+            entropy=3.0,
+            min_segment=8,
+            max_segment=24,
+            retries=max(1, n // 2),
+            candidates=2,
+            step="\n",
+            sample=sample,
+        ),  # fmt: skip
+        f"phi(2 x {max(1, n // 4)}, line)": sd.PhiDecoding(
+            beams=2,
+            candidates=max(1, n // 4),
+            max_steps=3,
+            step="\n",
+            max_step_tokens=24,
+            answer=r"The answer is (-?\d+)",
+            sample=sample,
+        ),  # fmt: skip
     }
+    if args.only:
+        searches = {name: search for name, search in searches.items() if name in args.only}
     print(
         f"\n## Reward-guided searches on {model.name}, chain reward, {len(prompts)} two-step problems, "
         f"max_tokens={args.max_tokens}"
@@ -167,6 +194,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--searches", action="store_true", help="compare the searches on the draft model instead")
     parser.add_argument("--samples", type=int, default=8, help="samples (beams, simulations) of each search")
+    parser.add_argument("--only", nargs="+", default=None, help="search rows to run, by name (default: all)")
     args = parser.parse_args()
     if args.searches:
         model = sd.load("smollm2-135m")

@@ -7,11 +7,13 @@
    same prompts (the prompt is forwarded once; a search that re-read prefixes would show it here).
 3. Countdown-style arithmetic puzzles (use three given digits once each with + - * to reach a
    target), the answer checked by evaluation: solve rate, tokens forwarded and reward calls for
-   greedy, best-of-N, beam, A*, MCTS and TreeBoN at similar token budgets, with a constraint that admits only
-   expressions over the given digits and without.
+   greedy, best-of-N, beam, A*, MCTS, TreeBoN, CARDS and φ-decoding at similar token budgets, with a
+   constraint that admits only expressions over the given digits and without (`--constraint` picks one).
 
 Run:  python benchmarks/search.py [--repeats 3] [--puzzles 16] [--skip-speed] [--skip-puzzles]
       python benchmarks/search.py --skip-speed --skip-reuse --only best-of-16 "TreeBoN(16, 4)"
+      python benchmarks/search.py --skip-speed --skip-reuse --puzzles 8 --only best-of-16 "beam(16)" \
+          "MCTS(24, token)" "TreeBoN(16, 4)" "CARDS(4 x 4)" "phi(2 x 4)"
 """
 
 from __future__ import annotations
@@ -191,6 +193,11 @@ def solve(model, args) -> None:
             return -1.0
         return (1.0 if value == target else 1 / (1 + abs(value - target))) - (0.0 if used else 0.5)
 
+    def value(text: str) -> int | None:
+        """What φ-decoding clusters rollouts by: the value of the expression written."""
+        found = EXPRESSION.search(text)
+        return None if not found else eval(found.group(0), {"__builtins__": {}})  # digits and + - * only
+
     def solved(i: int, text: str) -> bool:
         value, used = evaluate(text, tasks[i][0])
         return used and value == tasks[i][1]
@@ -205,6 +212,24 @@ def solve(model, args) -> None:
         # TreeBoN: 16 candidates of 3 tokens, the best 4 by the reward on the partial expression keep
         # growing (4 children each), twice, then run to the end
         "TreeBoN(16, 4)": sd.TreeBoN(16, branching=4, segment=3, rounds=2, reward=execution, sample=sample),
+        # CARDS: 4 candidate segments a try (cut where the next token's entropy reaches 1.5 nats, 2 to 6
+        # tokens), the first whose partial reward passes a threshold rising to 1.0 (solved) kept, the best
+        # of 4 tries kept otherwise
+        "CARDS(4 x 4)": sd.CARDS(
+            reward=execution,
+            reward_threshold=1.0,
+            entropy=1.5,
+            min_segment=2,
+            max_segment=6,
+            retries=4,
+            candidates=4,
+            sample=sample,
+        ),  # fmt: skip
+        # φ-decoding: 2 beams x 4 candidate steps (a step ends after a space), each valued by a rollout to
+        # the end (its likelihood advantage, and how many rollouts reach the same value); no reward
+        "phi(2 x 4)": sd.PhiDecoding(
+            beams=2, candidates=4, max_steps=4, step=" ", max_step_tokens=3, answer=value, sample=sample
+        ),
     }
     if args.only:
         searches = {name: search for name, search in searches.items() if name in args.only}
@@ -214,7 +239,7 @@ def solve(model, args) -> None:
     )
     print("| search | constraint | solved | tokens forwarded/puzzle | reward calls/puzzle | s |")
     print("|---|---|---|---|---|---|")
-    for constrained in (False, True):
+    for constrained in {"both": (False, True), "none": (False,), "digits": (True,)}[args.constraint]:
         for name, search in searches.items():
             before = model.stats.tokens
             start = time.perf_counter()
@@ -244,6 +269,7 @@ def main() -> None:
     parser.add_argument("--skip-reuse", action="store_true")
     parser.add_argument("--skip-puzzles", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, help="puzzle rows to run, by name (default: all)")
+    parser.add_argument("--constraint", choices=("both", "none", "digits"), default="both", help="puzzle settings")
     args = parser.parse_args()
     model = sd.load(args.model)
     print(

@@ -42,13 +42,17 @@ SEARCHES = {
     "Contrastive": lambda: sd.Contrastive(amateur=1, alpha=0.1, search=sd.Beam(2)),
     "SMC": lambda: sd.SMC(4, seed=8),
     "TreeBoN": lambda: sd.TreeBoN(4, 2, segment=3, rounds=1, reward=length, sample=sd.Sample(seed=8)),
+    "CARDS": lambda: sd.CARDS(
+        reward=length, reward_threshold=3.0, entropy=2.0, min_segment=2, retries=2, sample=sd.Sample(seed=9)
+    ),
+    "PhiDecoding": lambda: sd.PhiDecoding(2, 2, max_steps=2, step="a", max_step_tokens=3, sample=sd.Sample(seed=10)),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),
 }
 TREES = {
     *("Beam", "LexicalBeam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS"),
-    *("FirstFinish", "MBR", "PrioritySampling", "TreeBoN"),
+    *("FirstFinish", "MBR", "PrioritySampling", "TreeBoN", "CARDS", "PhiDecoding"),
 }
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 

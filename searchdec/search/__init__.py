@@ -7,6 +7,7 @@ from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.cards import CARDS
 from searchdec.search.contrastive import Contrastive, EarlyExit
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.drafts import PromptLookup, SelfSpeculative, SuffixDraft
@@ -15,6 +16,7 @@ from searchdec.search.lexical import LexicalBeam
 from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
 from searchdec.search.mcts import MCTS
+from searchdec.search.phi import PhiDecoding
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.reward_guided import RewardGuidedSpeculative
 from searchdec.search.sampling import Greedy, Sample
@@ -35,6 +37,7 @@ __all__ = [
     "Beam",
     "BestFirstBeam",
     "BestOfN",
+    "CARDS",
     "Contrastive",
     "DiverseBeam",
     "EarlyExit",
@@ -45,6 +48,7 @@ __all__ = [
     "LexicalBeam",
     "Lookahead",
     "Node",
+    "PhiDecoding",
     "PrioritySampling",
     "PromptLookup",
     "RewardGuidedSpeculative",

@@ -28,6 +28,10 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
    alternative left, it finishes with "unsatisfied", never as a valid-looking output;
 6. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
    or "length" (`max_tokens`, the context window), or ends its step (delimiter or `max_step_tokens`);
+   a row whose rule sets `step_entropy` ends its step *before* choosing (step 3) when the entropy of
+   its next-token distribution — the model's, renormalized over the tokens its constraint allows,
+   before any temperature or processor — reaches `step_entropy` nats once the step holds at least
+   `min_step_tokens` tokens (an uncertainty spike: CARDS' segment end, search/cards.py);
 7. drops the cache entry of a node this step created once its child has been forwarded.
 """
 
@@ -72,7 +76,8 @@ class Stopping:
 class Rule:
     """How a row is decoded: its stopping rule, whether forced text is appended without a forward
     (`jump_forward`), and, unless it runs `to_end`, where its step ends (`step`: a delimiter pattern,
-    None for one-token steps; `max_step_tokens`)."""
+    None for one-token steps; `max_step_tokens`; `step_entropy`: before a token whose distribution's
+    entropy reaches it, once the step holds `min_step_tokens` tokens — see step 6 of the module docstring)."""
 
     stopping: Stopping
     jump_forward: bool = True
@@ -80,6 +85,12 @@ class Rule:
     step: re.Pattern | None = None
     max_step_tokens: int | None = None
     backtracks: int = BACKTRACKS
+    step_entropy: float | None = None
+    min_step_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        if self.step_entropy is not None and self.min_step_tokens < 1:
+            raise ValueError(f"min_step_tokens must be >= 1 with step_entropy, got {self.min_step_tokens}")
 
 
 class Picker(Protocol):
@@ -189,6 +200,13 @@ class Decoder:
         logprobs = logits.log_softmax(dim=-1)
         rows_of = [index[id(row.node)] for row in rows]
         masked = constrain(logits, nodes, None if all(masking) else masking, ahead)
+        uncertain = _uncertain(rows, rows_of, masked)
+        if uncertain:  # their steps end here, before a token: the uncertain choice opens the next step
+            for i in uncertain:
+                rows[i].logprobs = logprobs[rows_of[i]]
+                rows[i].ended = True
+            going = [i for i in range(len(rows)) if i not in uncertain]
+            rows, rows_of = [rows[i] for i in going], [rows_of[i] for i in going]
         tokens, penalized = self._choose(rows, masked, rows_of, logits)
         for i, (row, r, token) in enumerate(zip(rows, rows_of, tokens)):
             scores = penalized[i] if i in penalized else masked[r]
@@ -345,6 +363,26 @@ class Decoder:
         if rule.max_step_tokens is not None and len(tokens) >= rule.max_step_tokens:
             return True
         return rule.step.search(self.model.decode(tokens)) is not None
+
+
+def _uncertain(rows: Sequence[Row], rows_of: list[int], masked: torch.Tensor) -> set[int]:
+    """Indices of the rows whose step ends before this token at an uncertainty spike (`Rule.step_entropy`)."""
+    due = [
+        i
+        for i, row in enumerate(rows)
+        if row.rule.step_entropy is not None
+        and not row.rule.to_end
+        and row.node.depth - row.start.depth >= row.rule.min_step_tokens
+    ]
+    if not due:
+        return set()
+    values = entropy(masked[[rows_of[i] for i in due]]).tolist()
+    return {i for i, value in zip(due, values) if value >= rows[i].rule.step_entropy}
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The entropy (nats) of each row's softmax; tokens at -inf count for nothing."""
+    return torch.special.entr(logits.float().softmax(dim=-1)).sum(dim=-1)
 
 
 def decode_rows(

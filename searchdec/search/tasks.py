@@ -26,8 +26,9 @@ as the workers' models match (same weights, dtype and device type: GPU kernels a
 from CPU ones).
 
 Rows are decoded by the one decoding step (`search/rows.py`), the same as every other driver; a row
-in step mode ends, unfinished, after the first match of the step delimiter in its own text, or after
-`max_step_tokens`; with `first`, the rows stop once that many have finished (first-finish search).
+in step mode ends, unfinished, after the first match of the step delimiter in its own text, after
+`max_step_tokens`, or before a token whose distribution's entropy reaches `step_entropy`; with
+`first`, the rows stop once that many have finished (first-finish search).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Task:
     threads: int = 1
     first: int | None = None  # stop the rows once this many have finished with "stop" (first-finish)
     chunks: tuple[int, ...] = ()  # lengths of the prefix's chunks (the tree's nodes); () is one chunk
+    step_entropy: float | None = None  # a step also ends before an uncertain token (rows.Rule.step_entropy)
+    min_step_tokens: int = 1
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -215,7 +218,10 @@ class TaskRunner:
             values, tokens = torch.topk(allowed, min(task.top, allowed.numel()))
             result.top = [(int(t), float(v)) for v, t in zip(values.tolist(), tokens.tolist()) if v != float("-inf")]
         if task.seeds:
-            rule = Rule(stopping, task.jump_forward, task.to_end, task.step, task.max_step_tokens)
+            rule = Rule(
+                stopping, task.jump_forward, task.to_end, task.step, task.max_step_tokens,
+                step_entropy=task.step_entropy, min_step_tokens=task.min_step_tokens,
+            )  # fmt: skip
             rows = [
                 Row(start, start, len(task.prompt), rule, *self._policy(task, seed), owner=0) for seed in task.seeds
             ]

@@ -206,9 +206,13 @@ class Work:
         step: re.Pattern | None = None,
         max_step_tokens: int | None = None,
         owners: Sequence[int] | None = None,
+        step_entropy: float | None = None,
+        min_step_tokens: int = 1,
     ) -> list[JobResult]:
         """Each job's rows (as child nodes of its start, in seed order) and top tokens. `owners` (the
-        prompt index of each job) lets streaming report which prompt a token belongs to."""
+        prompt index of each job) lets streaming report which prompt a token belongs to; a step also
+        ends before a token whose distribution's entropy reaches `step_entropy`, once it holds
+        `min_step_tokens` tokens (search/rows.py)."""
         tasks: list[Task] = []
         of: list[int] = []
         for j, job in enumerate(jobs):
@@ -237,6 +241,8 @@ class Work:
                         self.executor.threads,
                         job.first,
                         cuts,
+                        step_entropy,
+                        min_step_tokens,
                     )
                 )
                 of.append(j)

@@ -42,6 +42,18 @@ Algorithms and parameters (defaults in brackets):
   reward ["logprob"; "self_eval", "grounding": the built-in rewards above, scored on partial text],
   step [none; a delimiter that also ends a segment], temperature [0.8], top_p, top_k, min_p, seed,
   the logit processors.
+- `cards` (CARDS, `sd.CARDS`: segment-level rejection sampling, segments cut at next-token entropy spikes,
+  each accepted against a reward threshold rising with the output): reward_threshold (required: the
+  reward a whole output should reach), reward ["logprob"; "self_eval", "grounding", scored on partial
+  text], alpha [0.5], start [none: from the reward of the empty output], acceptance ["soft"; "hard"],
+  beta [0.7], entropy [3.0 nats], min_segment [4], max_segment [64], retries [20], candidates [1; at most
+  64], step [none], temperature [0.7], top_p, top_k, min_p, seed, the logit processors. One choice (n = 1).
+- `phi` (φ-decoding, `sd.PhiDecoding`: each candidate step valued by a rollout to the end — its
+  likelihood advantage and how many rollouts reach its answer —, the next steps drawn by that value):
+  beams [max(2, n)], candidates [4 per beam], max_steps [8], min_steps [1], step ["\n"], max_step_tokens
+  [64], sigma [1.0; width pruning, null: none], agreement [0.7; depth pruning, null: none], tau [0.1],
+  answer [the last number; a regex], temperature [0.6], top_p, top_k, min_p, seed, the logit processors.
+  No reward.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -77,10 +89,12 @@ from searchdec.rewards import Grounding, MeanLogprob, SelfEvaluation, Weighted
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
+from searchdec.search.cards import CARDS
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
 from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
+from searchdec.search.phi import PhiDecoding
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
@@ -347,6 +361,79 @@ def _treebon(params: dict, context: SearchContext) -> TreeBoN:
 
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
+_CARDS = ("reward_threshold", "alpha", "start", "beta", "entropy")  # numbers; the rest are ints or names
+
+
+def _cards(params: dict, context: SearchContext) -> CARDS:
+    """Each parameter checked alone, so that an error names its field."""
+    if context.n != 1:
+        raise ValueError(f"cards returns one choice; n must be 1, got {context.n}")  # a 400 naming "search"
+    reward = params.get("reward", "logprob")
+    if reward not in REWARDS or reward == "none":
+        raise bad_request(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}', "search.reward")
+    if params.get("reward_threshold") is None:
+        raise bad_request(
+            "reward_threshold is required: the reward a whole output should reach", "search.reward_threshold"
+        )
+    checked: dict[str, Any] = {}
+    for key in _CARDS:
+        value = _checked(params, key, "search.")
+        if value is not None:
+            checked[key] = float(value)
+    for key in ("min_segment", "max_segment", "retries", "candidates"):
+        value = _checked(params, key, "search.", int)
+        if value is not None:
+            checked[key] = value
+    if checked.get("candidates", 1) > MAX_WIDTH:
+        raise bad_request(f"candidates must be at most {MAX_WIDTH} on this server", "search.candidates")
+    for key in ("acceptance", "step"):
+        value = params.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, 1, temperature=0.7)
+    try:
+        return CARDS(reward=_scorer(reward, context), sample=sample, **checked)
+    except (TypeError, ValueError) as error:
+        first = str(error).split()[0]  # CARDS' errors open with the field they name
+        raise bad_request(f"search 'cards': {error}", "search." + first if first in checked else "search") from None
+
+
+def _phi(params: dict, context: SearchContext) -> PhiDecoding:
+    """Each parameter checked alone, so that an error names its field."""
+    checked: dict[str, Any] = {"beams": _checked_width(params, "beams", max(2, context.n), context)}
+    for key in ("candidates", "max_steps", "min_steps", "max_step_tokens"):
+        value = _checked(params, key, "search.", int)
+        if value is not None:
+            checked[key] = value
+    if checked["beams"] * checked.get("candidates", 4) > MAX_WIDTH:
+        raise bad_request(f"beams * candidates must be at most {MAX_WIDTH} on this server", "search.candidates")
+    for key in ("sigma", "agreement", "tau"):
+        if key in params:
+            value = _checked(params, key, "search.")
+            if value is None and key == "tau":
+                raise bad_request("tau must be a number", "search.tau")
+            checked[key] = None if value is None else float(value)
+    for key in ("step", "answer"):
+        value = params.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, 1, temperature=0.6)
+    try:
+        return PhiDecoding(sample=sample, **checked)
+    except (TypeError, ValueError) as error:
+        first = str(error).split()[0]  # PhiDecoding's errors open with the field they name
+        raise bad_request(f"search 'phi': {error}", "search." + first if first in checked else "search") from None
+
+
+def _checked_width(params: dict, key: str, default: int, context: SearchContext) -> int:
+    try:
+        return _width(params, key, default, context)
+    except (TypeError, ValueError) as error:
+        raise bad_request(str(error), "search." + key) from None
 
 
 def _contrastive(params: dict, context: SearchContext) -> Contrastive:
@@ -539,6 +626,36 @@ register(
         _treebon,
         stepwise=False,
         description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
+    )
+)
+register(
+    SearchEntry(
+        "cards",
+        ("reward", *_CARDS, "acceptance", "min_segment", "max_segment", "retries", "candidates", "step", *_SAMPLING),
+        _cards,
+        stepwise=False,
+        description="CARDS: segment-level rejection sampling cut at entropy spikes, against a rising reward threshold",
+    )
+)
+register(
+    SearchEntry(
+        "phi",
+        (
+            "beams",
+            "candidates",
+            "max_steps",
+            "min_steps",
+            "step",
+            "max_step_tokens",
+            "sigma",
+            "agreement",
+            "tau",
+            "answer",
+            *_SAMPLING,
+        ),  # fmt: skip
+        _phi,
+        stepwise=False,
+        description="phi-decoding: candidate steps valued by rollouts (likelihood advantage, answer agreement), pruned",
     )
 )
 register(
