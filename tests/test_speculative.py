@@ -95,13 +95,16 @@ def test_sampled_speculative_output_matches_target_sampling_on_a_tiny_model(tiny
     second = tiny.logits([Node(tuple(root) + (t,)) for t in top]).softmax(-1)
     exact = (first[top].unsqueeze(1) * second).sum(0)  # P(second token, first in top-4)
     counts = torch.zeros_like(exact)
-    draws = 0
+    draws = drafted = 0
     for seed in range(1500):
         spec = sd.Speculative(draft=draft, k=2, sample=sd.Sample(seed=seed))
-        out = sd.generate(tiny, prompt, max_tokens=2, search=spec)
-        if out.tokens[0] in top and len(out.tokens) == 2:
+        # max_tokens=3: the second token is drafted and verified (at 2 nothing would be drafted)
+        out = sd.generate(tiny, prompt, max_tokens=3, search=spec)
+        drafted += out.stats.drafted
+        if out.tokens[0] in top and len(out.tokens) >= 2:
             counts[out.tokens[1]] += 1
             draws += 1
+    assert drafted >= 1500  # every run verified at least one drafted token: the rule under test ran
     expected = exact / exact.sum() * draws
     keep = expected > 5
     observed = torch.cat([counts[keep], counts[~keep].sum(0, keepdim=True)])

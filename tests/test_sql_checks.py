@@ -138,3 +138,22 @@ def test_greedy_spider_queries_that_finish_compile(smollm):
         assert out.finish_reason in ("stop", "length", "unsatisfied"), out.finish_reason
         if out.finish_reason == "stop":
             assert compiles(entry, out.text.strip()), out.text
+
+
+def test_a_range_name_defined_twice_in_from_is_final_at_the_next_comma_or_join():
+    """The degenerate `FROM Documents, Documents, ...` the model can loop on ends at the second comma."""
+    spec = sql(tables=CONCERT)
+    for text in [
+        "SELECT * FROM singer, singer,",
+        "SELECT Theme FROM concert AS T1 JOIN stadium AS T1 JOIN ",  # both have Stadium_ID
+        "SELECT Name FROM singer JOIN singer LEFT JOIN ",
+        "SELECT Name FROM singer AS T1 JOIN singer_in_concert AS T2 ON Singer_ID = Singer_ID,",  # ambiguous ON: final
+    ]:
+        assert check_state(spec, text).verdict is Verdict.VIOLATED, text
+    for text in [
+        "SELECT * FROM singer AS T1, singer AS T2,",
+        "SELECT T1.Name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.Singer_ID = T2.Singer_ID JOIN ",
+        "SELECT Name FROM singer WHERE Age > 1 AND Name IN (SELECT Name FROM singer, concert,",
+        "SELECT Name, Age FROM singer GROUP BY Name, Age",  # commas after FROM's list is closed
+    ]:
+        assert check_state(spec, text).verdict is not Verdict.VIOLATED, text

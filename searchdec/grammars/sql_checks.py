@@ -15,6 +15,11 @@ in one `SqlState` (grammars/base.py's check contract):
   on the schema (an empty in-memory database with its tables): an error other than a syntax error is
   final (VIOLATED). The whole output is OK only when `EXPLAIN` compiles it; before that the check is
   UNDECIDED, so end-of-sequence waits (a JOIN may still bring the table a name needs).
+- **range names** (a table or alias named once in FROM): at each top-level `,` or JOIN of a FROM list, the
+  tables so far are compiled as `SELECT * FROM <them>`; "ambiguous column name" there means a range
+  name is defined twice (`FROM Documents, Documents`, `singer AS T1 JOIN concert AS T1`) or an ON
+  condition is ambiguous, which no later text can undo: VIOLATED at once (a degenerate repetition of
+  the same table ends there instead of running to `max_tokens`).
 
 So every finished output compiles under `EXPLAIN` on its schema.
 """
@@ -38,6 +43,7 @@ _CLOSED_BEFORE = frozenset({"where", "group", "having", "order", "limit", "union
 _CLOSED_BEFORE_AFTER_WHERE = frozenset({"and", "or"})
 _NUMBER = re.compile(r"[0-9]*([eE][0-9]*)?|0[xX][0-9A-Fa-f]*")
 # Type names CAST may name beyond the first free word ("DOUBLE PRECISION", "VARCHAR(10)").
+_JOIN_KINDS = re.compile(r"(?:\s+(?:natural|left|right|full|inner|outer|cross))*\s*$", re.I)
 _TYPE_WORDS = (
     "integer int text real numeric varchar char float double precision boolean date blob decimal "
     "bigint smallint tinyint character varying nchar nvarchar clob unsigned big medium"
@@ -89,7 +95,7 @@ class SqlCheck(Check):
         return frozenset(word[:i] for word in self.words | frozenset(_TYPE_WORDS) for i in range(1, len(word)))
 
     def start(self, tokenizer: TokenizerInfo | None = None) -> SqlState:
-        return SqlState(self, b"", Verdict.UNDECIDED, 0, None, b"", "", False, False, False)
+        return SqlState(self, b"", Verdict.UNDECIDED, 0, None, b"", "", False, False, False, None)
 
 
 class SqlState(CheckState):
@@ -106,9 +112,12 @@ class SqlState(CheckState):
         "_after_where",
         "_quote_closing",
         "_word_checked",
+        "_from_at",
     )
 
-    def __init__(self, check, text, verdict, depth, quote, word, previous, after_where, quote_closing, word_checked):
+    def __init__(
+        self, check, text, verdict, depth, quote, word, previous, after_where, quote_closing, word_checked, from_at
+    ):
         self._check = check
         self.text = text  # the output so far
         self._verdict = verdict
@@ -119,6 +128,7 @@ class SqlState(CheckState):
         self._after_where = after_where  # WHERE has begun at the top level of the current SELECT
         self._quote_closing = quote_closing  # the quote's closing byte was just read (it may be doubled)
         self._word_checked = word_checked  # the word in progress is a clause keyword already checked
+        self._from_at = from_at  # where the top-level FROM list being written begins in `text`, or None
 
     @property
     def verdict(self) -> Verdict:
@@ -128,11 +138,12 @@ class SqlState(CheckState):
         if self._verdict is Verdict.VIOLATED:
             return self
         text, depth, quote, word = self.text, self._depth, self._quote, self._word
-        previous, after_where, closing, checked = (
+        previous, after_where, closing, checked, from_at = (
             self._previous,
             self._after_where,
             self._quote_closing,
             self._word_checked,
+            self._from_at,
         )
         for byte in data:
             if quote is not None:
@@ -167,6 +178,9 @@ class SqlState(CheckState):
                         return self._violated(text)
                 if depth == 0:
                     after_where = (after_where or done == "where") and done not in ("union", "intersect", "except")
+                    if done == "join" and from_at is not None and self._range_names_clash(text, from_at, word):
+                        return self._violated(text)
+                    from_at = len(text) if done == "from" else None if done in _CLOSED_BEFORE else from_at
                 previous, word, checked = done, b"", False
             if byte in _QUOTES:
                 quote, previous = _QUOTES[byte], ""
@@ -174,11 +188,15 @@ class SqlState(CheckState):
                 depth += 1
             elif byte == ord(")"):
                 depth = max(depth - 1, 0)
+            elif byte == ord(",") and depth == 0 and from_at is not None:
+                if self._range_names_clash(text, from_at, b""):
+                    return self._violated(text + b",")
             if byte not in b" \t\r\n" and byte not in _QUOTES:
                 previous = ""
             text += bytes([byte])
         verdict = self._verdict_of(text, word, previous, quote, closing, grammar)
-        return SqlState(self._check, text, verdict, depth, quote, word, previous, after_where, closing, checked)
+        moved = (depth, quote, word, previous, after_where, closing, checked, from_at)
+        return SqlState(self._check, text, verdict, *moved)
 
     @staticmethod
     def _clause_closes(word: str, after_where: bool) -> bool:
@@ -191,6 +209,13 @@ class SqlState(CheckState):
         before = text[: len(text) - len(word)].decode("utf-8", "replace")
         error = compile_error(self._check.schema, before)
         return error is not None and not _is_syntax(error)
+
+    def _range_names_clash(self, text: bytes, from_at: int, word: bytes) -> bool:
+        """Whether the FROM list written so far (`text` from `from_at`, less the JOIN `word` and its kind)
+        names a range twice, or holds an ambiguous ON condition: final (see the module docstring)."""
+        tables = _JOIN_KINDS.sub("", text[from_at : len(text) - len(word)].decode("utf-8", "replace"))
+        error = compile_error(self._check.schema, "SELECT * FROM " + tables) if tables.strip() else None
+        return error is not None and "ambiguous column name" in error
 
     def _word_may_be(self, word: bytes, previous: str) -> bool:
         """Whether `word` (in progress) can still become a word the grammar means."""
@@ -219,4 +244,4 @@ class SqlState(CheckState):
         return Verdict.OK if compile_error(self._check.schema, query) is None else Verdict.UNDECIDED
 
     def _violated(self, text: bytes) -> SqlState:
-        return SqlState(self._check, text, Verdict.VIOLATED, self._depth, None, b"", "", False, False, False)
+        return SqlState(self._check, text, Verdict.VIOLATED, self._depth, None, b"", "", False, False, False, None)
