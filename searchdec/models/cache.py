@@ -196,6 +196,21 @@ class PrefixCache:
         compact = KVBlock(KVBuffers(size, size, keys, values), size)
         self.put(key, KVEntry(compact, 0, 0, length + len(picked), entry.prefix))
 
+    @torch.inference_mode()
+    def trim(self, storage: KVBuffers) -> None:
+        """Drop `storage`'s spare capacity (one copy of its written positions): buffers that became a
+        shared prefix are read, no longer appended to, so their room to grow would only hold memory."""
+        if storage.capacity == storage.used or not storage.keys:
+            return
+        counted = id(storage) in self._refs
+        if counted:
+            self.bytes -= storage.nbytes
+        storage.keys = tuple(k[:, :, : storage.used].clone() for k in storage.keys)
+        storage.values = tuple(v[:, :, : storage.used].clone() for v in storage.values)
+        storage.capacity = storage.used
+        if counted:
+            self.bytes += storage.nbytes
+
     def _reaches_past(self, storage: KVBuffers, end: int) -> bool:
         """Whether a stored entry (its prefix included) holds positions of `storage` at or after `end`."""
         return any(

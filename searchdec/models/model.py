@@ -42,6 +42,7 @@ from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+SPARE_TO_TRIM = 64  # spare positions worth one copy to free once buffers become a shared prefix
 
 
 @dataclass
@@ -254,6 +255,8 @@ class Model(Runtime):
         causal = torch.ones((width_new, width_past + width_new), dtype=torch.bool).tril(width_past)
         mask = keys_seen[:, None, None, :] & causal[None, None]
         storage, at = prefix.block.buffers, slice(prefix.start, prefix.start + shared)
+        if storage.capacity - storage.used >= SPARE_TO_TRIM:
+            self.cache.trim(storage)  # a prefix's buffers are read from now on, not appended to
         views = cascade.SharedPrefix(
             tuple(k[prefix.row : prefix.row + 1, :, at] for k in storage.keys),
             tuple(v[prefix.row : prefix.row + 1, :, at] for v in storage.values),
