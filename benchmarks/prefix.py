@@ -110,7 +110,9 @@ def others(model, prompt: str, args) -> None:
         "BestOfN(8)": sd.BestOfN(8, reward=lambda prompt, text: float(len(text)), sample=sd.Sample(seed=0)),
         "MCTS(8, token)": sd.MCTS(8, reward=lambda prompt, text: float(len(text)), max_children=3),
     }
-    print("| search | shared prefix | tokens forwarded | beyond the prompt | KV bytes at peak | peak / one prompt copy |")
+    print(
+        "| search | shared prefix | tokens forwarded | beyond the prompt | KV bytes at peak | peak / one prompt copy |"
+    )
     print("|---|---|---|---|---|---|")
     for name, search in searches.items():
         for shared in (True, False):

@@ -177,7 +177,9 @@ class PrefixCache:
         if any(b <= a for a, b in zip(picked, picked[1:])) or (picked and not 0 <= picked[0] < entry.length - length):
             raise ValueError(f"picked positions must increase within the entry, got {picked}")
         if length < entry.prefix_length:
-            raise ValueError(f"a branch must keep the entry's shared prefix ({entry.prefix_length} positions), got {length}")
+            raise ValueError(
+                f"a branch must keep the entry's shared prefix ({entry.prefix_length} positions), got {length}"
+            )
         block, storage = entry.block, entry.block.buffers
         cut = entry.start + length - entry.prefix_length  # where the picked positions go in `block`
         end = cut + len(picked)
@@ -213,9 +215,7 @@ class PrefixCache:
 
     def _reaches_past(self, storage: KVBuffers, end: int) -> bool:
         """Whether a stored entry (its prefix included) holds positions of `storage` at or after `end`."""
-        return any(
-            buffers is storage and reach > end for e in self._entries.values() for buffers, reach in e.spans()
-        )
+        return any(buffers is storage and reach > end for e in self._entries.values() for buffers, reach in e.spans())
 
     def discard(self, key: object) -> None:
         """Forget `key`'s entry (a search calls this for hypotheses it will never expand again)."""

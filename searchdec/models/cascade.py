@@ -89,7 +89,9 @@ def cascade_attention(
     attention over the shared prefix (every row sees all of it) merged with attention over the
     row's own keys under `attention_mask` (a 4D boolean mask over those keys only)."""
     if shared_prefix is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
         raise NotImplementedError("shared-prefix attention supports neither sliding windows nor attention sinks")
     if attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.dim() != 4:
