@@ -68,20 +68,45 @@ class KVBlock:
 
 @dataclass(frozen=True)
 class KVEntry:
-    """Row `row` of `block`, positions [start, start + length): one hypothesis's whole sequence."""
+    """One hypothesis's whole sequence, `length` positions: row `row` of `block`, positions
+    [start, start + own_length), after `prefix` when it has one (a shared prefix entry, itself
+    without a prefix, whose keys and values the forward reads once for all rows: see `cascade.py`)."""
 
     block: KVBlock
     row: int
     start: int
     length: int
+    prefix: KVEntry | None = None
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix is None else self.prefix.length
+
+    @property
+    def own_length(self) -> int:
+        """Positions held in `block` (after the prefix)."""
+        return self.length - self.prefix_length
 
     @property
     def is_right_aligned(self) -> bool:
         """True when the row's valid positions run to the block's end (only padding before them)."""
-        return self.start + self.length == self.block.width
+        return self.start + self.own_length == self.block.width
 
     def truncated(self, length: int) -> KVEntry:
-        return KVEntry(self.block, self.row, self.start, length)
+        if self.prefix is not None and length <= self.prefix.length:
+            return self.prefix.truncated(length)
+        return KVEntry(self.block, self.row, self.start, length, self.prefix)
+
+    def own(self) -> KVEntry | None:
+        """The positions after the prefix as an entry of their own (None when there are none)."""
+        if self.own_length == 0:
+            return None
+        return KVEntry(self.block, self.row, self.start, self.own_length)
+
+    def spans(self) -> list[tuple[KVBuffers, int]]:
+        """Each stored part's buffers and the position it reaches to there."""
+        own = [(self.block.buffers, self.start + self.own_length)]
+        return own if self.prefix is None else self.prefix.spans() + own
 
 
 class PrefixCache:
@@ -95,6 +120,7 @@ class PrefixCache:
         self._refs: dict[int, int] = {}  # entries per KVBuffers
         self._latest: KVBuffers | None = None
         self.bytes = 0
+        self.peak_bytes = 0  # the most `bytes` has been (reset it to measure a run)
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -112,12 +138,13 @@ class PrefixCache:
     def put(self, key: object, entry: KVEntry) -> None:
         self.discard(key)
         self._entries[key] = entry
-        storage = entry.block.buffers
-        if id(storage) not in self._refs:
-            self.bytes += storage.nbytes
-            self._refs[id(storage)] = 0
-        self._refs[id(storage)] += 1
-        self._latest = storage
+        for storage, _ in entry.spans():
+            if id(storage) not in self._refs:
+                self.bytes += storage.nbytes
+                self._refs[id(storage)] = 0
+            self._refs[id(storage)] += 1
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        self._latest = entry.block.buffers
         self._evict()
 
     def put_cut(self, key: object, entry: KVEntry, length: int) -> None:
@@ -126,12 +153,14 @@ class PrefixCache:
         past the cut, the buffers are rewound to the cut, so the next forward of `key`'s children
         appends there in place, overwriting the dropped positions (speculative decoding drops its
         rejected drafts this way); otherwise the entry is a shorter view, which a forward copies."""
+        if length <= entry.prefix_length:
+            self.put(key, entry.truncated(length))
+            return
         block, storage = entry.block, entry.block.buffers
-        end = entry.start + length
-        reaches_past = any(e.block.buffers is storage and e.start + e.length > end for e in self._entries.values())
-        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not reaches_past:
+        end = entry.start + length - entry.prefix_length
+        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not self._reaches_past(storage, end):
             storage.used = end
-            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length))
+            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length, entry.prefix))
         else:
             self.put(key, entry.truncated(length))
 
@@ -147,35 +176,57 @@ class PrefixCache:
             return
         if any(b <= a for a, b in zip(picked, picked[1:])) or (picked and not 0 <= picked[0] < entry.length - length):
             raise ValueError(f"picked positions must increase within the entry, got {picked}")
+        if length < entry.prefix_length:
+            raise ValueError(
+                f"a branch must keep the entry's shared prefix ({entry.prefix_length} positions), got {length}"
+            )
         block, storage = entry.block, entry.block.buffers
-        end = entry.start + length + len(picked)
-        source = torch.tensor([entry.start + length + i for i in picked], device=storage.keys[0].device)
-        reaches_past = any(
-            e.block.buffers is storage and e.start + e.length > entry.start + length for e in self._entries.values()
-        )
-        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not reaches_past:
+        cut = entry.start + length - entry.prefix_length  # where the picked positions go in `block`
+        end = cut + len(picked)
+        source = torch.tensor([cut + i for i in picked], device=storage.keys[0].device)
+        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not self._reaches_past(storage, cut):
             for buffer in storage.keys + storage.values:
-                buffer[:, :, entry.start + length : end] = buffer[:, :, source]
+                buffer[:, :, cut:end] = buffer[:, :, source]
             storage.used = end
-            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length + len(picked)))
+            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length + len(picked), entry.prefix))
             return
-        kept = torch.cat([torch.arange(entry.start, entry.start + length, device=source.device), source])
+        kept = torch.cat([torch.arange(entry.start, cut, device=source.device), source])
         row = slice(entry.row, entry.row + 1)
         keys = tuple(k[row].index_select(2, kept) for k in storage.keys)
         values = tuple(v[row].index_select(2, kept) for v in storage.values)
         size = len(kept)
-        self.put(key, KVEntry(KVBlock(KVBuffers(size, size, keys, values), size), 0, 0, size))
+        compact = KVBlock(KVBuffers(size, size, keys, values), size)
+        self.put(key, KVEntry(compact, 0, 0, length + len(picked), entry.prefix))
+
+    @torch.inference_mode()
+    def trim(self, storage: KVBuffers) -> None:
+        """Drop `storage`'s spare capacity (one copy of its written positions): buffers that became a
+        shared prefix are read, no longer appended to, so their room to grow would only hold memory."""
+        if storage.capacity == storage.used or not storage.keys:
+            return
+        counted = id(storage) in self._refs
+        if counted:
+            self.bytes -= storage.nbytes
+        storage.keys = tuple(k[:, :, : storage.used].clone() for k in storage.keys)
+        storage.values = tuple(v[:, :, : storage.used].clone() for v in storage.values)
+        storage.capacity = storage.used
+        if counted:
+            self.bytes += storage.nbytes
+
+    def _reaches_past(self, storage: KVBuffers, end: int) -> bool:
+        """Whether a stored entry (its prefix included) holds positions of `storage` at or after `end`."""
+        return any(buffers is storage and reach > end for e in self._entries.values() for buffers, reach in e.spans())
 
     def discard(self, key: object) -> None:
         """Forget `key`'s entry (a search calls this for hypotheses it will never expand again)."""
         entry = self._entries.pop(key, None)
         if entry is None:
             return
-        storage = entry.block.buffers
-        self._refs[id(storage)] -= 1
-        if self._refs[id(storage)] == 0:
-            del self._refs[id(storage)]
-            self.bytes -= storage.nbytes
+        for storage, _ in entry.spans():
+            self._refs[id(storage)] -= 1
+            if self._refs[id(storage)] == 0:
+                del self._refs[id(storage)]
+                self.bytes -= storage.nbytes
 
     def clear(self) -> None:
         self._entries.clear()

@@ -11,6 +11,16 @@ tokens right-aligned to a common width N, so row i reads
 given explicitly (p_i, p_i+1, ...), so padding never changes a result. When the batch is the
 previous forward's rows (decoding, beam reordering), the past is that forward's cache tensors, used
 as they are or gathered with one `index_select`, as transformers does for beams.
+
+Shared prefix (cascade attention, `cascade.py`): when every row's past starts with the same stored
+positions (the prompt a search's hypotheses grew from, and whatever stretch after it they still
+share) and the batch does not simply append to one row in place, that prefix is read once, as one
+copy broadcast over the rows, and only each row's suffix is laid out as above (gathered on a
+reorder, copied for a new sibling). Entries then hold their prefix by reference (`KVEntry.prefix`),
+so the prompt is forwarded once and stored once however many hypotheses grow from it. It applies
+to models whose attention is `sdpa` without sliding windows or soft-capping (`cascade.install`);
+elsewhere, for a batch of rows with different prefixes (several prompts), and for `logits_tree`, a
+forward copies each row's whole past as before.
 """
 
 from __future__ import annotations
@@ -26,11 +36,13 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from searchdec.errors import ModelLoadError, PromptTooLongError
+from searchdec.models import cascade
 from searchdec.models.base import Runtime, TokenNode
 from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
+SPARE_TO_TRIM = 64  # spare positions worth one copy to free once buffers become a shared prefix
 
 
 @dataclass
@@ -55,7 +67,10 @@ class _Row:
 class Model(Runtime):
     """A Hugging Face causal LM with its tokenizer, a prefix KV cache and batched forwards."""
 
-    def __init__(self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(
+        self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES, shared_prefix: bool = True
+    ):
+        """`shared_prefix=False` keeps every row's whole past in its own copy (no cascade attention)."""
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(hf_model.config, "name_or_path", "")
@@ -63,6 +78,7 @@ class Model(Runtime):
         self.stats = ForwardStats()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._cache_keyword = cache_keyword(self.hf)
+        self.shared_prefix = shared_prefix and cascade.install(self.hf, self.sliding_window_layers)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, dtype={self.dtype}, device={self.device})"
@@ -159,6 +175,9 @@ class Model(Runtime):
         width_new = max(len(row.new) for row in rows)
         if not 1 <= keep <= width_new:
             raise ValueError(f"keep must be in [1, {width_new}] (the tokens this batch forwards), got {keep}")
+        prefix = self._shared_prefix(rows, width_new)
+        if prefix is not None:
+            return self._forward_shared(rows, prefix, width_new, keep)
         buffers, width_past = self._past_buffers(rows, width_new)
         batch = len(rows)
 
@@ -218,10 +237,72 @@ class Model(Runtime):
         input_ids = torch.tensor([row.new])
         return self._forward([row], buffers, width_past, input_ids, positions, mask[None, None], size + 1)[0]
 
-    def _forward(self, rows, buffers, width_past, input_ids, positions, mask, keep) -> torch.Tensor:
+    def _forward_shared(self, rows: list[_Row], prefix: KVEntry, width_new: int, keep: int) -> torch.Tensor:
+        """A forward of `rows` over one copy of their common `prefix`, each row's suffix laid out as usual."""
+        shared = prefix.length
+        suffixes = [_Row(row.node, _after(row.past, shared), row.new) for row in rows]
+        buffers, width_past = self._past_buffers(suffixes, width_new)
+        batch = len(rows)
+        input_ids = torch.full((batch, width_new), self._pad_id, dtype=torch.long)
+        positions = torch.zeros((batch, width_new), dtype=torch.long)
+        keys_seen = torch.zeros((batch, width_past + width_new), dtype=torch.bool)
+        for i, row in enumerate(suffixes):
+            n, p = len(row.new), row.past_length
+            input_ids[i, width_new - n :] = torch.tensor(row.new)
+            positions[i, width_new - n :] = torch.arange(shared + p, shared + p + n)
+            keys_seen[i, width_past - p : width_past] = True
+            keys_seen[i, width_past + width_new - n :] = True
+        causal = torch.ones((width_new, width_past + width_new), dtype=torch.bool).tril(width_past)
+        mask = keys_seen[:, None, None, :] & causal[None, None]
+        storage, at = prefix.block.buffers, slice(prefix.start, prefix.start + shared)
+        if storage.capacity - storage.used >= SPARE_TO_TRIM:
+            self.cache.trim(storage)  # a prefix's buffers are read from now on, not appended to
+        views = cascade.SharedPrefix(
+            tuple(k[prefix.row : prefix.row + 1, :, at] for k in storage.keys),
+            tuple(v[prefix.row : prefix.row + 1, :, at] for v in storage.values),
+        )
+        return self._forward(suffixes, buffers, width_past, input_ids, positions, mask, keep, prefix, views)
+
+    def _shared_prefix(self, rows: list[_Row], width_new: int) -> KVEntry | None:
+        """The stored positions every row's past starts with, when the batch should read them once:
+        all rows have a past, their first parts lie at one place of one buffer row, each row's rest
+        is one stretch, and the batch is not one that appends to its rows' buffers in place."""
+        if not self.shared_prefix or any(row.past is None for row in rows):
+            return None
+        if self._appends_in_place(rows, width_new):
+            return None
+        heads = [row.past.prefix or row.past for row in rows]
+        first = heads[0]
+        storage = first.block.buffers
+        if any(h.block.buffers is not storage or h.row != first.row or h.start != first.start for h in heads):
+            return None
+        shortest = min(heads, key=lambda head: head.length)
+        if any(row.past.prefix is not None and row.past.prefix.length != shortest.length for row in rows):
+            return None  # that row's rest would be two stretches (prefix remainder and own part)
+        return shortest
+
+    @staticmethod
+    def _appends_in_place(rows: list[_Row], width_new: int) -> bool:
+        """Whether the batch is exactly the rows of one forward's buffers, which it extends in place."""
+        first = rows[0].past
+        if first is None or first.prefix is not None:
+            return False
+        block = first.block
+        return (
+            all(row.past is not None and row.past.block is block and row.past.is_right_aligned for row in rows)
+            and all(row.past.prefix is None for row in rows)
+            and [row.past.row for row in rows] == list(range(block.buffers.rows))
+            and block.extendable
+            and block.buffers.capacity >= block.width + width_new
+        )
+
+    def _forward(
+        self, rows, buffers, width_past, input_ids, positions, mask, keep, prefix=None, views=None
+    ) -> torch.Tensor:
         device = self.device
         width_new = input_ids.shape[1]
         cache = _AppendCache(buffers)
+        shared = {} if views is None else {"shared_prefix": views}
         out = self.hf(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
@@ -229,6 +310,7 @@ class Model(Runtime):
             use_cache=True,
             **{self._cache_keyword: cache},
             logits_to_keep=keep,
+            **shared,
         )
         cache.commit()
         self.stats.calls += 1
@@ -236,7 +318,10 @@ class Model(Runtime):
 
         block = KVBlock(buffers, width_past + width_new)
         for i, row in enumerate(rows):
-            self.cache.put(row.node, self._entry_for(block, i, row, width_past, width_new))
+            entry = self._entry_for(block, i, row, width_past, width_new)
+            if prefix is not None:
+                entry = KVEntry(entry.block, entry.row, entry.start, prefix.length + entry.length, prefix)
+            self.cache.put(row.node, entry)
         return out.logits.float()
 
     def _row(self, node: TokenNode) -> _Row:
@@ -267,7 +352,11 @@ class Model(Runtime):
             return KVBuffers(_capacity(width_new)), 0
         first = rows[0].past
         same_block = first is not None and all(
-            row.past is not None and row.past.block is first.block and row.past.is_right_aligned for row in rows
+            row.past is not None
+            and row.past.prefix is None
+            and row.past.block is first.block
+            and row.past.is_right_aligned
+            for row in rows
         )
         if same_block:
             # Rows of one earlier forward (decoding, beam reordering): padding included, as it was.
@@ -294,25 +383,31 @@ class Model(Runtime):
 
         some_past = next(row.past for row in rows if row.past is not None).block.buffers
         new = KVBuffers.zeros(some_past.keys[0], len(rows), _capacity(width + width_new), len(some_past.keys))
-        # Rows whose spans end at the same place in the same block are copied together, each group in
-        # one indexed copy per layer (the positions before a row's span are masked as padding).
-        groups: dict[tuple[int, int], tuple[KVBlock, list[int], list[int], list[int]]] = {}
+        # Stretches that end at the same place in the same block and go to the same place are copied
+        # together, each group in one indexed copy per layer (positions before a row's stretch are its
+        # padding, or its prefix, which is copied after). A row with a shared prefix copies it whole.
+        groups: dict[tuple[int, int, int], tuple[KVBlock, list[int], list[int], list[int]]] = {}
         for i, row in enumerate(rows):
-            if row.past is not None:
-                e = row.past
+            e = row.past
+            if e is None:
+                continue
+            parts = [(e.own(), width)] if e.prefix is None else [(e.own(), width), (e.prefix, width - e.own_length)]
+            for part, to in parts:
+                if part is None:
+                    continue
                 _, targets, sources, lengths = groups.setdefault(
-                    (id(e.block), e.start + e.length), (e.block, [], [], [])
+                    (id(part.block), part.start + part.length, to), (part.block, [], [], [])
                 )
                 targets.append(i)
-                sources.append(e.row)
-                lengths.append(e.length)
+                sources.append(part.row)
+                lengths.append(part.length)
         device = some_past.keys[0].device
-        for (_, end), (block, targets, sources, lengths) in groups.items():
+        for (_, end, to), (block, targets, sources, lengths) in sorted(groups.items(), key=lambda g: -g[0][2]):
             dst_rows = torch.tensor(targets, device=device)
             src_rows = torch.tensor(sources, device=device)
             span = max(lengths)
             for dst, src in zip(new.keys + new.values, block.buffers.keys + block.buffers.values):
-                dst[dst_rows, :, width - span : width] = src[src_rows, :, end - span : end]
+                dst[dst_rows, :, to - span : to] = src[src_rows, :, end - span : end]
         new.used = width
         return new, width
 
@@ -405,6 +500,17 @@ class _AppendCache(DynamicCache):
         self.buffers.keys = tuple(layer.keys_buf for layer in self.layers)
         self.buffers.values = tuple(layer.values_buf for layer in self.layers)
         self.buffers.used = self.layers[0].length
+
+
+def _after(entry: KVEntry | None, shared: int) -> KVEntry | None:
+    """The positions of `entry` after its first `shared` ones (one stretch), as an entry of their own."""
+    if entry is None:
+        return None
+    if entry.prefix is not None:
+        return entry.own()
+    if entry.length == shared:
+        return None
+    return KVEntry(entry.block, entry.row, entry.start + shared, entry.length - shared)
 
 
 def _last_token(node: TokenNode) -> int:
