@@ -21,6 +21,7 @@ import copy
 import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from jsonschema import validators
 
@@ -29,10 +30,187 @@ from searchdec.grammars.base import Check, CheckState, State, TokenizerInfo, Ver
 CHECKED = ("uniqueItems", "not", "contains", "minContains", "maxContains", "if", "then", "else")
 CHECKED += ("dependentRequired", "dependentSchemas")
 _KEEP_IN_GRAMMAR = ("format",)  # a date's format stays: the grammar writes its shape, the check its calendar
+# Keywords whose values are schemas: a map of them, a list of them, or one.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_ONE = ("additionalProperties", "items", "additionalItems", "not", "if", "then", "else", "contains")
+_SCHEMA_ONE += ("propertyNames", "unevaluatedProperties", "unevaluatedItems")
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
+
+
+def _subschemas(node: dict) -> list[dict]:
+    """The schemas directly inside `node` (every keyword that holds one; `const`, `enum` and examples are data)."""
+    found: list[Any] = []
+    for key in _SCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            found += node[key].values()
+    for key in _SCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            found += node[key]
+    for key in _SCHEMA_ONE:
+        found.append(node.get(key))
+    if isinstance(node.get("dependencies"), dict):  # draft 7: a schema or a list of names per key
+        found += node["dependencies"].values()
+    return [sub for sub in found if isinstance(sub, dict)]
+
+
+def reorders(node: dict) -> bool:
+    """Whether the grammar takes the object `node` describes in any key order: an object whose documents may
+    hold two keys or more, with names that llguidance can keep apart from its own `patternProperties`
+    (patterns must be disjoint there) and required names that some key schema admits. Its properties then
+    become exact-name patterns and its `required` moves to the check (llguidance writes `properties` and
+    required keys in schema order only)."""
+    properties = node.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = node.get("required")
+    required = [name for name in required if isinstance(name, str)] if isinstance(required, list) else []
+    names = set(properties) | set(required)
+    if not names:
+        return False
+    patterns = node.get("patternProperties")
+    patterns = patterns if isinstance(patterns, dict) else {}
+    extra = node.get("additionalProperties", True) is not False
+    if len(names) < 2 and not extra and not patterns:
+        return False
+    try:
+        compiled = [re.compile(pattern) for pattern in patterns]
+    except re.error:
+        return False
+    if any(pattern.search(name) for pattern in compiled for name in properties):
+        return False
+    return extra or bool(patterns) or set(required) <= set(properties)
+
+
+def _exact(name: str) -> str:
+    """A regex (Rust syntax, as llguidance reads it) matching exactly `name`."""
+    out = []
+    for char in name:
+        if char in _REGEX_META:
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{{{ord(char):x}}}")
+        else:
+            out.append(char)
+    return "^" + "".join(out) + "$"
+
+
+def _in_any_order(node: dict) -> None:
+    """Rewrite the object schema `node` (a copy) so that its keys may come in any order: its properties become
+    exact-name `patternProperties` and `required` goes (the check enforces it, and refuses duplicate keys)."""
+    patterns = {_exact(name): sub for name, sub in (node.get("properties") or {}).items()}
+    patterns.update(node.get("patternProperties") or {})
+    node["patternProperties"] = patterns
+    node["properties"] = {}  # kept, empty: strict mode still sees an object schema here
+    node.pop("required", None)
+
+
+class _Applying:
+    """Which schema nodes apply to a value, in one schema document: the node itself, its `allOf` members and
+    the targets of its local `$ref`s (a JSON pointer into the same document), transitively."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+
+    def resolve(self, ref: Any) -> dict | None:
+        """The node a local `$ref` ("#" or "#/a/b") names; None for any other reference."""
+        if not isinstance(ref, str) or not ref.startswith("#") or (len(ref) > 1 and ref[1] != "/"):
+            return None
+        node: Any = self.root
+        for part in ref[2:].split("/") if len(ref) > 1 else ():
+            part = unquote(part).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node if isinstance(node, dict) else None
+
+    def __call__(self, nodes: list[dict]) -> list[dict]:
+        out: list[dict] = []
+        seen: set[int] = set()
+        pending = list(nodes)
+        while pending:
+            node = pending.pop(0)
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            out.append(node)
+            pending += [sub for sub in node.get("allOf") or () if isinstance(sub, dict)]
+            target = self.resolve(node.get("$ref"))
+            if target is not None:
+                pending.append(target)
+        return out
+
+    def children(self, node: Any, step: str | int) -> list[dict]:
+        """The schema nodes that apply to the member `step` (a key or an index) of a value that `node`
+        applies to."""
+        if not isinstance(node, dict):
+            return []
+        found: list[Any] = []
+        if isinstance(step, str):
+            matched = False
+            if isinstance(node.get("properties"), dict) and step in node["properties"]:
+                found.append(node["properties"][step])
+                matched = True
+            for pattern, sub in (node.get("patternProperties") or {}).items():
+                try:
+                    if re.search(pattern, step):
+                        found.append(sub)
+                        matched = True
+                except re.error:
+                    continue
+            if not matched and isinstance(node.get("additionalProperties"), dict):
+                found.append(node["additionalProperties"])
+        else:
+            prefix = node.get("prefixItems")
+            items = node.get("items")
+            if isinstance(items, list):  # draft 7 tuple form
+                prefix, items = items, node.get("additionalItems")
+            if isinstance(prefix, list) and step < len(prefix):
+                found.append(prefix[step])
+            elif isinstance(items, dict):
+                found.append(items)
+        return self([sub for sub in found if isinstance(sub, dict)])
+
+    def tracked(self) -> list[dict]:
+        """Every node that applies to some value wherever the value is (the root, then through properties,
+        patternProperties, additionalProperties, items, prefixItems, additionalItems, allOf and local `$ref`)."""
+        out, pending, seen = [], self([self.root]) if isinstance(self.root, dict) else [], set()
+        while pending:
+            node = pending.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            out.append(node)
+            for key in ("properties", "patternProperties"):
+                if isinstance(node.get(key), dict):
+                    pending += self([s for s in node[key].values() if isinstance(s, dict)])
+            for key in ("additionalProperties", "items", "additionalItems"):
+                if isinstance(node.get(key), dict):
+                    pending += self([node[key]])
+            for key in ("prefixItems", "items"):
+                if isinstance(node.get(key), list):
+                    pending += self([s for s in node[key] if isinstance(s, dict)])
+        return out
+
+
+def _every_schema(root: Any) -> list[dict]:
+    """Every schema node of a document, reached through the keywords that hold schemas."""
+    out, pending, seen = [], [root] if isinstance(root, dict) else [], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        pending += _subschemas(node)
+    return out
 
 
 def _taken(node: dict) -> dict:
-    """The keywords of `node` the check enforces (empty: none)."""
+    """The keywords of `node` the check enforces beyond the grammar of `split` (empty: none); `required` of an
+    object taken in any order, and `anyOf`/`oneOf` whose branches hold one, are added by `JsonCheck`."""
     taken = {key: node[key] for key in CHECKED if key in node}
     if taken.get("uniqueItems") is False:
         del taken["uniqueItems"]
@@ -47,116 +225,81 @@ def _taken(node: dict) -> dict:
     return taken
 
 
-def _children(node: Any, step: str | int) -> list[dict]:
-    """The schema nodes (of those `split` walks) that apply to the member `step` (a key or an index) of a
-    value that `node` applies to."""
-    if not isinstance(node, dict):
-        return []
-    found: list[Any] = []
-    if isinstance(step, str):
-        matched = False
-        if isinstance(node.get("properties"), dict) and step in node["properties"]:
-            found.append(node["properties"][step])
-            matched = True
-        for pattern, sub in (node.get("patternProperties") or {}).items():
-            try:
-                if re.search(pattern, step):
-                    found.append(sub)
-                    matched = True
-            except re.error:
-                continue
-        if not matched and isinstance(node.get("additionalProperties"), dict):
-            found.append(node["additionalProperties"])
-    else:
-        prefix = node.get("prefixItems")
-        items = node.get("items")
-        if isinstance(items, list):  # draft 7 tuple form
-            prefix, items = items, node.get("additionalItems")
-        if isinstance(prefix, list) and step < len(prefix):
-            found.append(prefix[step])
-        elif isinstance(items, dict):
-            found.append(items)
-    return _with_all_of([sub for sub in found if isinstance(sub, dict)])
-
-
-def _with_all_of(nodes: list[dict]) -> list[dict]:
-    out: list[dict] = []
-    pending = list(nodes)
-    while pending:
-        node = pending.pop(0)
-        out.append(node)
-        pending += [sub for sub in node.get("allOf") or () if isinstance(sub, dict)]
-    return out
-
-
 def split(schema: Any) -> tuple[Any, JsonCheck | None]:
-    """`schema` without the keywords a check enforces (a copy), and the check (None when none is used)."""
+    """`schema` without the keywords a check enforces and with every object in any key order (a copy), and
+    the check (None when neither applies: the schema itself then)."""
     if not isinstance(schema, dict):
         return schema, None
     grammar = copy.deepcopy(schema)
     found = False
-    pending = _with_all_of([grammar])
-    seen: set[int] = set()
-    while pending:
-        node = pending.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in _Applying(grammar).tracked():
         if _taken(node):
             found = True
             for key in CHECKED:
                 node.pop(key, None)
-        for key in ("properties", "patternProperties"):
-            if isinstance(node.get(key), dict):
-                pending += _with_all_of([sub for sub in node[key].values() if isinstance(sub, dict)])
-        for key in ("additionalProperties", "items", "additionalItems"):
-            if isinstance(node.get(key), dict):
-                pending += _with_all_of([node[key]])
-        for key in ("prefixItems", "items"):
-            if isinstance(node.get(key), list):
-                pending += _with_all_of([sub for sub in node[key] if isinstance(sub, dict)])
+    for node in _every_schema(grammar):
+        if reorders(node):
+            found = True
+            _in_any_order(node)
     return (grammar, JsonCheck(schema)) if found else (schema, None)
 
 
 class JsonCheck(Check):
-    """The keywords `split` took out of `schema`, checked on every completed value they apply to."""
+    """What `split` took out of `schema`'s grammar, checked on every completed value it applies to; and no
+    object with a key twice."""
 
     def __init__(self, schema: dict) -> None:
         self.schema = schema
+        self.applying = _Applying(schema)
         cls = validators.validator_for(schema, default=validators.Draft202012Validator)
         self._root = cls(schema, format_checker=cls.FORMAT_CHECKER)
         self._validators: dict[int, Any] = {}
-        taken = sorted({key for node in self._walk() for key in _taken(node)})
+        self._required: dict[int, frozenset[str]] = {}
+        self._hides: dict[int, bool] = {}
+        taken = sorted({key for node in self.applying.tracked() for key in self.taken(node)} | {"duplicate keys"})
         self.name = "JSON Schema " + "/".join(taken)
 
-    def _walk(self) -> list[dict]:
-        out, pending, seen = [], _with_all_of([self.schema]), set()
-        while pending:
-            node = pending.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            out.append(node)
-            for key in ("properties", "patternProperties"):
-                if isinstance(node.get(key), dict):
-                    pending += _with_all_of([s for s in node[key].values() if isinstance(s, dict)])
-            for key in ("additionalProperties", "items", "additionalItems"):
-                if isinstance(node.get(key), dict):
-                    pending += _with_all_of([node[key]])
-            for key in ("prefixItems", "items"):
-                if isinstance(node.get(key), list):
-                    pending += _with_all_of([s for s in node[key] if isinstance(s, dict)])
-        return out
+    def taken(self, node: dict) -> dict:
+        """The keywords of `node` this check enforces: those `split` took out, `required` of an object the
+        grammar takes in any order, `anyOf`/`oneOf` whose branches hold such an object (or a `$ref`), and a
+        `$ref` this module cannot follow (the grammar may take its target in any order)."""
+        taken = _taken(node)
+        if reorders(node) and isinstance(node.get("required"), list) and node["required"]:
+            taken["required"] = node["required"]
+        for key in ("anyOf", "oneOf"):
+            if isinstance(node.get(key), list) and any(self._hides_reorder(sub) for sub in node[key]):
+                taken[key] = node[key]
+        if "$ref" in node and self.applying.resolve(node["$ref"]) is None:
+            taken["$ref"] = node["$ref"]
+        return taken
+
+    def _hides_reorder(self, node: Any) -> bool:
+        """Whether `node`, or a schema inside it, is taken in any order or holds a `$ref`."""
+        if not isinstance(node, dict):
+            return False
+        if id(node) not in self._hides:
+            self._hides[id(node)] = False  # a schema nests finitely; this only guards a re-entry
+            self._hides[id(node)] = (
+                reorders(node) or "$ref" in node or any(self._hides_reorder(sub) for sub in _subschemas(node))
+            )
+        return self._hides[id(node)]
 
     def validator(self, node: dict):
         """The validator of the keywords taken from `node` (None: none), resolving `$ref` from the root."""
         if id(node) not in self._validators:
-            taken = _taken(node)
+            taken = self.taken(node)
             self._validators[id(node)] = self._root.evolve(schema=taken) if taken else None
         return self._validators[id(node)]
 
+    def required(self, node: dict) -> frozenset[str]:
+        """The keys an object `node` applies to must hold, when the grammar does not enforce them."""
+        if id(node) not in self._required:
+            self._required[id(node)] = frozenset(self.taken(node).get("required", ()))
+        return self._required[id(node)]
+
     def start(self, tokenizer: TokenizerInfo | None = None) -> JsonCheckState:
-        return JsonCheckState(self, b"", (), None, None, False, False)
+        closers = frozenset() if tokenizer is None else tokenizer.prepare("json-closers", lambda: _closers(tokenizer))
+        return JsonCheckState(self, b"", (), None, None, False, False, closers)
 
     def accepts(self, text: str | bytes) -> bool:
         """Whether a whole document passes the check (fed in one piece): for tests and validation."""
@@ -164,8 +307,19 @@ class JsonCheck(Check):
         return self.start().feed(data, None).verdict is Verdict.OK
 
 
+def _closers(tokenizer: TokenizerInfo) -> frozenset[int]:
+    """The tokens that, outside a string, close the innermost object or array: their bytes start with a
+    closing brace, after whitespace (special tokens excluded)."""
+    special = tokenizer.special_token_ids | tokenizer.eos_token_ids
+    return frozenset(
+        token
+        for token, piece in enumerate(tokenizer.vocab_bytes)
+        if piece.lstrip(b" \t\r\n")[:1] == b"}" and token not in special
+    )
+
+
 # A frame of the parse stack: (kind "{" or "[", start offset, schema nodes, key or None, next index,
-# whether a key is expected next).
+# whether a key is expected next, the keys so far).
 _SCALAR = frozenset(b"0123456789+-.eEtruefalsn")
 _WHITESPACE = frozenset(b" \t\r\n")
 
@@ -174,9 +328,9 @@ class JsonCheckState(CheckState):
     """An incremental JSON parse of the output (the grammar guarantees its syntax) with, for each open
     value, the schema nodes that apply to it. Immutable: `feed` copies the (short) stack."""
 
-    __slots__ = ("_check", "_text", "_stack", "_scalar", "_pending", "_done", "_violated")
+    __slots__ = ("_check", "_text", "_stack", "_scalar", "_pending", "_done", "_violated", "_closers")
 
-    def __init__(self, check, text, stack, scalar, pending, done, violated) -> None:
+    def __init__(self, check, text, stack, scalar, pending, done, violated, closers) -> None:
         self._check = check
         self._text = text
         self._stack = stack  # tuple of frames
@@ -184,6 +338,7 @@ class JsonCheckState(CheckState):
         self._pending = pending  # nodes of the next value (after a key's colon), or None
         self._done = done  # the root value is complete
         self._violated = violated
+        self._closers = closers  # the tokenizer's tokens that close an object (see `_closers`)
 
     @property
     def verdict(self) -> Verdict:
@@ -199,6 +354,15 @@ class JsonCheckState(CheckState):
                 return Verdict.UNDECIDED
             return Verdict.OK if self._valid(nodes, value) else Verdict.UNDECIDED
         return Verdict.UNDECIDED
+
+    def refused(self) -> frozenset[int]:
+        """The tokens that would close the innermost object while a key it requires is missing."""
+        if self._violated or not self._stack or (self._scalar is not None and self._scalar[2]):
+            return frozenset()
+        kind, _, nodes, _, _, _, keys = self._stack[-1]
+        if kind == "{" and any(not self._check.required(node) <= keys for node in nodes):
+            return self._closers
+        return frozenset()
 
     def _valid(self, nodes, value) -> bool:
         for node in nodes:
@@ -217,7 +381,14 @@ class JsonCheckState(CheckState):
             if parse.violated:
                 break
         return JsonCheckState(
-            self._check, text, tuple(parse.stack), parse.scalar, parse.pending, parse.done, parse.violated
+            self._check,
+            text,
+            tuple(parse.stack),
+            parse.scalar,
+            parse.pending,
+            parse.done,
+            parse.violated,
+            self._closers,
         )
 
 
@@ -236,11 +407,11 @@ class _Parse:
     def nodes_of_next(self) -> tuple:
         """Schema nodes of the value that starts now."""
         if not self.stack:
-            return tuple(_with_all_of([self.check.schema]))
-        kind, start, nodes, key, index, expecting = self.stack[-1]
+            return tuple(self.check.applying([self.check.schema]))
+        kind, start, nodes, key, index, expecting, keys = self.stack[-1]
         if kind == "{":
             return self.pending or ()
-        return tuple(sub for node in nodes for sub in _children(node, index))
+        return tuple(sub for node in nodes for sub in self.check.applying.children(node, index))
 
     def complete(self, start: int, end: int, nodes: tuple) -> None:
         """A value spanning text[start:end] is complete: check it, and count it in its parent."""
@@ -254,7 +425,7 @@ class _Parse:
         if not self.stack:
             self.done = True
             return
-        kind, pstart, pnodes, key, index, expecting = self.stack[-1]
+        kind, pstart, pnodes, key, index, expecting, keys = self.stack[-1]
         if kind == "[":
             for node in pnodes:
                 validator = self.check.validator(node)
@@ -263,7 +434,7 @@ class _Parse:
                     if not validator.evolve(schema={"uniqueItems": True}).is_valid(items):
                         self.violated = True
                         return
-            self.stack[-1] = (kind, pstart, pnodes, key, index + 1, expecting)
+            self.stack[-1] = (kind, pstart, pnodes, key, index + 1, expecting, keys)
         self.pending = None
 
     def byte(self, offset: int, b: int) -> None:
@@ -277,10 +448,7 @@ class _Parse:
                 elif b == 0x22:  # closing quote
                     self.scalar = None
                     if is_key:
-                        kind, pstart, pnodes, _, index, _ = self.stack[-1]
-                        key = json.loads(self.text[start : offset + 1])
-                        self.stack[-1] = (kind, pstart, pnodes, key, index, False)
-                        self.pending = tuple(sub for node in pnodes for sub in _children(node, key))
+                        self.key(start, offset)
                     else:
                         self.complete(start, offset + 1, nodes)
                 return
@@ -294,8 +462,8 @@ class _Parse:
             return
         if b == 0x2C:  # comma
             if self.stack and self.stack[-1][0] == "{":
-                kind, pstart, pnodes, key, index, _ = self.stack[-1]
-                self.stack[-1] = (kind, pstart, pnodes, None, index, True)
+                kind, pstart, pnodes, key, index, _, keys = self.stack[-1]
+                self.stack[-1] = (kind, pstart, pnodes, None, index, True, keys)
             return
         if b in (0x7D, 0x5D):  # } or ]
             kind, pstart, pnodes, *_ = self.stack.pop()
@@ -308,7 +476,18 @@ class _Parse:
             return
         if b in (0x7B, 0x5B):  # { or [
             nodes = self.nodes_of_next()
-            self.stack.append(("{" if b == 0x7B else "[", offset, nodes, None, 0, b == 0x7B))
+            self.stack.append(("{" if b == 0x7B else "[", offset, nodes, None, 0, b == 0x7B, frozenset()))
             self.pending = None
             return
         self.scalar = (offset, self.nodes_of_next(), False, False, False)
+
+    def key(self, start: int, end: int) -> None:
+        """The key spanning text[start:end + 1] is complete: a key the object already holds is a violation (JSON
+        parsers disagree on which of its values counts)."""
+        kind, pstart, pnodes, _, index, _, keys = self.stack[-1]
+        key = json.loads(self.text[start : end + 1])
+        if key in keys:
+            self.violated = True
+            return
+        self.stack[-1] = (kind, pstart, pnodes, key, index, False, keys | {key})
+        self.pending = tuple(sub for node in pnodes for sub in self.check.applying.children(node, key))
