@@ -28,6 +28,11 @@ from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, a
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, schema_problem
 
 NAME = "llguidance"
+# llguidance's default lexer fuel per step (200k, ~14 ms) runs out on one token of a string whose `pattern`
+# counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask has built part of that lexer; the
+# lexer is shared by every copy of the matcher, so the whole compiled constraint then refuses everything.
+# Five times the default (a step's worst case ~70 ms) walks those schemas (tests/test_jsonschemabench.py).
+LIMITS = llguidance.LLParserLimits(step_lexer_fuel=1_000_000)
 
 
 class LLGuidanceState(State):
@@ -202,7 +207,7 @@ class LLGuidanceConstraint(Constraint):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.description = description
-        self._initial = llguidance.LLMatcher(tokenizer, grammar)
+        self._initial = llguidance.LLMatcher(tokenizer, grammar, limits=LIMITS)
         if self._initial.is_error():
             raise ValueError(self._initial.get_error())
         self._closer = Closer(tokenizer, closing)
