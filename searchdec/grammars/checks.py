@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from searchdec.grammars.base import Check, CheckState, Constraint, State, TokenizerInfo, Verdict
+from searchdec.grammars.base import Check, CheckState, Constraint, State, TokenizerInfo, Verdict, allocate_bitmask
 
 
 def _signed(word: int) -> int:
@@ -36,9 +36,20 @@ class CheckedConstraint(Constraint):
         self.vocab_size = inner.vocab_size
         self.description = f"{inner.description} with checks ({', '.join(c.name for c in self.checks)})"
         self.eos = frozenset(tokenizer.eos_token_ids)
-        special = tokenizer.special_token_ids | tokenizer.eos_token_ids
-        self.pieces = [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
+        self.pieces = tokenizer.prepare("check-pieces", lambda: _pieces(tokenizer))  # once per tokenizer
         self._tokenizer = tokenizer
+        self._refusals: dict[frozenset[int], torch.Tensor] = {}
+
+    def refusal(self, tokens: frozenset[int]) -> torch.Tensor:
+        """The int32 words of a bitmask row with every token but `tokens` allowed (built once per set)."""
+        words = self._refusals.get(tokens)
+        if words is None:
+            words = allocate_bitmask(1, self.vocab_size)[0]
+            for token in tokens:
+                words[token // 32] &= _signed(~(1 << (token % 32)) & 0xFFFFFFFF)
+            if len(self._refusals) < 64:  # a check refuses a few distinct sets
+                self._refusals[tokens] = words
+        return words
 
     def start(self) -> CheckedState:
         inner = self.inner.start()
@@ -47,6 +58,12 @@ class CheckedConstraint(Constraint):
 
     def check_budget(self, max_tokens: int) -> None:
         self.inner.check_budget(max_tokens)
+
+
+def _pieces(tokenizer: TokenizerInfo) -> list[bytes]:
+    """Each token's bytes as a check reads them (special tokens: none)."""
+    special = tokenizer.special_token_ids | tokenizer.eos_token_ids
+    return [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
 
 
 class CheckedState(State):
@@ -164,11 +181,11 @@ class CheckedState(State):
             bitmask[row] = 0
             return
         self._inner.fill(bitmask, row)
-        refused = set(self._refused())
-        if not self._all_ok:
+        refused = self._refused()
+        if not self._all_ok and self._inner.accepting:  # the grammar allows end-of-sequence exactly then
             refused |= self._constraint.eos
-        for token in refused:
-            bitmask[row, token // 32] &= _signed(~(1 << (token % 32)) & 0xFFFFFFFF)
+        if refused:
+            bitmask[row] &= self._constraint.refusal(refused)
 
     def closing(self, limit: int) -> tuple[int, int | None] | None:
         if self.dead:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -251,13 +252,17 @@ class JsonCheck(Check):
     def __init__(self, schema: dict) -> None:
         self.schema = schema
         self.applying = _Applying(schema)
-        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-        self._root = cls(schema, format_checker=cls.FORMAT_CHECKER)
         self._validators: dict[int, Any] = {}
         self._required: dict[int, frozenset[str]] = {}
         self._hides: dict[int, bool] = {}
         taken = sorted({key for node in self.applying.tracked() for key in self.taken(node)} | {"duplicate keys"})
         self.name = "JSON Schema " + "/".join(taken)
+
+    @cached_property
+    def _root(self):
+        """The validator of the whole schema (built on first use: compiling stays cheap)."""
+        cls = validators.validator_for(self.schema, default=validators.Draft202012Validator)
+        return cls(self.schema, format_checker=cls.FORMAT_CHECKER)
 
     def taken(self, node: dict) -> dict:
         """The keywords of `node` this check enforces: those `split` took out, `required` of an object the
@@ -374,6 +379,13 @@ class JsonCheckState(CheckState):
     def feed(self, data: bytes, grammar: State | None) -> JsonCheckState:
         if self._violated or not data:
             return self
+        scalar = self._scalar
+        if (scalar is None and not data.strip(b" \t\r\n")) or (
+            scalar is not None and scalar[2] and not scalar[3] and b'"' not in data and b"\\" not in data
+        ):  # whitespace, or the middle of a string: nothing changes but the text (the common token, fast)
+            return JsonCheckState(
+                self._check, self._text + data, self._stack, scalar, self._pending, self._done, False, self._closers
+            )
         parse = _Parse(self)
         parse.text = text = self._text + data
         for offset in range(len(self._text), len(text)):
