@@ -139,6 +139,8 @@ class CheckedState(State):
         return forced
 
     def _refused(self) -> frozenset[int]:
+        if len(self._checks) == 1:  # the set itself: its hash is kept, and `refusal` finds its words at once
+            return self._checks[0].refused()
         refused = frozenset()
         for state in self._checks:
             refused |= state.refused()
@@ -152,9 +154,12 @@ class CheckedState(State):
         return token_id not in self._refused()
 
     def advance(self, token_id: int) -> CheckedState:
-        if not self.allows(token_id):
+        if self.dead or (token_id in self._constraint.eos and not self._all_ok) or token_id in self._refused():
             raise ValueError(f"token {token_id} is not allowed here ({self._why_not(token_id)})")
-        inner = self._inner.advance(token_id)
+        try:
+            inner = self._inner.advance(token_id)  # checks the grammar once: no `allows` before it
+        except ValueError:
+            raise ValueError(f"token {token_id} is not allowed here ({self._why_not(token_id)})") from None
         data = b"" if token_id in self._constraint.eos else self._constraint.pieces[token_id]
         checks = tuple(state.feed(data, inner) for state in self._checks)
         return CheckedState(self._constraint, inner, checks, self)
@@ -177,12 +182,16 @@ class CheckedState(State):
         return state
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
-        if self.dead:
+        # `dead` and `_all_ok` spelled out once: this runs on every token of every hypothesis
+        verdicts = [state.verdict for state in self._checks]
+        all_ok = all(verdict is Verdict.OK for verdict in verdicts)
+        inner = self._inner
+        if Verdict.VIOLATED in verdicts or inner.dead or (not all_ok and inner.finished):
             bitmask[row] = 0
             return
-        self._inner.fill(bitmask, row)
+        inner.fill(bitmask, row)
         refused = self._refused()
-        if not self._all_ok and self._inner.accepting:  # the grammar allows end-of-sequence exactly then
+        if not all_ok and inner.accepting:  # the grammar allows end-of-sequence exactly then
             refused |= self._constraint.eos
         if refused:
             bitmask[row] &= self._constraint.refusal(refused)
