@@ -61,6 +61,8 @@ def reorders(node: dict) -> bool:
     (patterns must be disjoint there) and required names that some key schema admits. Its properties then
     become exact-name patterns and its `required` moves to the check (llguidance writes `properties` and
     required keys in schema order only)."""
+    if any(key in node for key in ("anyOf", "oneOf", "allOf")):
+        return False  # llguidance merges the object into each branch, and loses patternProperties there
     properties = node.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     required = node.get("required")
@@ -98,11 +100,13 @@ def _exact(name: str) -> str:
 def _in_any_order(node: dict) -> None:
     """Rewrite the object schema `node` (a copy) so that its keys may come in any order: its properties become
     exact-name `patternProperties` and `required` goes (the check enforces it, and refuses duplicate keys)."""
-    patterns = {_exact(name): sub for name, sub in (node.get("properties") or {}).items()}
+    node.pop("required", None)
+    if not node.get("properties"):
+        return
+    patterns = {_exact(name): sub for name, sub in node["properties"].items()}
     patterns.update(node.get("patternProperties") or {})
     node["patternProperties"] = patterns
     node["properties"] = {}  # kept, empty: strict mode still sees an object schema here
-    node.pop("required", None)
 
 
 class _Applying:
@@ -226,9 +230,42 @@ def _taken(node: dict) -> dict:
     return taken
 
 
+_OBJECT_KEYWORDS = ("properties", "patternProperties", "additionalProperties", "required")
+
+
+def _pinned(root: Any) -> set[int]:
+    """The object nodes that keep schema order: those whose `properties` a local `$ref` points into (e.g.
+    "#/properties/a/items"), and those llguidance merges with another object schema (every `allOf` member,
+    an `anyOf`/`oneOf` branch beside object keywords, and the targets of their `$ref`s): its merge of two
+    object schemas loses `patternProperties`."""
+    applying, pinned = _Applying(root), set()
+    for node in _every_schema(root):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and "/properties/" in ref and applying.resolve(ref) is not None:
+            parts = ref.split("/")
+            for end in range(1, len(parts)):
+                if parts[end] == "properties":
+                    parent = applying.resolve("/".join(parts[:end]))
+                    if parent is not None:
+                        pinned.add(id(parent))
+        merged = [sub for sub in node.get("allOf") or () if isinstance(sub, dict)]
+        if any(key in node for key in _OBJECT_KEYWORDS):
+            for key in ("anyOf", "oneOf"):
+                merged += [sub for sub in node.get(key) or () if isinstance(sub, dict)]
+        pinned.update(id(sub) for sub in applying(merged))
+    return pinned
+
+
+def _one_of_in_grammar(node: dict) -> bool:
+    """Whether `node`'s `oneOf` goes to the check and the grammar gets it as `anyOf` (branches that differ only
+    by the keys they require overlap once their keys come in any order, and llguidance refuses a `oneOf` it
+    cannot prove disjoint)."""
+    return isinstance(node.get("oneOf"), list) and "anyOf" not in node
+
+
 def split(schema: Any) -> tuple[Any, JsonCheck | None]:
-    """`schema` without the keywords a check enforces and with every object in any key order (a copy), and
-    the check (None when neither applies: the schema itself then)."""
+    """`schema` without the keywords a check enforces, with every object in any key order and `oneOf` as `anyOf`
+    (a copy), and the check (None when none of these applies: the schema itself then)."""
     if not isinstance(schema, dict):
         return schema, None
     grammar = copy.deepcopy(schema)
@@ -238,10 +275,14 @@ def split(schema: Any) -> tuple[Any, JsonCheck | None]:
             found = True
             for key in CHECKED:
                 node.pop(key, None)
+    pinned = _pinned(grammar)
     for node in _every_schema(grammar):
-        if reorders(node):
+        if id(node) not in pinned and reorders(node):
             found = True
             _in_any_order(node)
+        if _one_of_in_grammar(node):
+            found = True
+            node["anyOf"] = node.pop("oneOf")
     return (grammar, JsonCheck(schema)) if found else (schema, None)
 
 
@@ -255,6 +296,7 @@ class JsonCheck(Check):
         self._validators: dict[int, Any] = {}
         self._required: dict[int, frozenset[str]] = {}
         self._hides: dict[int, bool] = {}
+        self._pinned = _pinned(schema)
         taken = sorted({key for node in self.applying.tracked() for key in self.taken(node)} | {"duplicate keys"})
         self.name = "JSON Schema " + "/".join(taken)
 
@@ -266,14 +308,16 @@ class JsonCheck(Check):
 
     def taken(self, node: dict) -> dict:
         """The keywords of `node` this check enforces: those `split` took out, `required` of an object the
-        grammar takes in any order, `anyOf`/`oneOf` whose branches hold such an object (or a `$ref`), and a
-        `$ref` this module cannot follow (the grammar may take its target in any order)."""
+        grammar takes in any order, `anyOf` whose branches hold such an object (or a `$ref`, or a `oneOf`), a
+        `oneOf` (the grammar's is an `anyOf`), and a `$ref` this module cannot follow (the grammar may take its
+        target in any order)."""
         taken = _taken(node)
-        if reorders(node) and isinstance(node.get("required"), list) and node["required"]:
+        if self._reorders(node) and isinstance(node.get("required"), list) and node["required"]:
             taken["required"] = node["required"]
-        for key in ("anyOf", "oneOf"):
-            if isinstance(node.get(key), list) and any(self._hides_reorder(sub) for sub in node[key]):
-                taken[key] = node[key]
+        if isinstance(node.get("anyOf"), list) and any(self._hides_reorder(sub) for sub in node["anyOf"]):
+            taken["anyOf"] = node["anyOf"]
+        if _one_of_in_grammar(node):
+            taken["oneOf"] = node["oneOf"]
         if "$ref" in node and self.applying.resolve(node["$ref"]) is None:
             taken["$ref"] = node["$ref"]
         return taken
@@ -285,9 +329,16 @@ class JsonCheck(Check):
         if id(node) not in self._hides:
             self._hides[id(node)] = False  # a schema nests finitely; this only guards a re-entry
             self._hides[id(node)] = (
-                reorders(node) or "$ref" in node or any(self._hides_reorder(sub) for sub in _subschemas(node))
+                self._reorders(node)
+                or "$ref" in node
+                or _one_of_in_grammar(node)
+                or any(self._hides_reorder(sub) for sub in _subschemas(node))
             )
         return self._hides[id(node)]
+
+    def _reorders(self, node: dict) -> bool:
+        """Whether `split` took `node` in any key order."""
+        return id(node) not in self._pinned and reorders(node)
 
     def validator(self, node: dict):
         """The validator of the keywords taken from `node` (None: none), resolving `$ref` from the root."""

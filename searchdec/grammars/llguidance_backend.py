@@ -29,10 +29,12 @@ from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, 
 
 NAME = "llguidance"
 # llguidance's default lexer fuel per step (200k, ~14 ms) runs out on one token of a string whose `pattern`
-# counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask has built part of that lexer; the
-# lexer is shared by every copy of the matcher, so the whole compiled constraint then refuses everything.
-# Five times the default (a step's worst case ~70 ms) walks those schemas (tests/test_jsonschemabench.py).
-LIMITS = llguidance.LLParserLimits(step_lexer_fuel=1_000_000)
+# counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask or other documents have built part
+# of that lexer; the lexer is shared by every copy of the matcher, so the whole compiled (cached) constraint
+# then refuses everything. How much a step needs depends on what was walked before (1M sufficed after a mask,
+# not after the schema's invalid instances); 10x the default (a step's worst case ~140 ms) walks them all
+# (tests/test_jsonschemabench.py), and costs nothing where the default sufficed.
+LIMITS = llguidance.LLParserLimits(step_lexer_fuel=2_000_000)
 
 
 class LLGuidanceState(State):
