@@ -256,16 +256,19 @@ def _pinned(root: Any) -> set[int]:
     return pinned
 
 
-def _one_of_in_grammar(node: dict) -> bool:
-    """Whether `node`'s `oneOf` goes to the check and the grammar gets it as `anyOf` (branches that differ only
-    by the keys they require overlap once their keys come in any order, and llguidance refuses a `oneOf` it
-    cannot prove disjoint)."""
-    return isinstance(node.get("oneOf"), list) and "anyOf" not in node
+def _one_of_in_grammar(node: dict, pinned: set[int]) -> bool:
+    """Whether `node`'s `oneOf` goes to the check and the grammar gets it as `anyOf`: when a branch holds an
+    object taken in any order (branches that differ only by the keys they require overlap then, and llguidance
+    refuses a `oneOf` it cannot prove disjoint)."""
+    if not isinstance(node.get("oneOf"), list) or "anyOf" in node:
+        return False
+    return any(id(sub) not in pinned and reorders(sub) for sub in _every_schema({"allOf": node["oneOf"]}))
 
 
-def split(schema: Any) -> tuple[Any, JsonCheck | None]:
+def split(schema: Any, any_order: bool = True) -> tuple[Any, JsonCheck | None]:
     """`schema` without the keywords a check enforces, with every object in any key order and `oneOf` as `anyOf`
-    (a copy), and the check (None when none of these applies: the schema itself then)."""
+    (a copy), and the check (None when none of these applies: the schema itself then). `any_order=False` keeps
+    objects and `oneOf` as they are (for a backend that cannot take the rewritten form)."""
     if not isinstance(schema, dict):
         return schema, None
     grammar = copy.deepcopy(schema)
@@ -275,28 +278,29 @@ def split(schema: Any) -> tuple[Any, JsonCheck | None]:
             found = True
             for key in CHECKED:
                 node.pop(key, None)
-    pinned = _pinned(grammar)
-    for node in _every_schema(grammar):
+    pinned = _pinned(grammar) if any_order else set()
+    for node in _every_schema(grammar) if any_order else ():
         if id(node) not in pinned and reorders(node):
             found = True
             _in_any_order(node)
-        if _one_of_in_grammar(node):
+        if _one_of_in_grammar(node, pinned):
             found = True
             node["anyOf"] = node.pop("oneOf")
-    return (grammar, JsonCheck(schema)) if found else (schema, None)
+    return (grammar, JsonCheck(schema, any_order)) if found else (schema, None)
 
 
 class JsonCheck(Check):
     """What `split` took out of `schema`'s grammar, checked on every completed value it applies to; and no
     object with a key twice."""
 
-    def __init__(self, schema: dict) -> None:
+    def __init__(self, schema: dict, any_order: bool = True) -> None:
         self.schema = schema
+        self.any_order = any_order
         self.applying = _Applying(schema)
         self._validators: dict[int, Any] = {}
         self._required: dict[int, frozenset[str]] = {}
         self._hides: dict[int, bool] = {}
-        self._pinned = _pinned(schema)
+        self._pinned = _pinned(schema) if any_order else set()
         taken = sorted({key for node in self.applying.tracked() for key in self.taken(node)} | {"duplicate keys"})
         self.name = "JSON Schema " + "/".join(taken)
 
@@ -316,7 +320,7 @@ class JsonCheck(Check):
             taken["required"] = node["required"]
         if isinstance(node.get("anyOf"), list) and any(self._hides_reorder(sub) for sub in node["anyOf"]):
             taken["anyOf"] = node["anyOf"]
-        if _one_of_in_grammar(node):
+        if self.any_order and _one_of_in_grammar(node, self._pinned):
             taken["oneOf"] = node["oneOf"]
         if "$ref" in node and self.applying.resolve(node["$ref"]) is None:
             taken["$ref"] = node["$ref"]
@@ -331,14 +335,14 @@ class JsonCheck(Check):
             self._hides[id(node)] = (
                 self._reorders(node)
                 or "$ref" in node
-                or _one_of_in_grammar(node)
+                or (self.any_order and _one_of_in_grammar(node, self._pinned))
                 or any(self._hides_reorder(sub) for sub in _subschemas(node))
             )
         return self._hides[id(node)]
 
     def _reorders(self, node: dict) -> bool:
         """Whether `split` took `node` in any key order."""
-        return id(node) not in self._pinned and reorders(node)
+        return self.any_order and id(node) not in self._pinned and reorders(node)
 
     def validator(self, node: dict):
         """The validator of the keywords taken from `node` (None: none), resolving `$ref` from the root."""

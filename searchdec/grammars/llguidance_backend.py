@@ -273,7 +273,7 @@ def _classify(spec: ConstraintSpec, message: str) -> ConstraintError:
     if "Unsatisfiable" in message or "unsatisfiable" in message:
         return EmptyLanguageError(f"{spec.describe()} can never be satisfied: {message}")
     if isinstance(spec, JsonSchema):
-        problem = schema_problem(spec.schema)
+        problem = schema_problem(spec.given_schema)
         if problem is not None:
             return problem
         # A valid schema the engine cannot enforce: name the feature.

@@ -106,23 +106,34 @@ class JsonSchema(ConstraintSpec):
     strict: bool = False
     max_whitespace: int = 16
     backend: str = DEFAULT_BACKEND
+    given_text: str | None = None  # the schema the user gave, when `schema_text` is the grammar's copy of it
 
     @property
     def schema(self) -> dict:
         return json.loads(self.schema_text)
+
+    @property
+    def given_schema(self) -> dict:
+        """The schema as the user gave it (what errors point into)."""
+        return json.loads(self.given_text or self.schema_text)
 
     def describe(self) -> str:
         return "JSON Schema"
 
     def split_checks(self) -> tuple[ConstraintSpec, tuple]:
         """Keywords no grammar holds (`uniqueItems`, `not`, `if`/`then`/`else`, ...: grammars/json_checks.py)
-        come out of the grammar's schema and into a check."""
+        come out of the grammar's schema and into a check, and objects take their keys in any order (required
+        and duplicate keys checked there)."""
         from searchdec.grammars import json_checks  # the checks build on this module's specs
 
-        grammar, check = json_checks.split(self.schema)
+        schema = self.schema
+        if self.strict and isinstance(schema, dict):  # an object strict mode closes may need no reordering
+            schema = _forbid_extra_properties(schema)
+        # llguidance takes the any-order form (exact-name patternProperties); other backends keep schema order
+        grammar, check = json_checks.split(schema, any_order=self.backend == DEFAULT_BACKEND)
         if check is None:
             return self, ()
-        return dataclasses.replace(self, schema_text=json.dumps(grammar)), (check,)
+        return dataclasses.replace(self, schema_text=json.dumps(grammar), given_text=self.schema_text), (check,)
 
     def engine_schema(self) -> dict | bool:
         """The schema with the engine's options in `x-guidance` (strict mode, whitespace bounds), as
