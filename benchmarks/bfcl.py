@@ -6,7 +6,12 @@ system prompt in every arm (the functions as JSON and the call format, `searchde
 tool_prompt`). Arms: "free" parses whatever text comes back; "auto" adds the grammar
 `sd.tool_calls(tools, tool_choice="auto", format="json")` (a valid call or a plain answer, the model
 choosing, as BFCL runs); "required" forces a call (`tool_choice="required"`: the model still picks the
-function and its arguments; not run on irrelevance, where any call is wrong). Greedy decoding.
+function and its arguments; not run on irrelevance, where any call is wrong). Greedy decoding, except
+"bon": the "required" grammar plus best-of-N (`--samples` N, temperature `--temperature`, seed 0)
+ranked by the grounding reward (`sd.rewards.Grounding(tools)`, ties broken by likelihood: the
+server's `"reward": "grounding"`). The same N samples are also ranked by mean token log-probability
+("bon-logprob", OpenAI's `best_of`), and "any-of-N" counts a case when any sample is correct (the
+ceiling a reranker could reach). Every arm reports the tokens it generated and forwarded per case.
 
 The AST checker is written here from BFCL's published rules: a call matches an expected one when the
 function name is the same, every required parameter is present, no parameter is unexpected, and each
@@ -22,6 +27,7 @@ mapped: dict->object, float->number, tuple->array, any->no type).
 
 Modes:
   python benchmarks/bfcl.py --mode inprocess --limit 20          # sd.generate, one case at a time
+  python benchmarks/bfcl.py --categories simple_python multiple --arms required bon --limit 30
   python benchmarks/bfcl.py --mode server --url http://127.0.0.1:8000/v1 --limit 20   # a running server
   python benchmarks/bfcl.py --mode server --limit 20             # starts `searchdec serve` itself
 Data: --data ../shared/data/bfcl (default), or tests/data/bfcl (a small Apache-2.0 subset).
@@ -47,7 +53,7 @@ CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irr
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bfcl"
 _TYPES = {"dict": "object", "float": "number", "tuple": "array"}
 # free: the prompt alone; auto / required: the same prompt plus sd.tool_calls with that tool_choice.
-ARMS = ("free", "auto", "required")
+ARMS = ("free", "auto", "required", "bon")
 _PUNCTUATION = re.compile(r"[\s,./\-_*^'\"]")
 
 
@@ -255,6 +261,8 @@ class Outcome:
     valid: bool
     why: str = ""
     correct: bool = False
+    generated: int = 0  # tokens generated for the case, every sample counted
+    forwarded: int = 0  # tokens fed through the model for the case (prompt included)
 
 
 @dataclass
@@ -265,11 +273,15 @@ class Tally:
     parsed: int = 0
     valid: int = 0
     cut: int = 0  # finish_reason "length"
+    generated: int = 0
+    forwarded: int = 0
     invalid: list[str] = field(default_factory=list)
 
     def add(self, outcome: Outcome) -> None:
         self.cases += 1
         self.correct += outcome.correct
+        self.generated += outcome.generated
+        self.forwarded += outcome.forwarded
         if outcome.finish_reason == "length":
             self.cut += 1  # never presented as calls; counted apart from the parse and validate rates
         elif outcome.attempted:
@@ -292,7 +304,10 @@ def _outcome(category: str, case: dict, text: str, calls, finish_reason: str, to
     return outcome
 
 
-def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens: int) -> list[Outcome]:
+def run_inprocess(
+    model, category: str, cases: list[dict], arm: str, max_tokens: int, samples: int = 8, temperature: float = 0.7
+) -> list[Outcome] | dict[str, list[Outcome]]:
+    """Outcomes of an arm (for "bon", of its three rankings by name)."""
     import searchdec as sd
     from searchdec.requests import tool_prompt
 
@@ -307,24 +322,69 @@ def run_inprocess(model, category: str, cases: list[dict], arm: str, max_tokens:
             _outcome(category, case, out.text, parse_free_text(out.text), out.finish_reason, tools)
             for case, out, tools in zip(cases, outs, tool_lists)
         ]
+    if arm == "bon":
+        return _best_of_n(model, category, cases, prompts, tool_lists, max_tokens, samples, temperature)
     outcomes = []
     for case, prompt, tools in zip(cases, prompts, tool_lists):  # a constraint per case: one at a time
         spec = sd.tool_calls(tools, tool_choice=arm, format="json")  # undeclared argument keys forbidden
         out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens)
-        calls = spec.parse(out.text) if out.finish_reason == "stop" and out.text[:1] == "[" else None
-        outcomes.append(_outcome(category, case, out.text, calls, out.finish_reason, tools))
+        outcome = _constrained(category, case, spec, out, tools)
+        outcome.generated, outcome.forwarded = len(out.tokens), out.stats.tokens_forwarded if out.stats else 0
+        outcomes.append(outcome)
     return outcomes
 
 
+def _constrained(category: str, case: dict, spec, hypothesis, tools: list[dict]) -> Outcome:
+    text, reason = hypothesis.text, hypothesis.finish_reason
+    calls = spec.parse(text) if reason == "stop" and text[:1] == "[" else None
+    return _outcome(category, case, text, calls, reason, tools)
+
+
+def _best_of_n(model, category, cases, prompts, tool_lists, max_tokens, samples, temperature) -> dict[str, list]:
+    """The "required" grammar plus N samples per case, ranked by grounding (the "bon" arm), by mean
+    token log-probability ("bon-logprob"), and any-of-N: three outcome lists from the same samples."""
+    import searchdec as sd
+
+    arms: dict[str, list[Outcome]] = {"bon": [], "bon-logprob": [], f"any-of-{samples}": []}
+    for case, prompt, tools in zip(cases, prompts, tool_lists):
+        spec = sd.tool_calls(tools, tool_choice="required", format="json")
+        reward = sd.rewards.Weighted([(1.0, sd.rewards.Grounding(tools)), (0.01, sd.rewards.MeanLogprob())])
+        search = sd.BestOfN(n=samples, reward=reward, sample=sd.Sample(temperature=temperature, seed=0))
+        out = sd.generate(model, prompt, constraint=spec, max_tokens=max_tokens, search=search)
+        each = [_constrained(category, case, spec, h, tools) for h in out.hypotheses]
+        by_logprob = max(
+            range(len(each)),
+            key=lambda i: (out.hypotheses[i].finish_reason == "stop", _mean(out.hypotheses[i].token_logprobs), -i),
+        )
+        any_correct = next((o for o in each if o.correct), each[0])
+        for name, outcome in zip(arms, (each[0], each[by_logprob], any_correct)):
+            outcome = Outcome(**outcome.__dict__)
+            outcome.generated = sum(len(h.tokens) for h in out.hypotheses)
+            outcome.forwarded = out.stats.tokens_forwarded
+            arms[name].append(outcome)
+    return arms
+
+
+def _mean(values) -> float:
+    return sum(values) / max(len(values), 1)
+
+
 def run_server(client, model_name: str, category: str, cases: list[dict], arm: str, max_tokens: int,
-               concurrency: int) -> list[Outcome]:  # fmt: skip
+               concurrency: int, samples: int = 8, temperature: float = 0.7) -> list[Outcome]:  # fmt: skip
     from searchdec.requests import tool_prompt
+
+    search = {"algorithm": "best_of_n", "n": samples, "reward": "grounding", "temperature": temperature, "seed": 0}
 
     def one(case):
         tools = openai_tools(case)
-        if arm != "free":
+        if arm == "bon":  # the server's best-of-N with "reward": "grounding" under tool_choice "required"
+            r = client.chat.completions.create(model=model_name, messages=messages(case), tools=tools,
+                                               tool_choice="required", max_tokens=max_tokens,
+                                               extra_body={"search": search})  # fmt: skip
+        elif arm != "free":
             r = client.chat.completions.create(model=model_name, messages=messages(case), tools=tools,
                                                tool_choice=arm, temperature=0, max_tokens=max_tokens)  # fmt: skip
+        if arm != "free":
             choice = r.choices[0]
             calls = None
             if choice.message.tool_calls:
@@ -339,7 +399,9 @@ def run_server(client, model_name: str, category: str, cases: list[dict], arm: s
             choice = r.choices[0]
             text = choice.message.content
             calls = parse_free_text(text)
-        return _outcome(category, case, text, calls, choice.finish_reason, tools)
+        outcome = _outcome(category, case, text, calls, choice.finish_reason, tools)
+        outcome.generated = r.usage.completion_tokens if r.usage else 0
+        return outcome
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, cases))
@@ -385,6 +447,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--samples", type=int, default=8, help="best-of-N samples of the bon arm")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the bon arm")
     parser.add_argument("--json", type=Path, default=None, help="write every outcome here")
     parser.add_argument("--show-invalid", action="store_true")
     args = parser.parse_args(argv)
@@ -394,7 +458,9 @@ def main(argv=None) -> int:
         import searchdec as sd
 
         model = sd.load(args.model)
-        run = lambda category, cases, arm: run_inprocess(model, category, cases, arm, args.max_tokens)  # noqa: E731
+        run = lambda category, cases, arm: run_inprocess(  # noqa: E731
+            model, category, cases, arm, args.max_tokens, args.samples, args.temperature
+        )
     else:
         import openai
 
@@ -405,7 +471,7 @@ def main(argv=None) -> int:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=1200)
         name = client.models.list().data[0].id
         run = lambda category, cases, arm: run_server(  # noqa: E731
-            client, name, category, cases, arm, args.max_tokens, args.concurrency
+            client, name, category, cases, arm, args.max_tokens, args.concurrency, args.samples, args.temperature
         )
     results: dict[tuple[str, str], Tally] = {}
     dump = []
@@ -417,13 +483,14 @@ def main(argv=None) -> int:
                     continue  # a forced call is wrong by definition there
                 start = time.perf_counter()
                 outcomes = run(category, cases, arm)
-                tally = Tally()
-                for outcome in outcomes:
-                    tally.add(outcome)
-                    dump.append({"category": category, "arm": arm, **outcome.__dict__})
-                results[(category, arm)] = tally
-                print(f"{category:18} {arm:8} {tally.correct}/{tally.cases} correct, "
-                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+                for name, listed in (outcomes if isinstance(outcomes, dict) else {arm: outcomes}).items():
+                    tally = Tally()
+                    for outcome in listed:
+                        tally.add(outcome)
+                        dump.append({"category": category, "arm": name, **outcome.__dict__})
+                    results[(category, name)] = tally
+                    print(f"{category:18} {name:12} {tally.correct}/{tally.cases} correct, "
+                          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
     finally:
         if server is not None:
             server.terminate()
@@ -438,21 +505,32 @@ def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.0f}% ({a}/{b})" if b else "n/a"
 
 
+def _per(total: int, cases: int) -> str:
+    return f"{total / cases:.0f}" if cases and total else "n/a"
+
+
+def _row(category: str, arm: str, t: Tally) -> str:
+    return (
+        f"| {category} | {arm} | {_pct(t.correct, t.cases)} | {_pct(t.parsed, t.attempted)} "
+        f"| {_pct(t.valid, t.parsed)} | {t.cut} | {_per(t.generated, t.cases)} | {_per(t.forwarded, t.cases)} |"
+    )
+
+
 def _print_table(results: dict[tuple[str, str], Tally], args) -> None:
-    print(f"\nBFCL AST, {args.model}, mode={args.mode}, first {args.limit} cases per category, greedy\n")
-    print("| category | arm | accuracy | call outputs that parse | parsed calls that validate | cut by max_tokens |")
-    print("|---|---|---|---|---|---|")
+    bon = f"; bon: best-of-{args.samples} at temperature {args.temperature}" if "bon" in args.arms else ""
+    print(f"\nBFCL AST, {args.model}, mode={args.mode}, first {args.limit} cases per category, greedy{bon}\n")
+    print("| category | arm | accuracy | call outputs that parse | parsed calls that validate | cut by max_tokens "
+          "| tokens generated / case | tokens forwarded / case |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     totals: dict[str, Tally] = {}
     for (category, arm), t in results.items():
-        print(f"| {category} | {arm} | {_pct(t.correct, t.cases)} | {_pct(t.parsed, t.attempted)} | "
-              f"{_pct(t.valid, t.parsed)} | {t.cut} |")  # fmt: skip
+        print(_row(category, arm, t))
         total = totals.setdefault(arm, Tally())
-        for name in ("cases", "correct", "attempted", "parsed", "valid", "cut"):
+        for name in ("cases", "correct", "attempted", "parsed", "valid", "cut", "generated", "forwarded"):
             setattr(total, name, getattr(total, name) + getattr(t, name))
         total.invalid += t.invalid
     for arm, t in totals.items():
-        print(f"| **all** | {arm} | {_pct(t.correct, t.cases)} | {_pct(t.parsed, t.attempted)} | "
-              f"{_pct(t.valid, t.parsed)} | {t.cut} |")  # fmt: skip
+        print(_row("**all**", arm, t))
     for arm, t in totals.items():
         if t.invalid and (args.show_invalid or arm != "free"):
             print(f"\n{arm}: outputs that attempt calls but do not parse or validate:")

@@ -14,7 +14,13 @@ Step rewards (process checks that never see the answer):
 Quality is the exact final answer. Reported per system: accuracy, wall time, and for RSD the fraction
 of steps kept from the draft and the target forwards avoided (draft tokens kept).
 
+With `--searches`, the draft model alone runs the reward-guided searches on the same problems with the
+"chain" reward, one table at equal settings: greedy, beam, best-of-N (ranked by the reward of the whole
+answer), MCTS over lines and TreeBoN (lines as segments, the partial answer scored after each line):
+accuracy, tokens forwarded and reward calls per problem.
+
 Run:  python benchmarks/reward_guided.py [--problems 16] [--threshold 0.5]
+      python benchmarks/reward_guided.py --searches [--problems 16] [--samples 8]
 """
 
 from __future__ import annotations
@@ -126,12 +132,47 @@ def run(model, prompts, answers, search, max_tokens):
     return correct, elapsed, outs
 
 
+def compare_searches(model, prompts, answers, args) -> None:
+    """The reward-guided searches on the draft model with the chain reward (module docstring)."""
+    reward = ArithmeticSteps(chain=True)
+    sample = sd.Sample(temperature=1.0, seed=0)
+    n = args.samples
+    searches = {
+        "greedy": sd.Greedy(),
+        f"beam({n})": sd.Beam(n),
+        f"best-of-{n}": sd.BestOfN(n, reward, sample=sample),
+        f"MCTS({n}, line)": sd.MCTS(n, step="\n", reward=reward, sample=sample),
+        f"TreeBoN({n}, 2, line)": sd.TreeBoN(
+            n, branching=2, segment=24, rounds=2, step="\n", reward=reward, sample=sample
+        ),
+    }
+    print(
+        f"\n## Reward-guided searches on {model.name}, chain reward, {len(prompts)} two-step problems, "
+        f"max_tokens={args.max_tokens}"
+    )
+    print("| search | correct | tokens forwarded/problem | reward calls/problem | s |")
+    print("|---|---|---|---|---|")
+    for name, search in searches.items():
+        before = model.stats.tokens
+        correct, elapsed, outs = run(model, prompts, answers, search, args.max_tokens)
+        forwarded = (model.stats.tokens - before) / len(prompts)
+        calls = sum(o.stats.reward_calls for o in outs) / len(prompts) if outs[0].stats else 0
+        print(f"| {name} | {correct}/{len(prompts)} | {forwarded:.0f} | {calls:.0f} | {elapsed:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--searches", action="store_true", help="compare the searches on the draft model instead")
+    parser.add_argument("--samples", type=int, default=8, help="samples (beams, simulations) of each search")
     args = parser.parse_args()
+    if args.searches:
+        model = sd.load("smollm2-135m")
+        tasks = problems(args.problems)
+        compare_searches(model, [SHOTS + f"Q: {q}\nA:" for q, _ in tasks], [a for _, a in tasks], args)
+        return
     draft, target = sd.load("smollm2-135m"), sd.load("gemma3-270m")
     tasks = problems(args.problems)
     prompts = [SHOTS + f"Q: {q}\nA:" for q, _ in tasks]

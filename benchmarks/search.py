@@ -7,10 +7,11 @@
    same prompts (the prompt is forwarded once; a search that re-read prefixes would show it here).
 3. Countdown-style arithmetic puzzles (use three given digits once each with + - * to reach a
    target), the answer checked by evaluation: solve rate, tokens forwarded and reward calls for
-   greedy, best-of-N, beam, A* and MCTS at similar token budgets, with a constraint that admits only
+   greedy, best-of-N, beam, A*, MCTS and TreeBoN at similar token budgets, with a constraint that admits only
    expressions over the given digits and without.
 
 Run:  python benchmarks/search.py [--repeats 3] [--puzzles 16] [--skip-speed] [--skip-puzzles]
+      python benchmarks/search.py --skip-speed --skip-reuse --only best-of-16 "TreeBoN(16, 4)"
 """
 
 from __future__ import annotations
@@ -201,7 +202,12 @@ def solve(model, args) -> None:
         "beam(16)": sd.Beam(16),
         "A*(token, 3 exp)": sd.AStar(execution, budget=160, step="token", expansions=3, sample=sample),
         "MCTS(24, token)": sd.MCTS(24, reward=execution, max_children=6),
+        # TreeBoN: 16 candidates of 3 tokens, the best 4 by the reward on the partial expression keep
+        # growing (4 children each), twice, then run to the end
+        "TreeBoN(16, 4)": sd.TreeBoN(16, branching=4, segment=3, rounds=2, reward=execution, sample=sample),
     }
+    if args.only:
+        searches = {name: search for name, search in searches.items() if name in args.only}
     print(
         f"\n## Countdown puzzles ({len(tasks)}: three digits, + - *, reach the target), execution reward; "
         "solved = the target with each digit once"
@@ -237,6 +243,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-reuse", action="store_true")
     parser.add_argument("--skip-puzzles", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, help="puzzle rows to run, by name (default: all)")
     args = parser.parse_args()
     model = sd.load(args.model)
     print(

@@ -7,15 +7,21 @@ free text), prints tokens/s of target-only greedy decoding and of `sd.Speculativ
 Outputs are checked token-identical to target-only greedy (speculative greedy is lossless).
 
 "adaptive k" is `schedule="heuristic"` (the draft length grows by 2 while all is accepted, shrinks by 1
-otherwise, as transformers' assisted generation).
+otherwise, as transformers' assisted generation). Issue 16's lossless methods: "lookup x3" (three
+lookup matches verified as a token tree in one forward), "suffix" and "suffix x3" (suffix-automaton
+drafts over the prompt and output so far, `draft="suffix"`; the history of earlier calls is not
+used: each row gets a fresh spec, so repeats do not draft from the previous repeat's outputs) and
+"lookahead" (`sd.Lookahead()`, Jacobi window and n-gram pool). `--quick` runs only the rows of issue
+16 with prompt lookup as the reference row, and skips the per-prompt table.
 
-Run:  python benchmarks/speculative.py [--max-tokens 96] [--k 4] [--repeats 2]
+Run:  python benchmarks/speculative.py [--max-tokens 96] [--k 4] [--repeats 2] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -57,11 +63,20 @@ def total(stats: list) -> speculative.SpeculativeStats:
     return speculative.SpeculativeStats(**{f: sum(getattr(s, f) for s in stats) for f in fields})
 
 
+def build(options: dict):
+    """A fresh spec per prompt (a suffix source would otherwise draft from the earlier prompts' outputs)."""
+    return sd.Lookahead() if options.get("lookahead") else sd.Speculative(**options)
+
+
 def timed(model, prompts, search, max_tokens, repeats):
+    """Best wall time over `repeats` and the last outputs; `search` is a spec or a callable making one."""
     best, outs = None, None
     for _ in range(repeats):
         start = time.perf_counter()
-        outs = [sd.generate(model, p, max_tokens=max_tokens, search=search) for p in prompts]
+        outs = [
+            sd.generate(model, p, max_tokens=max_tokens, search=search() if callable(search) else search)
+            for p in prompts
+        ]
         elapsed = time.perf_counter() - start
         best = elapsed if best is None else min(best, elapsed)
     return best, outs
@@ -73,6 +88,7 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--self-layers", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="issue 16's rows and prompt lookup only")
     args = parser.parse_args()
     model = sd.load("smollm2-135m")
     sd.generate(model, "warm up", max_tokens=4)
@@ -80,7 +96,13 @@ def main() -> int:
         "prompt lookup": {"draft": "prompt_lookup", "k": args.k},
         "lookup, adaptive k": {"draft": "prompt_lookup", "k": args.k, "schedule": "heuristic"},
         f"self ({args.self_layers} layers)": {"draft": sd.SelfSpeculative(args.self_layers), "k": args.k},
+        "lookup x3": {"draft": "prompt_lookup", "k": args.k, "drafts": 3},
+        "suffix": {"draft": "suffix", "k": args.k},
+        "suffix x3": {"draft": "suffix", "k": args.k, "drafts": 3},
+        "lookahead": {"lookahead": True},
     }
+    if args.quick:
+        sources = {name: sources[name] for name in ("prompt lookup", "lookup x3", "suffix", "suffix x3", "lookahead")}
     print(f"SmolLM2-135M-Instruct, greedy, max_tokens={args.max_tokens}, k={args.k}, best of {args.repeats}")
     header = [("prompts", 11, "<"), ("draft", 18, "<"), ("target tok/s", 12, ">"), ("spec tok/s", 11, ">")]
     header += [("speedup", 8, ">"), ("tok/call", 9, ">"), ("accepted", 9, ">"), ("identical", 9, ">")]
@@ -89,19 +111,18 @@ def main() -> int:
         base_time, base = timed(model, prompts, sd.Greedy(), args.max_tokens, args.repeats)
         tokens = sum(len(o.tokens) for o in base)
         for label, options in sources.items():
-            spec = sd.Speculative(**options)
-            spec_time, outs = timed(model, prompts, spec, args.max_tokens, args.repeats)
+            spec_time, outs = timed(model, prompts, functools.partial(build, options), args.max_tokens, args.repeats)
             same = all(a.tokens == b.tokens for a, b in zip(base, outs))
             s = total([o.stats for o in outs])  # the last repeat's, over its prompts
             print(
                 f"{name:11} {label:18} {tokens / base_time:12.1f} {tokens / spec_time:11.1f} "
                 f"{base_time / spec_time:7.2f}x {s.tokens_per_target_call:9.2f} {s.acceptance_rate:8.0%} {str(same):>9}"
             )
-    for label in ("prompt lookup", "lookup, adaptive k"):
+    for label in () if args.quick else ("prompt lookup", "lookup, adaptive k"):
         per_prompt = []
         for p in EXTRACTION:
             t0, _ = timed(model, [p], sd.Greedy(), args.max_tokens, args.repeats)
-            t1, _ = timed(model, [p], sd.Speculative(**sources[label]), args.max_tokens, args.repeats)
+            t1, _ = timed(model, [p], functools.partial(build, sources[label]), args.max_tokens, args.repeats)
             per_prompt.append(t0 / t1)
         print(
             f"extraction, {label}, per-prompt speedup: p50 {statistics.median(per_prompt):.2f}x, "

@@ -1,7 +1,9 @@
 """Text-to-SQL on the Spider dev subset with the real default model: does every generated query compile?
 
-For each question, the model (greedy) writes a SQLite query from the database's schema, once
-constrained by `sd.sql(tables=entry)` (the grammar specialized to that database's names) and once
+For each question, the model (greedy) writes a SQLite query from the database's schema: constrained by
+`sd.sql(tables=entry)` (the grammar specialized to that database's names, plus its checks beyond the
+grammar: word boundaries and EXPLAIN on the schema, grammars/sql_checks.py, with backtracking), by the
+grammar alone (`checks=False`), and
 unconstrained (the baseline: the first statement of its reply, code fences stripped). Each query is
 checked with `EXPLAIN` on an empty SQLite database built from `tables.json` (`spider_database`),
 which compiles the query against the schema without data. Also reported: exact string match with the
@@ -86,22 +88,28 @@ def main() -> int:
     model = sd.load("smollm2-135m")
     dbs = {db_id: spider_database(entries[db_id]) for db_id in {item["db_id"] for item in items}}
     specs = {db_id: sd.sql(tables=entries[db_id]) for db_id in dbs}
+    grammar_only = {db_id: sd.sql(tables=entries[db_id], checks=False) for db_id in dbs}
 
     gold_parse = sum(_parses(model, specs[item["db_id"]], item["query"]) for item in items)
-    rows = {"constrained": [], "unconstrained": [], "constrained + EXPLAIN": []}
-    for mode in ("constrained", "unconstrained"):
-        tokens, start = 0, time.perf_counter()
+    rows = {"constrained": [], "grammar only": [], "unconstrained": [], "constrained + EXPLAIN": []}
+    cost = {}
+    for mode in ("constrained", "grammar only", "unconstrained"):
+        tokens, forwarded, backtracks, start = 0, 0, 0, time.perf_counter()
         for item in items:
             entry = entries[item["db_id"]]
-            constraint = specs[item["db_id"]] if mode == "constrained" else None
+            constraint = {"constrained": specs, "grammar only": grammar_only}.get(mode, {}).get(item["db_id"])
             prompt = messages(entry, item["question"])
             out = sd.generate(model, prompt, max_tokens=args.max_tokens, constraint=constraint)
             tokens += len(out.tokens)
-            query = out.text.strip() if mode == "constrained" else first_statement(out.text)
-            if mode == "constrained" and out.finish_reason != "stop":
-                query = ""  # cut by max_tokens: not a finished query
+            forwarded += out.stats.tokens_forwarded
+            backtracks += out.stats.backtracks
+            query = out.text.strip() if constraint is not None else first_statement(out.text)
+            if constraint is not None and out.finish_reason != "stop":
+                query = ""  # cut by max_tokens, or a check unsatisfied: not a finished query
             rows[mode].append((item, query, compiles(dbs[item["db_id"]], query), out.finish_reason))
-        rows[mode + "_speed"] = tokens / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        rows[mode + "_speed"] = tokens / seconds
+        cost[mode] = (forwarded / len(items), seconds / len(items), backtracks / len(items))
 
     # Execution-guided: where the greedy constrained query does not compile, sample `--samples`
     # constrained queries in one batch and keep the most probable one that compiles (the grammar and
@@ -133,13 +141,19 @@ def main() -> int:
         f"max_tokens={args.max_tokens}"
     )
     print(f"gold queries parsing under their grammar: {gold_parse}/{n}")
-    print(f"{'':22} {'compiles (EXPLAIN)':>19} {'finished':>9} {'exact match':>12} {'tok/s':>7}")
-    for mode in ("constrained", "unconstrained", "constrained + EXPLAIN"):
+    print(
+        f"{'':22} {'compiles (EXPLAIN)':>19} {'finished':>9} {'exact match':>12} {'tok/s':>7}"
+        f" {'fwd/query':>9} {'s/query':>8} {'backtracks':>10}"
+    )
+    for mode in ("constrained", "grammar only", "unconstrained", "constrained + EXPLAIN"):
         result = rows[mode]
         ok = sum(r[2] for r in result)
         done = sum(r[3] == "stop" for r in result)
         exact = sum(normal(r[1]) == normal(r[0]["query"]) for r in result)
-        print(f"{mode:22} {ok:>10}/{n} {ok / n:6.1%} {done:>5}/{n} {exact:>8}/{n} {rows[mode + '_speed']:7.1f}")
+        extra = "".join(f" {v:>{w}.1f}" for v, w in zip(cost[mode], (9, 8, 10))) if mode in cost else ""
+        print(f"{mode:22} {ok:>10}/{n} {ok / n:6.1%} {done:>5}/{n} {exact:>8}/{n} {rows[mode + '_speed']:7.1f}{extra}")
+    finished = [r for r in rows["constrained"] if r[3] == "stop"]
+    print(f"finished constrained queries that compile: {sum(r[2] for r in finished)}/{len(finished)}")
     for item, query, ok, _ in rows["constrained"][: args.show]:
         verdict = "ok" if ok else "FAIL"
         print(f"\nQ: {item['question']}\n  gold:        {item['query']}\n  constrained: {query}  [{verdict}]")

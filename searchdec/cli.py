@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--default-max-tokens", type=int, default=None, help="when a request gives none (default: the context window)"
     )
+    serve.add_argument(
+        "--database",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a SQLite database requests may constrain SQL to (structured_outputs.sql.database: NAME); repeatable",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     try:
@@ -122,8 +129,22 @@ def _serve(args) -> int:
         max_rows=args.max_batch_rows,
         default_max_tokens=args.default_max_tokens,
         log_level=args.log_level,
+        databases=_databases(args.database),
     )
     return 0
+
+
+def _databases(given: list[str]) -> dict[str, str]:
+    """`--database NAME=PATH` flags as a dict; a bare PATH is named after its file (`shop.sqlite`: shop)."""
+    out = {}
+    for item in given:
+        name, _, path = item.partition("=") if "=" in item else (Path(item).stem, "", item)
+        if not name or not path:
+            raise ValueError(f"--database takes NAME=PATH or PATH, got {item!r}")
+        if name in out:
+            raise ValueError(f"--database names {name!r} twice")
+        out[name] = path
+    return out
 
 
 def _missing_server_module() -> str | None:

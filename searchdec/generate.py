@@ -192,6 +192,8 @@ def _searched(model: Model, root: Node, outcome: SearchResult, stops: tuple[str,
     hypotheses = [_hypothesis(model, leaf, stops) for leaf in outcome.leaves]
     for hypothesis, score in zip(hypotheses, outcome.scores):
         hypothesis.score = score
+    for hypothesis, weight in zip(hypotheses, outcome.weights or ()):
+        hypothesis.weight = weight
     best = hypotheses[0]
     return Generation(
         best.text,
@@ -200,6 +202,7 @@ def _searched(model: Model, root: Node, outcome: SearchResult, stops: tuple[str,
         best.logprob,
         best.finish_reason,
         best.score,
+        best.weight,
         hypotheses=hypotheses,
         prompt_tokens=len(root.new_tokens),
         trace=outcome.trace,

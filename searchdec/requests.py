@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from searchdec.errors import ConstraintError
 from searchdec.grammars.specs import ConstraintSpec, JsonSchema, choice, json_schema, lark, regex
+from searchdec.grammars.sql import sql
 from searchdec.grammars.tool_calls import FORMATS, ToolCalls, ToolChoiceError, tool_calls
 
 AUTO = "auto"
@@ -76,6 +77,7 @@ def constraint_for(
     guided_choice: list[str] | None = None,
     guided_grammar: str | None = None,
     tool_format: str = AUTO,
+    databases: dict[str, str] | None = None,
 ) -> ConstraintSpec | None:
     """The constraint spec an OpenAI-style request's fields ask for, exactly as the server builds it
     (None when they leave the output free). Pass it to `sd.generate(..., constraint=...)`.
@@ -83,7 +85,9 @@ def constraint_for(
     The fields take their JSON shapes: `tools=[{"type": "function", "function": {...}}]`,
     `tool_choice="required"` or `{"type": "function", "function": {"name": ...}}`,
     `response_format={"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`,
-    `structured_outputs={"regex": ...}` (one of json, regex, choice, grammar, json_object).
+    `structured_outputs={"regex": ...}` (one of json, regex, choice, grammar, json_object, sql);
+    `{"sql": {"tables": <a Spider tables.json entry>}}` or `{"sql": {"database": name}}`, a name of
+    `databases` (name -> SQLite path), with `"checks": false` to keep the grammar alone (`sd.sql`).
     `tool_format` "auto" takes the call format of `model`'s prompts ("hermes" when its chat template
     renders tools, else "json"; "hermes" without a model). Raises `RequestError` naming the field."""
     if tool_format == AUTO:  # the template is probed only when there are calls to format
@@ -91,7 +95,7 @@ def constraint_for(
     fields = dict(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
                   response_format=response_format, structured_outputs=structured_outputs, guided_json=guided_json,
                   guided_regex=guided_regex, guided_choice=guided_choice, guided_grammar=guided_grammar)  # fmt: skip
-    return request_constraint(**fields, tool_format=tool_format).spec
+    return request_constraint(**fields, tool_format=tool_format, databases=databases).spec
 
 
 def request_constraint(
@@ -106,6 +110,7 @@ def request_constraint(
     guided_choice: list[str] | None = None,
     guided_grammar: str | None = None,
     tool_format: str = "hermes",
+    databases: dict[str, str] | None = None,
 ) -> RequestConstraint:
     """`constraint_for` with the field that asked for the constraint (the server's error `param`)."""
     tool_spec = _tool_spec(tools, tool_choice, parallel_tool_calls, tool_format)
@@ -132,7 +137,7 @@ def request_constraint(
     if answer is not None:
         found.append(answer)
     if structured_outputs is not None:
-        found.append(_structured_outputs_spec(structured_outputs))
+        found.append(_structured_outputs_spec(structured_outputs, databases or {}))
     legacy = dict(zip(_LEGACY, (guided_json, guided_regex, guided_choice, guided_grammar)))
     for name, value in legacy.items():
         if value is not None:
@@ -197,18 +202,52 @@ def _response_format_spec(response_format: dict) -> tuple[JsonSchema, str]:
         raise RequestError(str(error), param, error) from None
 
 
-def _structured_outputs_spec(outputs: dict) -> tuple[ConstraintSpec, str]:
+def _structured_outputs_spec(outputs: dict, databases: dict[str, str]) -> tuple[ConstraintSpec, str]:
+    if not isinstance(outputs, dict):
+        raise RequestError("structured_outputs must be an object", "structured_outputs")
     given = {k: v for k, v in outputs.items() if v is not None}
     if given.get("json_object") is False:
         given.pop("json_object")
     if len(given) != 1:
         raise RequestError(
-            "structured_outputs needs exactly one of json, regex, choice, grammar, json_object; "
+            "structured_outputs needs exactly one of json, regex, choice, grammar, json_object, sql; "
             f"got {', '.join(given) or 'none'}",
             "structured_outputs",
         )
     (kind, value), = given.items()  # fmt: skip
+    if kind == "sql":
+        return _sql_spec(value, "structured_outputs.sql", databases)
     return _one_constraint(kind, value, f"structured_outputs.{kind}")
+
+
+def _sql_spec(value, param: str, databases: dict[str, str]) -> tuple[ConstraintSpec, str]:
+    """`{"tables": <tables.json entry>}` or `{"database": <a name of databases>}`, and optionally `checks`."""
+    if not isinstance(value, dict):
+        raise RequestError("sql takes {'tables': <a tables.json entry>} or {'database': <name>}", param)
+    unknown = sorted(set(value) - {"tables", "database", "checks"})
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}; sql takes tables or database, and checks", param)
+    given = [key for key in ("tables", "database") if value.get(key) is not None]
+    if len(given) != 1:
+        raise RequestError(f"sql needs exactly one of tables, database; got {', '.join(given) or 'none'}", param)
+    checks = value.get("checks", True)
+    if not isinstance(checks, bool):
+        raise RequestError(f"checks must be true or false, got {checks!r}", f"{param}.checks")
+    where = f"{param}.{given[0]}"
+    if given[0] == "database":
+        name = value["database"]
+        if not isinstance(name, str) or name not in databases:
+            known = ", ".join(sorted(databases)) or "none (start it with --database NAME=PATH)"
+            raise RequestError(f"unknown database {name!r}; the databases here: {known}", where)
+        source = {"db": databases[name]}
+    else:
+        if not isinstance(value["tables"], dict):
+            raise RequestError("tables must be a tables.json entry (an object)", where)
+        source = {"tables": value["tables"]}
+    try:
+        return sql(**source, checks=checks), where
+    except ConstraintError as error:
+        raise RequestError(str(error), where, error) from None
 
 
 def _one_constraint(kind: str, value, param: str) -> tuple[ConstraintSpec, str]:

@@ -4,10 +4,13 @@ and a check that can never be satisfied ends the output with "unsatisfied", neve
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import searchdec as sd
+from searchdec.distributed import InProcessExecutor
 from searchdec.grammars.base import Check, CheckState, Verdict, allocate_bitmask, tokenizer_info, unpack_bitmask
 from searchdec.grammars.checks import CheckedConstraint
 
@@ -118,11 +121,25 @@ def test_decoding_backtracks_so_every_finished_output_satisfies_the_checks(tiny,
         assert "bb" not in text and "ca" not in text and text.count("a") % 2 == 0
 
 
+def test_backtracks_are_counted_and_the_same_whatever_the_batching(tiny):
+    schema = {"type": "array", "items": {"enum": [1, 2, 3]}, "uniqueItems": True, "minItems": 3, "maxItems": 3}
+    constraint = sd.json_schema(schema, max_whitespace=0)  # a spec: each worker compiles its own
+    search = sd.Sample(n=12, seed=5)
+    # A roomy budget: near its end, budget steering (search/budget.py) would avoid dead tokens itself.
+    here = sd.generate(tiny, "xyz", constraint=constraint, search=search, max_tokens=200)
+    with InProcessExecutor(batch_rows=1) as executor:
+        there = sd.generate(tiny, "xyz", constraint=constraint, search=search, max_tokens=200, executor=executor)
+    assert [h.text for h in here.hypotheses] == [h.text for h in there.hypotheses]
+    assert all(sorted(json.loads(h.text)) == [1, 2, 3] for h in here.hypotheses if h.finish_reason == "stop")
+    assert here.stats.backtracks == there.stats.backtracks > 0
+
+
 def test_backtracking_changes_nothing_when_no_check_is_violated(tiny):
     plain = sd.generate(tiny, "xyz", constraint=sd.regex("[abc]{2,12}"), max_tokens=16)
     constraint = checked(tiny, sd.regex("[abc]{2,12}"), Forbid("never"))
     with_check = sd.generate(tiny, "xyz", constraint=constraint, max_tokens=16)
     assert with_check.text == plain.text and with_check.tokens == plain.tokens
+    assert with_check.stats.backtracks == 0
 
 
 def test_a_check_that_cannot_be_satisfied_ends_with_unsatisfied(tiny):

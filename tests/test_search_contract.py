@@ -38,14 +38,17 @@ SEARCHES = {
     "PrioritySampling": lambda: sd.PrioritySampling(3),
     "ArithmeticSampling": lambda: sd.ArithmeticSampling(3, sample=sd.Sample(seed=7)),
     "Speculative": lambda: sd.Speculative(k=3),
+    "Lookahead": lambda: sd.Lookahead(window=3, ngram=3, candidates=2, sample=sd.Sample(seed=8)),
     "Contrastive": lambda: sd.Contrastive(amateur=1, alpha=0.1, search=sd.Beam(2)),
+    "SMC": lambda: sd.SMC(4, seed=8),
+    "TreeBoN": lambda: sd.TreeBoN(4, 2, segment=3, rounds=1, reward=length, sample=sd.Sample(seed=8)),
     "RewardGuidedSpeculative": lambda: sd.RewardGuidedSpeculative(
         draft=tiny_model(seed=4), reward=length, threshold=2.0, step="a", max_step_tokens=4
     ),
 }
 TREES = {
     *("Beam", "LexicalBeam", "DiverseBeam", "BestFirstBeam", "AStar", "MCTS", "BestOfN", "StepBeam", "DVTS"),
-    *("FirstFinish", "MBR", "PrioritySampling"),
+    *("FirstFinish", "MBR", "PrioritySampling", "TreeBoN"),
 }
 FREE_TEXT_ONLY = {"RewardGuidedSpeculative"}  # its steps are text, re-read by each model
 

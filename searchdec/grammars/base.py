@@ -10,7 +10,7 @@ passes the same suite (tests/test_backend_contract.py).
 
 A Constraint compiles against `TokenizerInfo` (the tokenizer, the width of the logits, the
 end-of-sequence ids, each token's bytes), never a whole model: `spec.compile(x)` takes a Model, a
-Hugging Face tokenizer or a TokenizerInfo, and caches per spec and tokenizer.
+Hugging Face tokenizer or a TokenizerInfo, and caches per spec and tokenizer (grammars/compile.py).
 
 Masks use one layout whatever the backend (llguidance's): int32 words, token i is bit i % 32 of word
 i // 32; `allocate_bitmask`, `unpack_bitmask` and `apply_masks` work on it.
@@ -41,9 +41,6 @@ import torch
 
 from searchdec.errors import ConstraintError
 from searchdec.models.vocab import token_bytes
-
-COMPILED_PER_TOKENIZER = 256  # compiled constraints kept per tokenizer (least recently used go first)
-
 
 # --- the contract -------------------------------------------------------------------------------
 
@@ -138,6 +135,16 @@ class State(ABC):
         bitmask = allocate_bitmask(1, vocab_size)
         self.fill(bitmask)
         return unpack_bitmask(bitmask, vocab_size)[0]
+
+
+def rollback_by_parent(state, n: int):
+    """`state` `n` tokens earlier, for a State that keeps the State it advanced from in `_parent` (states
+    that wrap another State and their own per-token data: lexical.py, checks.py)."""
+    for _ in range(n):
+        if state._parent is None:
+            raise ValueError(f"cannot roll back {n} tokens: fewer were consumed")
+        state = state._parent
+    return state
 
 
 class Constraint(ABC):
@@ -328,28 +335,6 @@ def _tokenizer_eos(tokenizer) -> list[int]:
     if eos is None:
         raise ConstraintError("the tokenizer has no end-of-sequence token, which a constraint needs to end outputs")
     return [eos]
-
-
-def compile_spec(spec, source) -> Constraint:
-    """`spec` compiled by its backend for the tokenizer of `source` (see `tokenizer_info`), cached. A spec
-    whose outputs must also pass checks (`spec.split_checks()`) compiles to its grammar joined with
-    them (grammars/checks.py), whatever the backend."""
-    info = tokenizer_info(source)
-    key = repr(spec)  # specs are frozen dataclasses: the repr holds every field
-    cache = info.compiled
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    grammar, checks = spec.split_checks()
-    constraint = backend_named(spec.backend).compile(grammar, info)
-    if checks:
-        from searchdec.grammars.checks import CheckedConstraint  # checks.py builds on this module
-
-        constraint = CheckedConstraint(constraint, tuple(checks), info)
-    cache[key] = constraint
-    if len(cache) > COMPILED_PER_TOKENIZER:
-        cache.popitem(last=False)
-    return constraint
 
 
 # --- masks --------------------------------------------------------------------------------------

@@ -17,7 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from searchdec.grammars.base import Check, CheckState, Constraint, State, TokenizerInfo, Verdict, allocate_bitmask
+from searchdec.grammars.base import (
+    Check,
+    CheckState,
+    Constraint,
+    State,
+    TokenizerInfo,
+    Verdict,
+    allocate_bitmask,
+    rollback_by_parent,
+)
 
 
 def _signed(word: int) -> int:
@@ -174,12 +183,7 @@ class CheckedState(State):
         return "a check refuses it"
 
     def rollback(self, n: int) -> CheckedState:
-        state = self
-        for _ in range(n):
-            if state._parent is None:
-                raise ValueError(f"cannot roll back {n} tokens: fewer were consumed")
-            state = state._parent
-        return state
+        return rollback_by_parent(self, n)
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
         # `dead` and `_all_ok` spelled out once: this runs on every token of every hypothesis

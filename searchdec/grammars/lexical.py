@@ -31,7 +31,8 @@ from typing import ClassVar
 import torch
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, compile_spec
+from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, rollback_by_parent
+from searchdec.grammars.compile import compile_spec
 from searchdec.grammars.specs import ConstraintSpec
 
 NAME = "includes"
@@ -285,12 +286,7 @@ class LexicalState(State):
         return f"{self._constraint.inner_description()} forbids it"
 
     def rollback(self, n: int) -> LexicalState:
-        state = self
-        for _ in range(n):
-            if state._parent is None:
-                raise ValueError(f"cannot roll back {n} tokens: fewer were consumed")
-            state = state._parent
-        return state
+        return rollback_by_parent(self, n)
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
         eos = self._constraint.eos

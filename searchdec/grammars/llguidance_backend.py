@@ -29,11 +29,10 @@ from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, 
 
 NAME = "llguidance"
 # llguidance's default lexer fuel per step (200k, ~14 ms) runs out on one token of a string whose `pattern`
-# counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask or other documents have built part
-# of that lexer; the lexer is shared by every copy of the matcher, so the whole compiled (cached) constraint
-# then refuses everything. How much a step needs depends on what was walked before (1M sufficed after a mask,
-# not after the schema's invalid instances); 10x the default (a step's worst case ~140 ms) walks them all
-# (tests/test_jsonschemabench.py), and costs nothing where the default sufficed.
+# counts words (`^(?:\S+\s+){0,29}\S+$`) under a `maxLength`, once a mask has built part of that lexer; the
+# lexer is shared by every copy of the matcher, so the whole compiled constraint then refuses everything.
+# Ten times the default (a step's worst case ~140 ms): 1M was not enough once invalid instances of such a
+# schema had been walked through the same constraint.
 LIMITS = llguidance.LLParserLimits(step_lexer_fuel=2_000_000)
 
 
@@ -288,5 +287,12 @@ def _check_nonempty(constraint: LLGuidanceConstraint, spec: ConstraintSpec) -> N
     state = constraint.start()
     bitmask = allocate_bitmask(1, constraint.vocab_size)
     state.fill(bitmask)
+    allowed = unpack_bitmask(bitmask, constraint.vocab_size)[0].nonzero().flatten()
+    if len(allowed):  # the mask can allow a token the parser then gives up on (its Earley row limit, 2,000 items)
+        probe = state._matcher.deep_copy()
+        if not probe.consume_token(int(allowed[0])):
+            raise ConstraintError(
+                f"{spec.describe()} is too large for the grammar engine's parser: {probe.get_error().splitlines()[0]}"
+            )
     if not state.accepting and not bool(bitmask.any()):
         raise EmptyLanguageError(f"{spec.describe()} matches no output at all")

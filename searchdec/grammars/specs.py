@@ -15,18 +15,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
-from searchdec.errors import ConstraintError, EmptyLanguageError, SchemaError
-from searchdec.grammars.base import Constraint, backend_named, compile_spec
+from searchdec.errors import ConstraintError, EmptyLanguageError, GrammarSyntaxError, SchemaError
+from searchdec.grammars.base import Constraint, backend_named
+from searchdec.grammars.compile import compile_spec
 
 DEFAULT_BACKEND = "llguidance"
 # JSON nesting a schema may have: both engines read a grammar with serde_json, whose recursion limit is
 # 128 levels, and llguidance's grammar wraps the schema in three of them (tests/test_schema_depth.py
 # compiles a schema of exactly this depth).
 MAX_SCHEMA_DEPTH = 124
+# Subschemas chained by nesting and by local `$ref`s, which the engine follows recursively when it compiles: a
+# long enough chain overflows its native stack, a segmentation fault that ends the process (measured with
+# llguidance 1.9: 1,000 objects each referring to the next crash, 600 compile; 2,000 bare `$ref`s compile, 3,000
+# crash). The bound counts schemas on the longest chain and leaves the engine a wide margin.
+MAX_REFERENCE_DEPTH = 400
+# Lark rules each referring to the next, likewise (llguidance: a chain of 1,000 compiles, 3,000 crash).
+MAX_RULE_CHAIN = 500
 
 
 class ConstraintSpec:
@@ -177,6 +187,7 @@ def lark(grammar: str) -> Lark:
     """Outputs of a Lark grammar (llguidance's Lark dialect; `start` is the top rule)."""
     if not isinstance(grammar, str):
         raise TypeError(f"lark grammar must be a string, got {type(grammar).__name__}")
+    check_lark(grammar)
     return Lark(grammar)
 
 
@@ -187,10 +198,19 @@ def json_schema(
     `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
     schema = _schema_dict(schema)
     check_depth(schema)
+    check_subschemas(schema)
+    text = json.dumps(schema, ensure_ascii=False)
+    if _SURROGATE.search(text):  # JSON text may escape one ("\ud800"); no engine reads it as a character
+        raise SchemaError(
+            "the schema holds a lone surrogate (a \\ud800-\\udfff escape with no pair), which is not text"
+        )
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
     return _checked(JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _schema_dict(schema):
@@ -198,14 +218,24 @@ def _schema_dict(schema):
         return schema.model_json_schema()  # a Pydantic model class
     if isinstance(schema, str):
         try:
-            return json.loads(schema)
+            parsed = json.loads(schema)
         except json.JSONDecodeError as error:
             raise SchemaError(f"not valid JSON: {error}") from error
         except RecursionError:  # Python's own parser gives up far past MAX_SCHEMA_DEPTH
             raise SchemaError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported") from None
+        if isinstance(parsed, str):
+            raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(parsed)}")
+        return _schema_dict(parsed)
     if isinstance(schema, (dict, bool)):
         return schema
+    if schema is None or isinstance(schema, (int, float, list)):  # JSON, but not a schema
+        raise SchemaError(f"a JSON Schema is an object or a boolean, got {_json_type(schema)}")
     raise TypeError(f"json_schema() takes a dict, JSON text or a Pydantic model class, got {type(schema).__name__}")
+
+
+def _json_type(value) -> str:
+    names = {type(None): "null", int: "a number", float: "a number", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
 
 
 def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
@@ -228,6 +258,209 @@ def check_depth(schema, limit: int = MAX_SCHEMA_DEPTH) -> None:
             )
         for key, value in items:
             pending.append((value, depth + 1, f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"))
+
+
+# Keywords whose values are schemas: a map of them, one, or a list of them.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
+_SCHEMA_VALUES = ("items", "additionalItems", "additionalProperties", "not", "if", "then", "else", "contains",
+                  "propertyNames", "unevaluatedItems", "unevaluatedProperties")  # fmt: skip
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+# Keywords grammars/json_checks.py takes out of the grammar and validates with jsonschema as generation runs:
+# what they hold is checked here first, so a bad value is an error now, not a failure mid-generation.
+_CHECKED = ("not", "if", "then", "else", "contains", "dependentSchemas")
+
+
+def check_subschemas(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
+    """Raise SchemaError, with its JSON pointer, where a keyword that holds schemas holds something else, where
+    a `$ref` inside a keyword enforced by a check does not resolve within the schema, and where a chain of
+    subschemas, nested or joined by local `$ref`s, is longer than `limit` (a reference back into the chain is
+    a recursive schema, which the engine resolves once: not followed)."""
+    if not isinstance(schema, dict):
+        return
+    children: dict[int, list[dict]] = {}
+    unresolved: list[tuple[str, str]] = []
+    nested_ids = False
+    pending = [(schema, "", False)]
+    while pending:
+        node, pointer, checked = pending.pop()
+        if id(node) in children:
+            continue
+        if pointer and isinstance(node.get("$id", node.get("id")), str):
+            nested_ids = True  # a new base URI: its "#/..." references resolve against it, not the root
+        found = _subschemas(node, pointer)
+        children[id(node)] = [sub for _, sub, _ in found]
+        ref = node.get("$ref")
+        if checked and ref is not None and _local_target(schema, ref) is None:
+            unresolved.append((ref, pointer))
+        pending += [(sub, where, checked or key in _CHECKED) for key, sub, where in found]
+    if unresolved and not nested_ids:
+        ref, pointer = unresolved[0]
+        raise SchemaError(
+            f"$ref {ref!r} does not point into this schema (only local '#/...' references resolve)", pointer
+        )
+
+    def successors(node: dict) -> list:
+        target = _local_target(schema, node.get("$ref"))
+        return children.get(id(node), []) if target is None else [*children.get(id(node), []), target]
+
+    if longest_chain([schema], successors, limit) > limit:
+        raise SchemaError(
+            f"subschemas nest or refer to each other (by $ref) in a chain longer than {limit}, the most the grammar "
+            "engine compiles safely"
+        )
+
+
+def _subschemas(node: dict, pointer: str) -> list[tuple[str, dict, str]]:
+    """(keyword, subschema, its pointer) of every object subschema of `node`; SchemaError where a keyword that
+    holds schemas, or one a check reads, holds a value of the wrong JSON type."""
+
+    def wrong(key: str, expected: str, where: str = "") -> SchemaError:
+        return SchemaError(f"{key} must be {expected}", where or f"{pointer}/{_escape(key)}")
+
+    found = []
+    for key in _SCHEMA_MAPS:
+        if key in node:
+            if not isinstance(node[key], dict):
+                raise wrong(key, "an object of schemas")
+            for name, sub in node[key].items():
+                where = f"{pointer}/{_escape(key)}/{_escape(str(name))}"
+                if isinstance(sub, dict):
+                    found.append((key, sub, where))
+                elif not isinstance(sub, bool) and not (key == "dependencies" and isinstance(sub, list)):
+                    raise wrong(key, f"an object of schemas, not of {_json_type(sub)}s", where)
+    for key in dict.fromkeys(_SCHEMA_VALUES + _SCHEMA_LISTS):  # "items" is both: a schema, or a draft-4 list
+        if key not in node:
+            continue
+        value = node[key]
+        if isinstance(value, list) and key in _SCHEMA_LISTS:
+            for index, sub in enumerate(value):
+                if not isinstance(sub, (dict, bool)):
+                    raise wrong(key, f"a list of schemas, not of {_json_type(sub)}s", f"{pointer}/{key}/{index}")
+            found += [(key, sub, f"{pointer}/{key}/{i}") for i, sub in enumerate(value) if isinstance(sub, dict)]
+        elif isinstance(value, dict) and key in _SCHEMA_VALUES:
+            found.append((key, value, f"{pointer}/{key}"))
+        elif not (isinstance(value, bool) and key in _SCHEMA_VALUES):
+            raise wrong(key, "a schema" if key in _SCHEMA_VALUES else "a list of schemas")
+    for key in ("$ref", "$schema"):
+        if key in node and not isinstance(node[key], str):
+            raise wrong(key, "a string")
+    if not pointer and not isinstance(node.get("x-guidance", {}), dict):
+        raise wrong("x-guidance", "an object of the engine's options")
+    for key in ("minContains", "maxContains"):
+        if key in node and not (type(node[key]) is int and node[key] >= 0):
+            raise wrong(key, "a non-negative integer")
+    if "uniqueItems" in node and not isinstance(node["uniqueItems"], bool):
+        raise wrong("uniqueItems", "true or false")
+    required = node.get("dependentRequired", {})
+    if not isinstance(required, dict) or not all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names) for names in required.values()
+    ):
+        raise wrong("dependentRequired", "an object of lists of property names")
+    return found
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _local_target(root, ref) -> dict | None:
+    """The schema a local `$ref` ("#", "#/a/b") points to in `root`, or None (remote, anchors, missing)."""
+    if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
+        return None
+    node = root
+    for part in ref[2:].split("/") if ref != "#" else ():
+        part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node if isinstance(node, dict) else None
+
+
+def longest_chain(starts, successors, limit: int, key=id) -> int:
+    """The most nodes on a path from any of `starts` along `successors` that enters no node twice (an edge back
+    into the path is a cycle, not followed); counting stops once past `limit`. Iterative, memoized by `key`."""
+    longest: dict = {}
+    for start in starts:
+        if key(start) in longest:
+            continue
+        path = {key(start)}
+        stack = [(start, successors(start), 0)]
+        while stack:
+            node, children, index = stack[-1]
+            if index < len(children):
+                stack[-1] = (node, children, index + 1)
+                child = children[index]
+                if key(child) not in longest and key(child) not in path:
+                    if len(stack) >= limit:
+                        return len(stack) + 1
+                    path.add(key(child))
+                    stack.append((child, successors(child), 0))
+                continue
+            stack.pop()
+            path.discard(key(node))
+            longest[key(node)] = 1 + max((longest.get(key(child), 0) for child in children), default=0)
+            if longest[key(node)] > limit:
+                return longest[key(node)]
+    return max(longest.values(), default=0)
+
+
+# A Lark grammar's parts that hold no rule names: strings, regexes, comments, and JSON bodies (%json, %regex,
+# %llguidance), which are read apart.
+_LARK_SKIPPED = re.compile(r'"(?:[^"\\\n]|\\.)*"i?|/(?![/*])(?:[^/\\\n]|\\.)*/[a-z]*|//[^\n]*')
+_LARK_DEFINITION = re.compile(r"[?!]?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?(?:\.-?[0-9]+)?\s*:(.*)")
+_LARK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_lark(grammar: str) -> None:
+    """Raise before compiling a Lark grammar the engine would crash on: rules that refer one to the next in a
+    chain longer than MAX_RULE_CHAIN (GrammarSyntaxError), and `%json` schemas that `json_schema` refuses."""
+    text, schemas = _lark_without_json(grammar)
+    for schema in schemas:
+        check_depth(schema)
+        check_subschemas(schema)
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in _LARK_SKIPPED.sub(" ", text).splitlines():
+        if line[:1].isspace() and current is not None:  # a continued definition
+            bodies[current].append(line)
+        elif found := _LARK_DEFINITION.match(line):
+            current = found.group(1)
+            bodies.setdefault(current, []).append(found.group(2))
+        else:
+            current = None
+    refs = {name: [n for n in _LARK_NAME.findall(" ".join(body)) if n in bodies] for name, body in bodies.items()}
+    if longest_chain(list(refs), refs.__getitem__, MAX_RULE_CHAIN, key=str) > MAX_RULE_CHAIN:
+        raise GrammarSyntaxError(
+            f"lark grammar: rules refer one to the next in a chain longer than {MAX_RULE_CHAIN}, the most the grammar "
+            "engine compiles safely"
+        )
+
+
+def _lark_without_json(grammar: str) -> tuple[str, list]:
+    """`grammar` with the JSON bodies of %json/%regex/%llguidance blanked out, and the %json schemas parsed."""
+    decoder = json.JSONDecoder()
+    schemas, out, position = [], [], 0
+    for found in re.finditer(r"%(json|regex|llguidance)\s*(?=\{)", grammar):
+        if found.start() < position:
+            continue
+        try:
+            value, end = decoder.raw_decode(grammar, found.end())
+        except RecursionError:
+            raise SchemaError(
+                f"a %json schema nests deeper than {MAX_SCHEMA_DEPTH} levels, the most supported"
+            ) from None
+        except ValueError:
+            continue  # not JSON: the engine reports it, with its position
+        if found.group(1) == "json":
+            schemas.append(value)
+        out.append(grammar[position : found.end()])
+        out.append(" " * (end - found.end()))
+        position = end
+    out.append(grammar[position:])
+    return "".join(out), schemas
 
 
 def schema_problem(schema) -> SchemaError | None:

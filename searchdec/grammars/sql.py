@@ -114,6 +114,9 @@ def sql(db=None, *, tables=None, dialect: str = "sqlite", checks: bool = True) -
     return Sql(_unique(table_names), _unique(column_names), dialect, schema)
 
 
+_SQL_TYPES = {"number": "NUMERIC", "time": "TEXT", "boolean": "INTEGER"}  # Spider's column types; others are TEXT
+
+
 def spider_database(entry: dict) -> sqlite3.Connection:
     """An empty in-memory SQLite database with the tables and columns of a Spider `tables.json` entry
     (types, primary and foreign keys included), where `EXPLAIN query` tells whether a query compiles."""
@@ -124,7 +127,7 @@ def spider_database(entry: dict) -> sqlite3.Connection:
     primary = set(entry.get("primary_keys", []))
     for index, (table, name) in enumerate(entry["column_names_original"]):
         if table >= 0:
-            kind = {"number": "NUMERIC", "time": "TEXT", "boolean": "INTEGER"}.get(types[index], "TEXT")
+            kind = _SQL_TYPES.get(types[index] if types else "", "TEXT")
             columns[table].append(f"{_quote(name)} {kind}{' PRIMARY KEY' if index in primary else ''}")
     for source, target in entry.get("foreign_keys", []):
         table, name = entry["column_names_original"][source]
@@ -220,21 +223,81 @@ def _read_schema(connection: sqlite3.Connection, path: str | None = None) -> tup
     return table_names, column_names
 
 
-def _schema_from_spider(entry) -> tuple[list[str], list[str]]:
+def _check_entry(entry) -> None:
+    """Raise ConstraintError, naming the key and index, where a tables.json entry is not shaped as Spider's:
+    names are strings, a column is [table index (-1 for "*"), name], keys index the columns."""
     if not isinstance(entry, dict):
         raise TypeError(f"sql() tables must be a tables.json entry (a dict), got {type(entry).__name__}")
     for key in ("table_names_original", "column_names_original"):
         if key not in entry:
             raise ConstraintError(f"the tables.json entry has no {key!r}")
+        if not isinstance(entry[key], list):
+            raise ConstraintError(f"the tables.json entry's {key!r} must be a list, got {type(entry[key]).__name__}")
+    tables, columns = entry["table_names_original"], entry["column_names_original"]
+    for index, name in enumerate(tables):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConstraintError(f"table_names_original[{index}] must be a name of printable characters, got {name!r}")
+    for index, column in enumerate(columns):
+        if not (isinstance(column, (list, tuple)) and len(column) == 2):
+            raise ConstraintError(f"column_names_original entries are [table index, name] pairs, got {column!r}")
+        table, name = column
+        if type(table) is not int or not -1 <= table < len(tables):
+            raise ConstraintError(
+                f"column_names_original[{index}] names table {table!r}, not an index of table_names_original (or -1)"
+            )
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConstraintError(
+                f"column_names_original[{index}] must name the column (printable characters), got {name!r}"
+            )
+    seen_tables = _repeated(name.lower() for name in tables)
+    if seen_tables:
+        raise ConstraintError(f"table_names_original names {seen_tables!r} twice (SQLite names ignore case)")
+    repeated = _repeated(f"{table}.{name.lower()}" for table, name in columns if table >= 0)
+    if repeated:
+        table, name = repeated.split(".", 1)
+        raise ConstraintError(f"column_names_original names column {name!r} twice in table {tables[int(table)]!r}")
+    types = entry.get("column_types", [])
+    if not isinstance(types, list) or not all(isinstance(kind, str) for kind in types):
+        raise ConstraintError(f"the tables.json entry's 'column_types' must be a list of strings, got {types!r}"[:300])
+    if types and len(types) != len(columns):
+        raise ConstraintError(f"column_types has {len(types)} entries for {len(columns)} columns")
+    keys = entry.get("primary_keys", [])
+    if not isinstance(keys, list) or not all(type(key) is int and 0 <= key < len(columns) for key in keys):
+        raise ConstraintError(f"primary_keys must be a list of column indexes, got {keys!r}"[:300])
+    pairs = entry.get("foreign_keys", [])
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and all(type(i) is int and 0 <= i < len(columns) for i in pair)
+        for pair in pairs
+    ):
+        raise ConstraintError(f"foreign_keys must be a list of [column index, column index] pairs, got {pairs!r}"[:300])
+    for pair in pairs:
+        if min(columns[pair[0]][0], columns[pair[1]][0]) < 0:
+            raise ConstraintError(f"foreign key {list(pair)} names the '*' column, not a table's")
+
+
+def _repeated(keys) -> str | None:
+    seen = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+# SQLite reads any name, quoted; control characters break the grammar, and a lone surrogate is not text.
+_NAME = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]+")
+
+
+def _schema_from_spider(entry) -> tuple[list[str], list[str]]:
+    _check_entry(entry)
     table_names = [str(name) for name in entry["table_names_original"]]
     # SQLite's own tables (sqlite_sequence) are not the schema's, and no query names them.
     internal = {i for i, name in enumerate(table_names) if name.lower().startswith("sqlite_")}
     table_names = [name for i, name in enumerate(table_names) if i not in internal]
     column_names = []
-    for column in entry["column_names_original"]:
-        if not (isinstance(column, (list, tuple)) and len(column) == 2):
-            raise ConstraintError(f"column_names_original entries are [table index, name] pairs, got {column!r}")
-        table_index, name = column
+    for table_index, name in entry["column_names_original"]:
         if table_index >= 0 and table_index not in internal:  # [-1, "*"] is Spider's stand-in for *
             column_names.append(str(name))
     return table_names, column_names

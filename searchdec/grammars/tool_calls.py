@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.specs import ConstraintSpec, JsonSchema, _forbid_extra_properties
+from searchdec.grammars.specs import ConstraintSpec, JsonSchema, _forbid_extra_properties, check_depth, check_subschemas
 
 FORMATS = ("json", "hermes")
 # A plain answer: its first character after any whitespace is neither "<" nor "[", so it never starts
@@ -175,6 +175,8 @@ def _tool(index: int, tool: dict) -> dict:
         parameters = {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
         raise ConstraintError(f"tools[{index}].function.parameters must be a JSON Schema object")
+    check_depth(parameters)  # before the copy below, which recurses
+    check_subschemas(parameters)
     return {"name": name, "parameters": _forbid_extra_properties(parameters)}
 
 

@@ -42,6 +42,12 @@ class Runtime(ABC):
     def logits_last(self, nodes: Sequence[TokenNode], keep: int) -> torch.Tensor:
         """Logits of each node's last `keep` positions [len(nodes), keep, vocab]."""
 
+    def logits_tree(self, node: TokenNode, parents: Sequence[int]) -> torch.Tensor:
+        """Logits of the token tree `node.new_tokens` (`parents[j]`: token j's parent, -1 the root
+        `node.parent`) in one forward, [1 + len(parents), vocab]: row 0 after the root, row 1 + j after
+        token j's path. Optional: a runtime without tree attention raises NotImplementedError."""
+        raise NotImplementedError(f"runtime {type(self).__name__} cannot forward a token tree (no tree attention)")
+
     @abstractmethod
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 

@@ -135,6 +135,37 @@ class PrefixCache:
         else:
             self.put(key, entry.truncated(length))
 
+    @torch.inference_mode()
+    def put_branch(self, key: object, entry: KVEntry, length: int, picked: list[int]) -> None:
+        """Store as `key`'s entry the first `length` positions of `entry` (not itself stored) followed
+        by its positions length + i for i in `picked` (increasing): one path of a token tree that
+        `Model.logits_tree` forwarded, each token already at the position its depth gave it. The picked
+        positions are moved together in place when the buffers can be rewound (as `put_cut`), else
+        copied into a compact entry of their own."""
+        if picked == list(range(len(picked))):
+            self.put_cut(key, entry, length + len(picked))
+            return
+        if any(b <= a for a, b in zip(picked, picked[1:])) or (picked and not 0 <= picked[0] < entry.length - length):
+            raise ValueError(f"picked positions must increase within the entry, got {picked}")
+        block, storage = entry.block, entry.block.buffers
+        end = entry.start + length + len(picked)
+        source = torch.tensor([entry.start + length + i for i in picked], device=storage.keys[0].device)
+        reaches_past = any(
+            e.block.buffers is storage and e.start + e.length > entry.start + length for e in self._entries.values()
+        )
+        if block.extendable and storage.rows == 1 and entry.is_right_aligned and not reaches_past:
+            for buffer in storage.keys + storage.values:
+                buffer[:, :, entry.start + length : end] = buffer[:, :, source]
+            storage.used = end
+            self.put(key, KVEntry(KVBlock(storage, end), entry.row, entry.start, length + len(picked)))
+            return
+        kept = torch.cat([torch.arange(entry.start, entry.start + length, device=source.device), source])
+        row = slice(entry.row, entry.row + 1)
+        keys = tuple(k[row].index_select(2, kept) for k in storage.keys)
+        values = tuple(v[row].index_select(2, kept) for v in storage.values)
+        size = len(kept)
+        self.put(key, KVEntry(KVBlock(KVBuffers(size, size, keys, values), size), 0, 0, size))
+
     def discard(self, key: object) -> None:
         """Forget `key`'s entry (a search calls this for hypotheses it will never expand again)."""
         entry = self._entries.pop(key, None)

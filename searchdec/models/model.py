@@ -87,6 +87,13 @@ class Model(Runtime):
         return self.hf.get_output_embeddings().weight.shape[0]
 
     @cached_property
+    def sliding_window_layers(self) -> bool:
+        """Whether some layer attends within a sliding window (its own masks, which a tree mask replaces)."""
+        config = self.config
+        kinds = getattr(config, "layer_types", None) or ()
+        return any("sliding" in str(kind) for kind in kinds) or bool(getattr(config, "use_sliding_window", False))
+
+    @cached_property
     def context_window(self) -> int:
         return int(getattr(self.config, "max_position_embeddings", None) or 2048)
 
@@ -154,7 +161,6 @@ class Model(Runtime):
             raise ValueError(f"keep must be in [1, {width_new}] (the tokens this batch forwards), got {keep}")
         buffers, width_past = self._past_buffers(rows, width_new)
         batch = len(rows)
-        device = self.device
 
         input_ids = torch.full((batch, width_new), self._pad_id, dtype=torch.long)
         positions = torch.zeros((batch, width_new), dtype=torch.long)
@@ -166,6 +172,55 @@ class Model(Runtime):
             mask[i, width_past - p : width_past] = 1
             mask[i, width_past + width_new - n :] = 1
 
+        return self._forward(rows, buffers, width_past, input_ids, positions, mask, keep)
+
+    @torch.inference_mode()
+    def logits_tree(self, node: TokenNode, parents: Sequence[int]) -> torch.Tensor:
+        """Logits of a token tree in one forward (tree attention, as SpecInfer and Medusa verify).
+
+        `node.new_tokens` are the tree's tokens, each after its parent; `parents[j]` is the index of
+        token j's parent among them, or -1 for `node.parent` (the tree's root: every tree token sees
+        it whole). Token j sits at position len(root) + depth(j) and attends to the root and its own
+        ancestors only, so row 1 + j of the result ([1 + len(parents), vocab]) is the next-token
+        logits after the root followed by token j's path, and row 0 those after the root. The
+        forward's entry is stored as `node`'s in tree order (not a sequence: keep a path of it with
+        `cache.put_branch`, then discard it)."""
+        size = len(parents)
+        if size != len(node.new_tokens) or size == 0:
+            raise ValueError(f"need one parent per tree token, got {size} for {len(node.new_tokens)} tokens")
+        if self.sliding_window_layers:
+            raise NotImplementedError(
+                f"model {self.name!r} has sliding-window attention layers; a tree mask would bypass their window"
+            )
+        depth: list[int] = []
+        for j, parent in enumerate(parents):
+            if not -1 <= parent < j:
+                raise ValueError(f"parents[{j}] must be -1 or an earlier token's index, got {parent}")
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+        row = self._row(node)
+        pending = len(row.new) - size  # the root's own tokens not cached yet: a causal chain
+        if pending < 1:
+            raise ValueError("the tree's root must have a token to forward (its last one is recomputed if cached)")
+        buffers, width_past = self._past_buffers([row], len(row.new))
+        p, n = row.past_length, len(row.new)
+        visible = torch.zeros((n, width_past + n), dtype=torch.bool)
+        visible[:, width_past - p : width_past] = True
+        chain = torch.ones((pending, pending), dtype=torch.bool).tril()
+        visible[:pending, width_past : width_past + pending] = chain
+        visible[pending:, width_past : width_past + pending] = True
+        for j, parent in enumerate(parents):
+            at = width_past + pending + j
+            if parent >= 0:
+                visible[pending + j, width_past + pending :] = visible[pending + parent, width_past + pending :]
+            visible[pending + j, at] = True
+        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
+        positions = torch.tensor([list(range(p, p + pending)) + [p + pending + d for d in depth]])
+        input_ids = torch.tensor([row.new])
+        return self._forward([row], buffers, width_past, input_ids, positions, mask[None, None], size + 1)[0]
+
+    def _forward(self, rows, buffers, width_past, input_ids, positions, mask, keep) -> torch.Tensor:
+        device = self.device
+        width_new = input_ids.shape[1]
         cache = _AppendCache(buffers)
         out = self.hf(
             input_ids=input_ids.to(device),

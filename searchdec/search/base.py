@@ -31,12 +31,14 @@ class SearchStats:
     """What a search cost. `expansions` counts nodes whose next-token distribution was computed;
     `tokens_forwarded` counts tokens fed through the network for this prompt (the prefix cache
     makes an expansion of a child cost its own new tokens only); `reward_calls` counts reward
-    evaluations."""
+    evaluations; `backtracks`, the choices made again after a check beyond the grammar killed a
+    hypothesis (grammars/checks.py)."""
 
     expansions: int = 0
     tokens_forwarded: int = 0
     reward_calls: int = 0
     generated_tokens: int = 0  # tokens in the returned hypotheses
+    backtracks: int = 0  # choices spent backtracking from hypotheses a check killed (search/rows.py)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,7 @@ class SearchResult:
     scores: list[float]
     trace: object = None
     stats: SearchStats = field(default_factory=SearchStats)
+    weights: list[float] | None = None  # a weighted search's normalised importance weights, one per leaf
 
     @classmethod
     def ranked(cls, ranked: list[tuple[float, Node]], trace, stats: SearchStats) -> SearchResult:

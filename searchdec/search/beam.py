@@ -22,6 +22,11 @@ Under a constraint, only a hypothesis the grammar accepts may end with end-of-se
 cut by `max_tokens` ("length") is kept apart and returned only when fewer than `num_return` accepting
 hypotheses were found. When fewer than W candidates are left unfinished (possible only under a
 constraint or stop strings), fewer beams run, where transformers would carry -1e9 placeholders.
+Beams under a constraint follow the closing budget sampling has (search/budget.py): a candidate
+whose grammar can no longer close within the tokens left (one cut at `max_tokens` included) is
+dropped, and a beam that so lost a candidate continues, while slots are free, by its closing walk's
+first token (the token the budget steering would force), so constrained beams finish within
+`max_tokens` instead of being cut.
 Forced grammar tokens go through the model like any other (each beam's score needs their
 log-probabilities at every step), so there is no jump-forward here.
 All prompts' beams are rows of one batched forward per step; a beam's cache entry is its parent's
@@ -35,8 +40,10 @@ from dataclasses import dataclass
 
 import torch
 
+from searchdec.search import budget
 from searchdec.search.base import Search, SearchResult, SearchStats, check_positive_int
 from searchdec.search.expand import Expander
+from searchdec.search.rows import start_budget
 from searchdec.search.trace import Trace
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
@@ -84,6 +91,8 @@ class Beam(Search):
         model, stopping = work.model, work.stopping
         expander = Expander(model, stopping)
         k = max(2, 1 + len(stopping.eos_token_ids)) * self.width
+        for root in roots:
+            start_budget(root, stopping)  # what closing the grammar costs (nothing for an unconstrained root)
         beams = [self._prompt_beams(root, model) for root in roots]
         if stopping.max_tokens == 0:
             for b in beams:
@@ -148,6 +157,7 @@ class _PromptBeams:
         normalised = (values / (length**spec.length_penalty)).tolist()
         running: list[Node] = []
         running_scores: list[float] = []
+        dropped: dict[int, None] = {}  # parents with a candidate the budget dropped, in beam order
         for position, (parent, token, total) in enumerate(zip(parents, tokens, values.tolist())):
             if total == float("-inf"):
                 break  # forbidden by the constraint (scores are sorted: the rest are too)
@@ -155,19 +165,21 @@ class _PromptBeams:
             reason = expander.finish_reason(child, self.root)
             if reason is None:
                 if len(running) < spec.width:
+                    if not self._closable(child, expander):
+                        dropped[parent] = None
+                        continue
                     running.append(child)
                     running_scores.append(total)
                     self.trace.add(child, score=total, status="beam", step=step)
                 continue
             if position >= spec.width:
                 continue  # only the top W candidates may finish (the rest back up the running beams)
-            child.finish_reason = reason
-            score = normalised[position]
-            self.trace.add(child, score=score, status="finished", step=step)
-            if self.constrained and not (reason == "stop" and _accepting(child)):
-                self.cut.append((score, child))
-            else:
-                self.pool.append((score, child))
+            if reason == "length" and not self._closable(child, expander):
+                dropped[parent] = None  # cut unclosed at max_tokens: the budget steers this beam to close
+                continue
+            self._finish(child, reason, normalised[position], step)
+        if dropped and len(running) < spec.width:
+            self._close_dropped(list(dropped), logprobs, running, running_scores, length, step, expander, spec)
         self.pool.sort(key=lambda entry: -entry[0])
         del self.pool[spec.pool_size :]
         self.running = running
@@ -176,6 +188,51 @@ class _PromptBeams:
         if not self.open:
             for node in running:
                 self.trace.add(node, status="pruned")
+
+    def _finish(self, child: Node, reason: str, score: float, step: int) -> None:
+        child.finish_reason = reason
+        self.trace.add(child, score=score, status="finished", step=step)
+        if self.constrained and not (reason == "stop" and _accepting(child)):
+            self.cut.append((score, child))
+        else:
+            self.pool.append((score, child))
+
+    def _closable(self, child: Node, expander: Expander) -> bool:
+        stopping = expander.stopping
+        return budget.closable(child.parent, child, stopping.max_tokens, self.room(stopping), stopping.eos_token_ids)
+
+    def room(self, stopping) -> int | None:
+        """What the context window leaves after the prompt (None: no window)."""
+        return None if stopping.context_window is None else stopping.context_window - len(self.root.new_tokens)
+
+    def _close_dropped(
+        self, parents: list[int], logprobs: torch.Tensor, running: list[Node], running_scores: list[float],
+        length: int, step: int, expander: Expander, spec: Beam,
+    ) -> None:  # fmt: skip
+        """Beams whose candidates the budget dropped continue by their closing walk's first token, in
+        beam order, while slots are free; the running beams stay in score order."""
+        stopping = expander.stopping
+        taken = {(id(node.parent), node.new_tokens[0]) for node in running}
+        for parent in parents:
+            if len(running) >= spec.width:
+                break
+            node = self.running[parent]
+            found = budget.closing_walk(node, stopping.max_tokens, self.room(stopping))
+            if found is None or found[1] is None or (id(node), found[1]) in taken:
+                continue
+            token = found[1]
+            lp = float(logprobs[parent, token])
+            child = node.child((token,), (lp,))
+            child.closing = found[0] - 1
+            total = float(self.scores[parent]) + lp
+            reason = expander.finish_reason(child, self.root)
+            if reason is not None:
+                self._finish(child, reason, total / (length**spec.length_penalty), step)
+                continue
+            at = next((i for i, s in enumerate(running_scores) if s < total), len(running))
+            running.insert(at, child)
+            running_scores.insert(at, total)
+            self.trace.add(child, score=total, status="beam", step=step)
 
     def _still_open(self, length: int, spec: Beam, expander: Expander) -> bool:
         if not self.running:

@@ -56,19 +56,11 @@ def keep_closable(
 
     `row` holds the masked logits `child`'s token was chosen from; `extend(token)` builds the child
     for another token and `choose(row)` picks again from an edited row."""
-    child.closing = node.closing
-    if node.closing < 0 or child.state is None:
+    if closable(node, child, max_tokens, room, eos_token_ids):
         return child
     left = tokens_left(child, max_tokens, room)
-    tight = left <= 2 * node.closing + SLACK or child.state.steer_every_token
-    if not tight and child.depth % PERIOD:
-        return child
     for attempt in range(RETRIES + 1):
-        if child.new_tokens[0] in eos_token_ids or child.state.finished:
-            return child
-        found = child.state.closing(left)
-        if found is not None:
-            child.closing = found[0]
+        if attempt and _closes(child, left, eos_token_ids):
             return child
         if attempt == 0:
             row = row.clone()  # the caller's row stays as chosen from; only a retry edits a copy
@@ -78,9 +70,38 @@ def keep_closable(
         child = extend(choose(row))
         child.closing = node.closing
         left = tokens_left(child, max_tokens, room)
-    found = node.state.closing(tokens_left(node, max_tokens, room))
+    found = closing_walk(node, max_tokens, room)
     if found is None:
         return child  # cannot close any more: the hypothesis will end with "length"
     child = extend(found[1])
     child.closing = found[0] - 1
     return child
+
+
+def closable(node: Node, child: Node, max_tokens: int, room: int | None, eos_token_ids: frozenset[int]) -> bool:
+    """Whether `child` (a new child of `node`) can still close in the tokens left, as far as the
+    budget checks (where it is tight, and every `PERIOD` tokens; else it is assumed). Sets
+    `child.closing`. The beam family drops a candidate that cannot; `keep_closable` draws again."""
+    child.closing = node.closing
+    if node.closing < 0 or child.state is None:
+        return True
+    left = tokens_left(child, max_tokens, room)
+    tight = left <= 2 * node.closing + SLACK or child.state.steer_every_token
+    if not tight and child.depth % PERIOD:
+        return True
+    return _closes(child, left, eos_token_ids)
+
+
+def closing_walk(node: Node, max_tokens: int, room: int | None) -> tuple[int, int | None] | None:
+    """`node.state.closing` within the tokens left: (tokens needed, the first of them), or None."""
+    return node.state.closing(tokens_left(node, max_tokens, room))
+
+
+def _closes(child: Node, left: int, eos_token_ids: frozenset[int]) -> bool:
+    if child.new_tokens[0] in eos_token_ids or child.state.finished:
+        return True
+    found = child.state.closing(left)
+    if found is None:
+        return False
+    child.closing = found[0]
+    return True

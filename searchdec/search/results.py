@@ -20,6 +20,7 @@ class Hypothesis:
     logprob: float
     finish_reason: str  # "stop" | "length"
     score: float | None = None  # the search's ranking score (beam: length-normalised log-probability)
+    weight: float | None = None  # a weighted search's normalised importance weight (sd.SMC; they sum to 1)
 
 
 @dataclass

@@ -12,7 +12,9 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
    the unmasked model);
 3. chooses a token per row (arg-max, or a draw from the row's warped distribution with its own
    generator — or its own `Picker`, such as arithmetic sampling's code point: a row's draws depend
-   on its generator alone, never on the batch); a policy with logit processors
+   on its generator alone, never on the batch — or, for a `Proposal` policy such as sequential Monte
+   Carlo's (search/smc.py), by the policy's own rule from the row's unmasked logits: the step masks
+   nothing for its rows and never replaces the token it drew); a policy with logit processors
    (search/processors.py) first penalizes the row's logits by the row's own tokens (prompt and
    generated, forced ones included) — before the mask, which it commutes with — and warps after;
 4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
@@ -34,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -85,6 +88,17 @@ class Picker(Protocol):
     def pick(self, probs: torch.Tensor, retry: bool = False) -> int: ...
 
 
+class Proposal(ABC):
+    """A row policy that draws each token under the row's constraint by its own rule, from the row's
+    unmasked next-token logits (sequential Monte Carlo's proposals, search/smc.py): the step computes
+    no mask for its rows' nodes, and budget steering never replaces what it drew (the proposal's
+    importance weight accounts for exactly the token drawn)."""
+
+    @abstractmethod
+    def propose(self, logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
+        """One allowed token per row; `logits[k]` are the unmasked logits of `rows[k]`'s node."""
+
+
 def draw(probs: torch.Tensor, source: torch.Generator | Picker | None, retry: bool = False) -> int:
     """One token from a row of probabilities, by the row's generator or its `Picker`."""
     if source is None or isinstance(source, torch.Generator):
@@ -102,7 +116,7 @@ class Row:
     start: Node
     prompt_length: int
     rule: Rule
-    policy: Sample | Greedy | None = None  # None: the arg-max; a Greedy: the arg-max after its processors
+    policy: Sample | Greedy | Proposal | None = None  # None: the arg-max; a Greedy: the arg-max after its processors
     generator: torch.Generator | Picker | None = None
     stats: object = None  # a SearchStats charged with this row's expansions and forwarded tokens
     owner: int = 0  # the caller's index (its prompt)
@@ -167,9 +181,12 @@ class Decoder:
             if node.parent is not None and id(node.parent) in self._created:
                 self._drop(node.parent)
         logprobs = logits.log_softmax(dim=-1)
-        masked = constrain(logits, nodes)
         rows_of = [index[id(row.node)] for row in rows]
-        tokens, penalized = self._choose(rows, masked, rows_of)
+        masking = [False] * len(nodes)  # a node whose rows are all a Proposal's needs no mask
+        for row, r in zip(rows, rows_of):
+            masking[r] = masking[r] or not isinstance(row.policy, Proposal)
+        masked = constrain(logits, nodes, None if all(masking) else masking)
+        tokens, penalized = self._choose(rows, masked, rows_of, logits)
         for i, (row, r, token) in enumerate(zip(rows, rows_of, tokens)):
             scores = penalized[i] if i in penalized else masked[r]
             if row.node.state is not None and row.node.state.may_die:
@@ -177,6 +194,7 @@ class Decoder:
             child = self._extend(row, token, logprobs[r], scores)
             if child.state is not None and child.state.dead:
                 child = self._backtrack(row, child, logprobs[r], scores, rows)
+            child.backtracks = row.backtracks
             self._created[id(child)] = child
             row.node = child
             row.logprobs = logprobs[r]
@@ -207,6 +225,14 @@ class Decoder:
             if not keep_ends and node.parent is not None:
                 self._drop(node.parent)
 
+    def keep_only(self, nodes: Sequence[Node]) -> None:
+        """Drop every entry this decoder made except those `nodes` still need (their own, and their
+        parents', which their next forward reads): for a search that abandons rows between steps
+        (sequential Monte Carlo's resampling)."""
+        needed = {id(node) for node in nodes} | {id(node.parent) for node in nodes if node.parent is not None}
+        for key in [key for key in self._created if key not in needed]:
+            self._drop(self._created[key])
+
     def release_all(self) -> None:
         """Drop every entry this decoder made that is still held (a search that kept ends is done)."""
         for node in [*self._created.values(), *self._given.values()]:
@@ -225,10 +251,11 @@ class Decoder:
         return texts
 
     def _choose(
-        self, rows: Sequence[Row], masked: torch.Tensor, rows_of: list[int]
+        self, rows: Sequence[Row], masked: torch.Tensor, rows_of: list[int], logits: torch.Tensor
     ) -> tuple[list[int], dict[int, torch.Tensor]]:
         """A token per row, and the logits it was chosen from for each row whose policy penalizes
-        (processors.py: its penalties over the row's history, then the mask — they commute)."""
+        (processors.py: its penalties over the row's history, then the mask — they commute); a
+        `Proposal` draws from the unmasked `logits`."""
         if all(row.policy is None for row in rows):
             best = masked.argmax(dim=-1).tolist()
             return [best[r] for r in rows_of], {}
@@ -239,6 +266,11 @@ class Decoder:
             groups.setdefault(id(row.policy), []).append(i)
         for members in groups.values():
             policy = rows[members[0]].policy
+            if isinstance(policy, Proposal):
+                proposed = policy.propose(logits[[rows_of[i] for i in members]], [rows[i] for i in members])
+                for i, t in zip(members, proposed):
+                    chosen[i] = t
+                continue
             picked = masked[[rows_of[i] for i in members]]
             if policy is None:
                 for i, t in zip(members, picked.argmax(dim=-1).tolist()):
@@ -283,6 +315,8 @@ class Decoder:
                 return child
             row.backtracks += 1
             self.backtracks += 1
+            if row.stats is not None:
+                row.stats.backtracks += 1
             if scores is not None:
                 scores[child.new_tokens[0]] = float("-inf")
                 if bool(torch.isfinite(scores).any()):
@@ -373,7 +407,7 @@ def extend(
     token: int,
     logprobs: torch.Tensor,
     masked: torch.Tensor,
-    policy: Sample | Greedy | None,
+    policy: Sample | Greedy | Proposal | None,
     generator: torch.Generator | Picker | None,
     stopping: Stopping,
     prompt_length: int,
@@ -383,7 +417,7 @@ def extend(
     within the budget under a constraint: `masked` is the row `token` was chosen from, `logprobs` the
     unprocessed log-probabilities reported for whichever token is kept."""
     child = _child(node, token, float(logprobs[token]), stopping, prompt_length, jump_forward)
-    if node.state is None:
+    if node.state is None or isinstance(policy, Proposal):
         return child
     room = None if stopping.context_window is None else stopping.context_window - prompt_length
     return budget.keep_closable(
@@ -428,11 +462,17 @@ def forward(model, nodes: Sequence[Node]) -> torch.Tensor:
     return logits[:, -1]
 
 
-def constrain(logits: torch.Tensor, nodes: Sequence[Node]) -> torch.Tensor:
-    """Logits with every token a node's constraint forbids set to -inf (in place)."""
-    if all(node.state is None for node in nodes):
+def constrain(logits: torch.Tensor, nodes: Sequence[Node], only: Sequence[bool] | None = None) -> torch.Tensor:
+    """Logits with every token a node's constraint forbids set to -inf (a new tensor when any is
+    masked); with `only`, just the nodes it marks True are masked."""
+    picked = [i for i, node in enumerate(nodes) if node.state is not None and (only is None or only[i])]
+    if not picked:
         return logits
-    return apply_masks(logits, [node.state for node in nodes])
+    if len(picked) == len(nodes):
+        return apply_masks(logits, [node.state for node in nodes])
+    out = logits.clone()
+    out[picked] = apply_masks(logits[picked], [nodes[i].state for i in picked])
+    return out
 
 
 def choose(policy: Sample | Greedy | None, logits: torch.Tensor, generator, samples: int = 1) -> list[int]:

@@ -10,6 +10,12 @@ Both take the logit processors of search/processors.py as keyword arguments (`ty
 before the constraint mask (`penalize`), and `process` warps after it. `Greedy` with none set is
 the plain arg-max path, fused across prompts.
 Reported log-probabilities are those of the unprocessed model distribution.
+
+`Sample(exact=True)` samples from the model conditioned on the constraint, p(x | x satisfies it),
+rather than from the product of masked, renormalised steps: it runs sequential Monte Carlo
+(search/smc.py: `SMC(particles=max(16, n), proposal="awrs", draws=n, seed=seed)`) and returns `n` draws from
+the weighted particles, each hypothesis with `.weight` 1/n. It takes the model's own distribution: the
+warpers and processors must stay unset.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from searchdec.search.base import Search, SearchResult, SearchStats
 from searchdec.search.decode import complete
 from searchdec.search.processors import Processors
 from searchdec.search.rows import Picker, draw
+from searchdec.search.smc import SMC
 from searchdec.search.tree import Node
 from searchdec.search.work import Work
+
+EXACT_PARTICLES = 16  # the fewest particles Sample(exact=True) runs
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class Sample(Processors, Search):
     min_p: float = 0.0
     n: int = 1
     seed: int | None = None
+    exact: bool = False  # sample from p(x | constraint) by sequential Monte Carlo (module docstring)
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -82,8 +92,28 @@ class Sample(Processors, Search):
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         self.check_processors()
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"exact must be True or False, got {self.exact!r}")
+        if self.exact:
+            warped = self.temperature != 1.0 or self.top_k is not None or self.top_p < 1.0 or self.min_p > 0.0
+            if warped or self.processes:
+                raise ValueError(
+                    "exact=True samples the model's own distribution conditioned on the constraint: leave "
+                    "temperature, top_k, top_p, min_p and the logit processors unset"
+                )
+
+    def smc(self) -> SMC:
+        """The sequential Monte Carlo search `exact=True` runs."""
+        return SMC(particles=max(EXACT_PARTICLES, self.n), proposal="awrs", seed=self.seed, draws=self.n)
 
     def run(self, work: Work, roots: list[Node]) -> list[SearchResult]:
+        if self.exact:
+            if not work.executor.local:
+                raise ValueError(
+                    "Sample(exact=True) runs sequential Monte Carlo in this process (all particles in one batched "
+                    "forward per step); drop executor= or use an in-process one"
+                )
+            return self.smc().run(work, roots)
         return [_unranked(root, leaves) for root, leaves in zip(roots, complete(work, roots, self, self.n))]
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
@@ -136,4 +166,5 @@ def _unranked(root: Node, leaves: list[Node]) -> SearchResult:
     stats = SearchStats(expansions=1 + sum(leaf.depth for leaf in leaves))
     stats.tokens_forwarded = len(root.new_tokens) + sum(max(leaf.depth - 1, 0) for leaf in leaves)
     stats.generated_tokens = sum(leaf.depth for leaf in leaves)
+    stats.backtracks = sum(leaf.backtracks for leaf in leaves)
     return SearchResult(leaves, [None] * len(leaves), None, stats)

@@ -1,41 +1,57 @@
-"""Speculative decoding: a cheap draft proposes k tokens, the target checks them all in one forward.
+"""Speculative decoding: cheap drafts propose tokens, the target checks them all in one forward.
 
 Reference: Leviathan, Kalman & Matias, "Fast Inference from Transformers via Speculative Decoding"
 (ICML 2023, arXiv 2211.17192); Chen et al., "Accelerating Large Language Model Decoding with
-Speculative Sampling" (arXiv 2302.01318). Semantics, per step:
-- the draft proposes d1..dk after the accepted text (k capped so the step cannot pass max_tokens);
-  under a constraint each draft token must be allowed by the grammar state after the ones before it
-  (the draft is cut at the first that is not), and tokens the grammar forces are drafted for free;
-- the target forwards the pending tokens and d1..dk at once (`Model.logits_last`, through the prefix
-  cache), giving its distribution p_i before each d_i and one more after dk;
-- greedy: d_i is accepted while it equals the target's arg-max (masked like plain greedy decoding),
-  so the output is token-identical to the target's greedy output;
-- sampling: d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)), q_i the draft's
-  distribution (a point mass for prompt lookup); at the first rejection a token is drawn from
-  norm(max(0, p_i - q_i)); when all are accepted a bonus token is drawn from p_{k+1}. The output is
-  distributed exactly as target sampling (p includes the Sample warpers and the grammar mask);
-- the accepted prefix keeps its KV entry (the verifying forward's entry, truncated), the rejected
-  tail is dropped.
+Speculative Sampling" (arXiv 2302.01318). Multi-draft verification as a token tree: SpecInfer (Miao
+et al., arXiv 2305.09781), SpecTr (Sun et al., arXiv 2310.15141), recursive rejection sampling as in
+"Towards Optimal Multi-draft Speculative Decoding" (Hu et al., arXiv 2502.18779) and Jeon et al.
+(arXiv 2402.14160). Semantics, per step:
+- a draft source (search/drafts.py) proposes a tree of tokens after the accepted text: one chain of
+  up to k tokens, or with `drafts=w` up to w drafts merged as a trie (k capped so the step cannot
+  pass max_tokens); under a constraint each draft token is allowed by the grammar state after the
+  ones above it, and tokens the grammar forces are drafted for free before it;
+- the target forwards the pending tokens and the whole tree at once (`Model.logits_last` for a
+  chain; `Model.logits_tree` with a tree attention mask otherwise, through the prefix cache), giving
+  its distribution p_v after every tree node v;
+- from the root, while the current node has children: greedy follows the child equal to the target's
+  arg-max (masked like plain greedy decoding), so the output is token-identical to the target's greedy
+  output; sampling runs recursive rejection over the node's draws x_1..x_m (in draw order, repeats
+  kept): x_i is accepted with probability min(1, p(x_i) / q(x_i)), else p becomes norm(max(0, p - q))
+  and x_{i+1} is tried; when all are rejected a token is drawn from what is left of p. q is the draft
+  distribution the draws came from independently, or a point mass for deterministic drafts (lookups,
+  arg-max drafts: then p loses the rejected token and the rule is plain sampling from p). Each
+  accepted token is distributed exactly as target sampling (p includes the Sample warpers and the
+  grammar mask); with one draft this is the single-draft rule of Leviathan et al.;
+- the node reached gives one more token from its own p (the bonus token, or the correction above);
+- the accepted path keeps its KV entry (the verifying forward's entry, cut or, for a tree, the path's
+  positions moved together: `PrefixCache.put_branch`); the rest is dropped.
 
 Budget-aware steering (search/budget.py) is not applied here: a constrained hypothesis that
 `max_tokens` cuts ends with "length", as without steering.
 
-Draft sources: `PromptLookup` (n-gram match in the prompt and output so far, no model; Saxena 2023,
-"prompt lookup decoding"), a smaller `Model` sharing the target's tokenizer, and `SelfSpeculative`
-(the target's first layers and its own output head as the draft; LayerSkip-style early exit,
-Elhoushi et al., arXiv 2404.16710, without its training). Each prompt's `Generation.stats` (a
-`SpeculativeStats`) reports target calls, tokens per target call, drafted and accepted tokens.
+Each prompt's `Generation.stats` (a `SpeculativeStats`) reports target calls, tokens per target call,
+drafted tokens (tree nodes) and accepted ones.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from searchdec.grammars.base import apply_masks
+from searchdec.models.model import Model
 from searchdec.search.base import Search, SearchResult, SearchStats
+from searchdec.search.drafts import (
+    ROOT,
+    Drafter,
+    DraftModel,
+    DraftTree,
+    PromptLookup,
+    SelfSpeculative,  # noqa: F401 (re-exported: speculative.SelfSpeculative)
+    SuffixDraft,
+    early_exit_model,  # noqa: F401 (re-exported: contrastive.py takes its amateur from here)
+)
 from searchdec.search.rows import Stopping, StopText, finish_reason
 from searchdec.search.sampling import Sample
 from searchdec.search.tree import Node
@@ -67,184 +83,36 @@ class SpeculativeStats(SearchStats):
         return self.generated - self.target_calls
 
 
-# --- draft sources -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromptLookup:
-    """Drafts the tokens that followed the most recent earlier occurrence of the text's last n-gram
-    (n from `max_ngram` down to `min_ngram`); no model, so q is a point mass."""
-
-    max_ngram: int = 3
-    min_ngram: int = 1
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_ngram <= self.max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
-
-    def start(self, target, spec) -> _LookupDrafter:
-        return _LookupDrafter(self)
-
-
-class _LookupDrafter:
-    def __init__(self, source: PromptLookup) -> None:
-        self.source = source
-
-    def propose(self, context: list[int], k: int, state, sample, generator):
-        for n in range(min(self.source.max_ngram, len(context) - 1), self.source.min_ngram - 1, -1):
-            tail = context[-n:]
-            for start in range(len(context) - n - 1, -1, -1):
-                if context[start : start + n] == tail:
-                    follow = context[start + n : start + n + k]
-                    if follow:
-                        return _allowed_prefix(follow, state), None
-        return [], None
-
-
-@dataclass(frozen=True)
-class SelfSpeculative:
-    """The target's first `layers` decoder layers and its output head, as the draft model."""
-
-    layers: int
-
-    def __post_init__(self) -> None:
-        if self.layers < 1:
-            raise ValueError(f"layers must be >= 1, got {self.layers}")
-
-    def start(self, target, spec) -> _ModelDrafter:
-        return _ModelDrafter(early_exit_model(target, self.layers), target)
-
-
-def early_exit_model(target, layers: int):
-    """An sd.Model running only the first `layers` layers of `target` (weights shared, not copied)."""
-    from searchdec.models.model import Model
-
-    hf = target.hf
-    inner = getattr(hf, "model", None)
-    if inner is None or not hasattr(inner, "layers"):
-        raise ValueError(f"cannot take early layers of {type(hf).__name__}: no .model.layers")
-    if not layers < len(inner.layers):
-        raise ValueError(f"layers must be below the target's {len(inner.layers)} layers, got {layers}")
-    shallow_inner = copy.copy(inner)
-    shallow_inner._modules = dict(inner._modules)
-    shallow_inner.layers = torch.nn.ModuleList(list(inner.layers)[:layers])
-    shallow_inner.config = copy.copy(inner.config)
-    shallow_inner.config.num_hidden_layers = layers
-    if getattr(shallow_inner.config, "layer_types", None):
-        shallow_inner.config.layer_types = shallow_inner.config.layer_types[:layers]
-    shallow = copy.copy(hf)
-    shallow._modules = dict(hf._modules)
-    shallow.model = shallow_inner
-    shallow.config = shallow_inner.config
-    return Model(shallow, target.tokenizer, name=f"{target.name}[:{layers} layers]")
-
-
-class _ModelDrafter:
-    """Drafts with a model: k one-token forwards through its own prefix cache, along a chain of nodes
-    that follows the accepted text (a rejected tail is left behind)."""
-
-    def __init__(self, draft, target) -> None:
-        if draft.vocab_size != target.vocab_size or draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
-            raise ValueError("the draft model must share the target's tokenizer (same vocabulary)")
-        self.draft = draft
-        self.chain: list[Node] = []  # chain[i]: the draft's node for the first len(tokens[i]) context tokens
-        self.lengths: list[int] = []
-        self.tokens: list[int] = []
-
-    def propose(self, context: list[int], k: int, state, sample, generator):
-        node = self._node_for(context)
-        tokens, qs = [], []
-        for _ in range(k):
-            logits = self.draft.logits([node])[0]
-            if state is not None:
-                logits = apply_masks(logits.unsqueeze(0), [state])[0]
-                if not torch.isfinite(logits).any():
-                    break
-            if sample is None:
-                token = int(logits.argmax())
-                qs = None
-            else:
-                q = sample.process(logits.unsqueeze(0))[0].softmax(-1)
-                token = int(torch.multinomial(q, 1, generator=generator))
-                qs.append(q)
-            tokens.append(token)
-            node = node.child((token,), ())
-            self.chain.append(node)
-            self.lengths.append(self.lengths[-1] + 1)
-            self.tokens.append(token)
-            if state is not None:
-                state = state.advance(token)
-                if state.finished:
-                    break
-        return tokens, qs
-
-    def _node_for(self, context: list[int]) -> Node:
-        """The draft node holding exactly `context`, reusing the longest cached chain prefix."""
-        keep = 0
-        while keep < len(self.tokens) and keep < len(context) and self.tokens[keep] == context[keep]:
-            keep += 1
-        # chain nodes cover prefixes of self.tokens; find the deepest whose length <= keep
-        while self.lengths and self.lengths[-1] > keep:
-            self.draft.cache.discard(self.chain.pop())
-            self.lengths.pop()
-        if not self.chain:
-            node = Node(tuple(context))
-            self.chain, self.lengths, self.tokens = [node], [len(context)], list(context)
-            return node
-        self.tokens = self.tokens[: self.lengths[-1]]
-        rest = context[self.lengths[-1] :]
-        node = self.chain[-1]
-        if rest:
-            node = node.child(tuple(rest), ())
-            self.chain.append(node)
-            self.lengths.append(len(context))
-            self.tokens = list(context)
-        return node
-
-
-class _DraftModel:
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def start(self, target, spec) -> _ModelDrafter:
-        return _ModelDrafter(self.model, target)
+# --- the sampling rule ------------------------------------------------------------------------
 
 
 def accept_or_resample(p: torch.Tensor, q: torch.Tensor | None, token: int, generator) -> int | None:
     """The speculative sampling rule for one drafted `token` drawn from `q` (None: a point mass):
     None when it is accepted (probability min(1, p/q)), else a token drawn from norm(max(0, p - q)).
     Whatever q is, the token that results is distributed as p (Leviathan et al., Theorem 1)."""
-    q_token = 1.0 if q is None else float(q[token])
-    if float(torch.rand((), generator=generator)) * q_token < float(p[token]):
-        return None
-    if q is None:
-        residual = p.clone()
-        residual[token] = 0.0
-    else:
-        residual = (p - q).clamp_min(0.0)
-    if float(residual.sum()) <= 0.0:  # p <= q everywhere means p == q: rejection cannot happen
-        residual = p
-    return int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    accepted, token = recursive_rejection(p, q, [token], generator)
+    return None if accepted is not None else token
 
 
-def _point(token: int, vocab_size: int) -> torch.Tensor:
-    q = torch.zeros(vocab_size)
-    q[token] = 1.0
-    return q
-
-
-def _allowed_prefix(tokens: list[int], state) -> list[int]:
-    if state is None:
-        return list(tokens)
-    kept = []
-    for token in tokens:
-        if not state.allows(token):
-            break
-        kept.append(token)
-        state = state.advance(token)
-        if state.finished:
-            break
-    return kept
+def recursive_rejection(p: torch.Tensor, q: torch.Tensor | None, draws: list[int], generator) -> tuple[int | None, int]:
+    """Recursive rejection sampling over `draws`, drawn independently from `q` (None: deterministic
+    drafts, each a point mass): (i, draws[i]) for the first draft accepted, draft i with probability
+    min(1, p_i(x_i) / q(x_i)) where p_i is p after the rejections before it (p_{i+1} =
+    norm(max(0, p_i - q))); (None, token drawn from the last p_i) when all are rejected. The token
+    returned is distributed as p whatever q is (SpecTr, arXiv 2310.15141; Hu et al., arXiv 2502.18779)."""
+    for i, token in enumerate(draws):
+        q_token = 1.0 if q is None else float(q[token])
+        if float(torch.rand((), generator=generator)) * q_token < float(p[token]):
+            return i, token
+        if q is None:
+            residual = p.clone()
+            residual[token] = 0.0
+        else:
+            residual = (p - q).clamp_min(0.0)
+        if float(residual.sum()) <= 0.0:  # p <= q everywhere means p == q: rejection cannot happen
+            residual = p
+        p = residual / residual.sum()
+    return None, int(torch.multinomial(p, 1, generator=generator))
 
 
 # --- the algorithm -----------------------------------------------------------------------------
@@ -255,12 +123,15 @@ SCHEDULES = ("constant", "heuristic")
 
 @dataclass(frozen=True)
 class Speculative(Search):
-    """`sd.Speculative(draft=..., k=4, sample=None)`: `draft` is "prompt_lookup" (default), a
-    `PromptLookup(...)`, an `sd.Model` sharing the tokenizer, or `SelfSpeculative(layers)`;
-    `sample=sd.Sample(...)` samples (losslessly), None decodes greedily. `schedule="heuristic"`
-    adapts the draft length per prompt as transformers' assisted generation does: +2 after a step
-    whose drafts were all accepted, -1 (not below 1) otherwise, capped at `max_k`; "constant"
-    keeps `k`. Either way the output is the same; only the speed changes."""
+    """`sd.Speculative(draft=..., k=4, drafts=1, sample=None)`: `draft` is "prompt_lookup" (default),
+    "suffix" (a `SuffixDraft()` of this spec's own), a `PromptLookup(...)` or `SuffixDraft(...)`, an
+    `sd.Model` sharing the tokenizer, `SelfSpeculative(layers)`, or any source whose `start(target,
+    spec)` gives a `drafts.Drafter`; `drafts=w` verifies up to w drafts at once as a token tree (one
+    target forward with a tree attention mask); `sample=sd.Sample(...)` samples (losslessly), None
+    decodes greedily. `schedule="heuristic"` adapts the draft length per prompt as transformers'
+    assisted generation does: +2 after a step whose drafts were all accepted, -1 (not below 1)
+    otherwise, capped at `max_k`; "constant" keeps `k`. Either way the output is the same; only the
+    speed changes."""
 
     draft: object = "prompt_lookup"
     k: int = 4
@@ -268,10 +139,13 @@ class Speculative(Search):
     n: int = 1
     schedule: str = "constant"
     max_k: int = 16
+    drafts: int = 1
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        if isinstance(self.drafts, bool) or not isinstance(self.drafts, int) or self.drafts < 1:
+            raise ValueError(f"drafts must be an integer >= 1, got {self.drafts!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f'schedule must be "constant" or "heuristic", got {self.schedule!r}')
         if self.max_k < self.k:
@@ -300,7 +174,7 @@ class Speculative(Search):
         return results
 
     def _one(self, model, root: Node, stopping: Stopping, generator, texts, stats: SpeculativeStats) -> Node:
-        drafter = self.source.start(model, self)
+        drafter: Drafter = self.source.start(model, self)
         prompt_length = len(root.new_tokens)
         if stopping.max_tokens == 0:
             leaf = root.child((), ())
@@ -318,76 +192,83 @@ class Speculative(Search):
                 node.finish_reason = reason
                 for done in (root, *node.path()):  # every entry this prompt's verification made
                     model.cache.discard(done)
+                drafter.close(list(root.new_tokens) + node.generated()[0])
                 return node
             room = stopping.max_tokens - node.depth - 1
             if stopping.context_window is not None:
                 room = min(room, stopping.context_window - prompt_length - node.depth - 1)
-            context = list(root.new_tokens) + node.generated()[0]
-            drafts, qs, forced = [], None, []
+            tree, proposed, tip = DraftTree(), None, ROOT
+            forced: list[int] = []
             if room > 0:
-                # Tokens the grammar forces are drafted for free; the draft continues after them.
+                # Tokens the grammar forces are drafted for free; the drafts hang after them.
                 forced = node.state.forced[:room] if node.state is not None else []
+                tip = tree.add_path(ROOT, forced)
                 state = node.state.advance_many(forced) if forced else node.state
-                left = min(k, room - len(forced))
-                if left > 0 and not (state is not None and state.finished):
-                    drafts, qs = drafter.propose(context + forced, left, state, self.sample, generator)
+                if room > len(forced) and not (state is not None and state.finished):
+                    context = list(root.new_tokens) + node.generated()[0] + forced
+                    limit = room - len(forced)
+                    proposed = drafter.propose(context, k, limit, self.drafts, state, self.sample, generator)
+                    tree.graft(proposed, tip)
                     stats.draft_calls += 1
-                if forced:
-                    qs = None if qs is None else [_point(t, model.vocab_size) for t in forced] + qs
-                    drafts = forced + drafts
             before = stats.accepted
-            node = self._verify(model, node, drafts, qs, generator, stopping, prompt_length, texts, stats)
-            if self.schedule == "heuristic" and len(drafts) > len(forced):
-                all_taken = stats.accepted - before == len(drafts)
+            node, rows = self._verify(model, node, tree, generator, stats)
+            if proposed is not None:  # the target's logits after the proposal's root and each of its nodes
+                drafter.observe(proposed, torch.cat([rows[tip + 1 : tip + 2], rows[len(forced) + 1 :]]))
+            if self.schedule == "heuristic" and len(tree) > len(forced):
+                all_taken = stats.accepted - before == tree.depth()
                 k = min(k + 2, self.max_k) if all_taken else max(k - 1, 1)
 
-    def _verify(self, model, node, drafts, qs, generator, stopping, prompt_length, texts, stats) -> Node:
-        stats.drafted += len(drafts)
-        if drafts:
-            verify = node.child(tuple(drafts), ())
-            rows = model.logits_last([verify], len(drafts) + 1)[0]
-        else:
-            verify = None
+    def _verify(self, model, node: Node, tree: DraftTree, generator, stats) -> tuple[Node, torch.Tensor]:
+        """One target forward over `tree` after `node`: the node holding what it accepted, and the
+        logits after `node` and after each tree node."""
+        stats.drafted += len(tree)
+        # a cache key only: its tokens are a tree in flat order, no sequence a grammar state could follow
+        verify = Node(tuple(tree.tokens), node) if len(tree) else None
+        if verify is None:
             rows = model.logits([node])
+        elif tree.is_chain:
+            rows = model.logits_last([verify], len(tree) + 1)[0]
+        else:
+            rows = model.logits_tree(verify, tree.parents)
         stats.target_calls += 1
         raw = rows.log_softmax(-1)
         state = node.state
-        accepted: list[int] = []
-        extra = None
-        for i, token in enumerate(drafts):
-            p = self._distribution(rows[i], state)
+        at, path, extra = ROOT, [], None
+        while True:
+            p = self._distribution(rows[at + 1], state)
+            kids = tree.children(at)
             if self.sample is None:
-                extra = None if int(p.argmax()) == token else int(p.argmax())
+                token = int(p.argmax())
+                chosen = kids.get(token)
+            elif kids:
+                index, token = recursive_rejection(p, tree.q.get(at), tree.draws[at], generator)
+                chosen = None if index is None else kids[token]
             else:
-                extra = accept_or_resample(p, None if qs is None else qs[i], token, generator)
-            if extra is not None:
+                token, chosen = int(torch.multinomial(p, 1, generator=generator)), None
+            if chosen is None:
+                extra = token
                 break
-            accepted.append(token)
+            path.append(chosen)
+            at = chosen
             state = state.advance(token) if state is not None else None
             if self._ends(token, state, model):
                 break
+        accepted = [tree.tokens[i] for i in path]
         stats.accepted += len(accepted)
-        position = len(accepted)
-        if extra is None and not (accepted and self._ends(accepted[-1], state, model)):
-            p = self._distribution(rows[position], state)
-            extra = int(p.argmax()) if self.sample is None else int(torch.multinomial(p, 1, generator=generator))
+        rows_of = [ROOT, *path]  # the row before each new token is its parent's
         new = [*accepted, *([] if extra is None else [extra])]
-        logprobs = tuple(float(raw[i, t]) for i, t in enumerate(new))
-        if verify is not None:
-            entry = model.cache.get(verify)
-            model.cache.discard(verify)
-        if verify is None or entry is None:
-            return self._count(node.child(tuple(new), logprobs), new, stats)
-        # The verifying forward computed node + accepted drafts: keep that much of its entry.
-        kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
-        model.cache.put_cut(kept, entry, entry.length - (len(drafts) - len(accepted)))
-        if extra is None:
-            return self._count(kept, new, stats)
-        return self._count(kept.child((extra,), logprobs[len(accepted) :]), new, stats)
-
-    def _count(self, child: Node, new: list[int], stats: SpeculativeStats) -> Node:
+        logprobs = tuple(float(raw[rows_of[i] + 1, t]) for i, t in enumerate(new))
         stats.generated += len(new)
-        return child
+        if verify is None:
+            return node.child(tuple(new), logprobs), rows
+        entry = model.cache.get(verify)
+        model.cache.discard(verify)
+        if entry is None:
+            return node.child(tuple(new), logprobs), rows
+        # The verifying forward computed node + the tree: keep node + the accepted path of its entry.
+        kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
+        model.cache.put_branch(kept, entry, entry.length - len(tree), path)
+        return (kept if extra is None else kept.child((extra,), logprobs[len(accepted) :])), rows
 
     def _distribution(self, logits: torch.Tensor, state) -> torch.Tensor:
         if state is not None:
@@ -406,15 +287,16 @@ class Speculative(Search):
 
 
 def _source(draft):
-    if draft == "prompt_lookup":
-        return PromptLookup()
-    if isinstance(draft, (PromptLookup, SelfSpeculative)):
-        return draft
-    from searchdec.models.model import Model
-
+    if isinstance(draft, str) and draft in DRAFTS:
+        return DRAFTS[draft]()
     if isinstance(draft, Model):
-        return _DraftModel(draft)
+        return DraftModel(draft)
+    if callable(getattr(draft, "start", None)) and not isinstance(draft, str):
+        return draft
     raise TypeError(
-        "draft must be 'prompt_lookup', sd.PromptLookup(...), sd.SelfSpeculative(layers) or an sd.Model, "
-        f"got {type(draft).__name__}"
+        "draft must be 'prompt_lookup', 'suffix', sd.PromptLookup(...), sd.SuffixDraft(...), "
+        f"sd.SelfSpeculative(layers), an sd.Model or a source with start(target, spec), got {draft!r}"
     )
+
+
+DRAFTS = {"prompt_lookup": PromptLookup, "suffix": SuffixDraft}  # draft= names

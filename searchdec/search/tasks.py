@@ -104,6 +104,7 @@ class Completion:
     tokens: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: str | None
+    backtracks: int = 0  # choices made again after a check killed the row (search/rows.py)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class TaskResult:
     top: list[tuple[int, float]] = field(default_factory=list)  # (token, log-probability), best first
     tokens_forwarded: int = 0
     expansions: int = 0  # nodes forwarded for the task (kept prompt and chunks are not counted again)
+    backtracks: int = 0  # choices made again after a check killed a row (search/rows.py)
     worker: str = ""
     seconds: float = 0.0  # time the runner spent on the task
 
@@ -220,6 +222,7 @@ class TaskRunner:
             decoder = Decoder(model)
             decode_rows(decoder, rows, {id(start): logits}, on_token, task.first)
             result.expansions = decoder.forwarded
+            result.backtracks = decoder.backtracks
             result.rows = [_completion(row.node, start) for row in rows]
         return result
 
@@ -232,7 +235,7 @@ class TaskRunner:
 def _completion(leaf: Node, start: Node) -> Completion:
     tokens, logprobs = leaf.generated()
     tokens, logprobs = tokens[start.depth :], logprobs[start.depth :]  # after the start (its prefix)
-    return Completion(tuple(tokens), tuple(float(v) for v in logprobs), leaf.finish_reason)
+    return Completion(tuple(tokens), tuple(float(v) for v in logprobs), leaf.finish_reason, leaf.backtracks)
 
 
 @contextmanager

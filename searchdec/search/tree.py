@@ -20,6 +20,7 @@ class Node:
     closing: int = 0  # tokens the constraint needed to close at the last budget check (search/budget.py)
     score: float | None = None  # a search's own score for this node (beam: float32 cumulative log-probability)
     prompt: Any = None  # a root's prompt as the user gave it (text or chat messages), for searches that re-read it
+    backtracks: int = 0  # choices made again on the way here after a check killed a hypothesis (search/rows.py)
     logprob: float = field(init=False)
     depth: int = field(init=False)  # generated tokens from the root to here
 

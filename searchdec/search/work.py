@@ -260,10 +260,12 @@ class Work:
             for row in result.rows:
                 child = job.start.child(row.tokens, row.logprobs)
                 child.finish_reason = row.finish_reason
+                child.backtracks = row.backtracks
                 out[owner].rows.append(child)
             if job.stats is not None:
                 job.stats.tokens_forwarded += result.tokens_forwarded
                 job.stats.expansions += result.expansions
+                job.stats.backtracks += result.backtracks
         return out
 
     def score(

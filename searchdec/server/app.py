@@ -43,9 +43,12 @@ def create_app(
     max_rows: int = 64,
     default_max_tokens: int | None = None,
     max_n: int = 16,
+    databases: dict[str, str] | None = None,
 ) -> FastAPI:
-    """The ASGI app serving `model` as `name`; its engine starts and stops with the app's lifespan."""
-    served = ServedModel(model, name, tool_format, default_max_tokens, max_n)
+    """The ASGI app serving `model` as `name`; its engine starts and stops with the app's lifespan.
+    `databases` (name -> SQLite file) are those a request may name in `structured_outputs.sql.database`;
+    each is opened now, so a missing or unreadable file fails here, not in a request."""
+    served = ServedModel(model, name, tool_format, default_max_tokens, max_n, _databases(databases))
     model.vocab_bytes  # noqa: B018 - computed once now, not inside the first request that reports logprobs
     engine = Engine(model, max_rows=max_rows)
     created = int(time.time())
@@ -91,6 +94,18 @@ def create_app(
 
 
 _PREPARE = threading.Lock()
+
+
+def _databases(databases: dict[str, str] | None) -> dict[str, str]:
+    from searchdec.grammars.sql import sql
+
+    checked = {}
+    for name, path in (databases or {}).items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a database needs a non-empty name, got {name!r} for {path!r}")
+        sql(db=path)  # DatabaseNotFoundError (a file SQLite cannot read) or ConstraintError (no tables)
+        checked[name] = str(path)
+    return checked
 
 
 def _locked(served: ServedModel, prepare, body) -> Plan:
@@ -190,7 +205,7 @@ async def _respond(request: Request, engine: Engine, served: ServedModel, plan: 
                 "index": i,
                 "message": out.chat_message(),
                 "logprobs": chat_logprobs(served.model, out.logprobs) if out.logprobs is not None else None,
-                "finish_reason": out.chat_finish_reason(plan.named_tool),
+                **out.finish_fields(plan.named_tool),
             }
             for i, out in enumerate(run.outputs)
         ]
@@ -200,7 +215,7 @@ async def _respond(request: Request, engine: Engine, served: ServedModel, plan: 
             "index": i,
             "text": out.text,
             "logprobs": completion_logprobs(served.model, out.logprobs) if out.logprobs is not None else None,
-            "finish_reason": out.finish_reason,
+            **out.finish_fields(),
         }
         for i, out in enumerate(run.outputs)
     ]
@@ -239,8 +254,8 @@ async def _chat_stream(run: _Run, served: ServedModel, ident: str, created: int)
     if plan.include_usage:
         base["usage"] = None
 
-    def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None) -> dict:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    def chunk(index: int, delta: dict, finish: dict | None = None, logprobs=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, **(finish or {"finish_reason": None})}
         return {**base, "choices": [choice]}
 
     for i in range(len(run.outputs)):
@@ -254,7 +269,7 @@ async def _chat_stream(run: _Run, served: ServedModel, ident: str, created: int)
         if delta or logprobs:
             yield chunk(index, delta, logprobs=logprobs)
         if final:
-            yield chunk(index, {}, out.chat_finish_reason(plan.named_tool))
+            yield chunk(index, {}, out.finish_fields(plan.named_tool))
     if plan.include_usage:
         yield {**base, "choices": [], "usage": run.usage()}
 
@@ -274,8 +289,8 @@ async def _text_stream(run: _Run, served: ServedModel, ident: str, created: int)
         logprobs = completion_logprobs(served.model, entries, offsets[index]) if entries else None
         offsets[index] += len(piece)
         if piece or logprobs or final:
-            choice = {"index": index, "text": piece, "logprobs": logprobs,
-                      "finish_reason": out.finish_reason if final else None}  # fmt: skip
+            finish = out.finish_fields() if final else {"finish_reason": None}
+            choice = {"index": index, "text": piece, "logprobs": logprobs, **finish}
             yield {**base, "choices": [choice]}
     if plan.include_usage:
         yield {**base, "choices": [], "usage": run.usage()}
@@ -295,6 +310,11 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, error: StarletteHTTPException):
+        if isinstance(error.__cause__, RecursionError):  # FastAPI's body parser gave up on a deep body
+            message = (
+                "could not parse the JSON body of the request: it nests deeper than the server's JSON parser reads"
+            )
+            return JSONResponse(APIError(message, code="invalid_json").body(), status_code=400)
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         body = APIError(str(error.detail), error.status_code, kind).body()
         return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
@@ -317,7 +337,7 @@ def _validation(error: RequestValidationError) -> APIError:
         hint = ""
         if name.startswith("guided_") or (loc and loc[0] == "structured_outputs"):
             hint = (
-                "; constraint fields are structured_outputs {json, regex, choice, grammar, json_object} and "
+                "; constraint fields are structured_outputs {json, regex, choice, grammar, json_object, sql} and "
                 "guided_json, guided_regex, guided_choice, guided_grammar"
             )
         return APIError(f"Unrecognized request argument supplied: {param}{hint}", param=param,

@@ -64,7 +64,7 @@ class Tokens:
 @dataclass
 class Finished:
     choice: int
-    reason: str  # "stop" | "length"
+    reason: str  # "stop" | "length" | "unsatisfied" (a check unmet within the budget; see output.openai_finish)
     tokens: int  # generated tokens, an end-of-sequence token included
 
 

@@ -20,6 +20,20 @@ from searchdec.server.engine import TokenLogprob
 _CALL_HEAD = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 
 
+# searchdec's finish reasons that OpenAI does not define, as the OpenAI value a client acts on. "unsatisfied"
+# (a check beyond the grammar, e.g. SQL that must compile or uniqueItems, could not be met within the search's
+# backtracking budget) is answered as "length": like a cut output, the text is not a valid answer, and strict
+# clients (typed SDKs) know only OpenAI's values. The exact reason rides beside it in `finish_detail`.
+_OPENAI_FINISH = {"unsatisfied": "length"}
+
+
+def openai_finish(reason: str | None) -> dict:
+    """`{"finish_reason": ...}` in OpenAI's values, plus `"finish_detail"` when searchdec's reason differs."""
+    if reason in _OPENAI_FINISH:
+        return {"finish_reason": _OPENAI_FINISH[reason], "finish_detail": reason}
+    return {"finish_reason": reason}
+
+
 def call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
@@ -123,6 +137,12 @@ class ChoiceOutput:
         if self.calls():
             return "stop" if named else "tool_calls"
         return self.finish_reason or "length"
+
+    def finish_fields(self, named: bool | None = None) -> dict:
+        """A choice's `finish_reason` in OpenAI's values (chat when `named` is given, else completions), with
+        searchdec's own reason beside it in `finish_detail` where OpenAI has none (see `openai_finish`)."""
+        reason = self.chat_finish_reason(named) if named is not None else self.finish_reason or "length"
+        return openai_finish(reason)
 
     def chat_message(self) -> dict:
         calls = self.calls()

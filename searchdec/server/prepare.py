@@ -14,7 +14,7 @@ not merely requested.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
@@ -39,6 +39,7 @@ class ServedModel:
     tool_format: str = "auto"  # "hermes" | "json" | "auto": hermes when the template renders tools, else json
     default_max_tokens: int | None = None  # None: up to the context window
     max_n: int = 16
+    databases: dict[str, str] = field(default_factory=dict)  # name -> SQLite path, for structured_outputs.sql
 
     def __post_init__(self) -> None:
         self.compile_lock = threading.Lock()  # the grammar compiler's cache is not thread-safe
@@ -132,6 +133,7 @@ def _request_constraint(served: ServedModel, req: _Sampling, **chat_fields) -> R
             structured_outputs=_dump(req.structured_outputs),
             **extensions,
             tool_format=served.chat.tool_format,
+            databases=served.databases,
         )
     except RequestError as error:
         raise _api_error(error) from None

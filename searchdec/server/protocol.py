@@ -3,7 +3,7 @@
 Every field OpenAI defines for these endpoints is declared; one that searchdec cannot honour is
 refused when set to anything but its neutral value (see `app._refuse_unsupported`), and a field
 nobody defines is a 400, as OpenAI itself answers. searchdec's own extensions: `search`,
-`structured_outputs`, the legacy `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`,
+`structured_outputs` (with `sql`), the legacy `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`,
 `top_k` / `min_p`, and transformers' logit processors `repetition_penalty`, `no_repeat_ngram_size`,
 `typical_p`, `epsilon_cutoff`, `eta_cutoff` (search/processors.py; OpenAI's `frequency_penalty`,
 `presence_penalty` and `logit_bias` map onto the same pipeline).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class _Strict(BaseModel):
@@ -95,14 +95,24 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
-class StructuredOutputs(_Strict):
-    """searchdec's constraint extension (vLLM's names): exactly one of these."""
+class SqlOutputs(_Strict):
+    """SQLite SELECT statements over a schema: a Spider `tables.json` entry, or the name of a database the
+    server was started with (`searchdec serve --database NAME=PATH`); `checks` as in `sd.sql`."""
 
-    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    tables: dict[str, Any] | None = None
+    database: str | None = None
+    checks: StrictBool = True
+
+
+class StructuredOutputs(_Strict):
+    """searchdec's constraint extension (vLLM's names, and `sql`): exactly one of these."""
+
+    json_: dict[str, Any] | StrictBool | str | None = Field(default=None, alias="json")
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool | None = None
+    sql: SqlOutputs | None = None
 
 
 class SearchSpec(BaseModel):
@@ -139,7 +149,7 @@ class _Sampling(_Strict):
     user: str | None = None
     search: SearchSpec | None = None
     structured_outputs: StructuredOutputs | None = None
-    guided_json: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | StrictBool | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None

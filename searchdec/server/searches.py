@@ -32,9 +32,16 @@ Algorithms and parameters (defaults in brackets):
   reported as its exponential, the geometric-mean token probability; "self_eval",
   `rewards.SelfEvaluation(model)`, the model asked whether its answer to the request's last user
   message (the prompt itself for a completion) is correct, P(Yes) / (P(Yes) + P(No)) (one extra
-  batched forward); "none", no reward (only with aggregate "majority": self-consistency). A JSON-validity reward is
-  not offered: under `response_format` the grammar already makes every finished sample valid, so it
-  could not tell them apart.
+  batched forward); "grounding", `rewards.Grounding() + 0.01 * rewards.MeanLogprob()`, the fraction of
+  a tool call's argument values the conversation supports (its tools read from the prompt's listing),
+  ties broken by likelihood — for requests with `tools`; "none", no reward (only with aggregate
+  "majority": self-consistency). A JSON-validity reward is not offered: under `response_format` the
+  grammar already makes every finished sample valid, so it could not tell them apart.
+- `treebon` (TreeBoN, `sd.TreeBoN`: best-of-N grown in segments, the low-reward partial candidates
+  rejected each round): n [max(8, request n)], branching [2], segment [16 tokens], rounds [3],
+  reward ["logprob"; "self_eval", "grounding": the built-in rewards above, scored on partial text],
+  step [none; a delimiter that also ends a segment], temperature [0.8], top_p, top_k, min_p, seed,
+  the logit processors.
 - `contrastive` (contrastive decoding, `sd.Contrastive`, greedy over the scores): layers (required:
   the amateur is the served model's first `layers` decoder layers, its final norm and LM head; the
   server holds one model), alpha [0.1], beta [none: Li et al.'s log p_e - log p_a; a number: O'Brien
@@ -43,8 +50,17 @@ Algorithms and parameters (defaults in brackets):
   others, utility ["exact": the extracted final answers match; "chrf", "f1"], answer [the last
   number; a regex whose last match, or first group, is the answer, only with "exact"], weights
   ["uniform"; "model"], temperature [1.0], top_p, top_k, min_p, seed [0]: `sd.MBR`.
+- `smc` (sequential Monte Carlo from the model conditioned on the constraint, `sd.SMC`): particles [16;
+  at most 64], proposal ["awrs"; "mask"], resample ["multinomial"; "systematic"], ess_threshold [0.5; within
+  [0, 1]], seed, max_rejects [64]. The request's `n` choices are drawn from the weighted particles (each
+  choice an output of the model's conditional distribution, not of masked sampling's).
 - `priority` (priority sampling): the request's n unique outputs in order of the model's
   confidence, the first the greedy one, deterministic; branching [n - 1: exact]: `sd.PrioritySampling`.
+- `speculative` (lossless: the greedy output, fewer target forwards): draft ["prompt_lookup"; "suffix":
+  suffix-automaton drafts over the prompt and output], k [4; draft length, 1..64], drafts [1; up to 16
+  drafts verified at once as a token tree]: `sd.Speculative`. One choice (n = 1).
+- `lookahead` (lossless lookahead decoding, the greedy output): window [5], ngram [4], candidates [5],
+  each 1..16 (ngram from 2): `sd.Lookahead`. One choice (n = 1).
 
 Without a `search` field, `temperature` chooses: below 1e-5 (0 included) is greedy, anything else
 samples (OpenAI's default temperature is 1).
@@ -57,16 +73,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from searchdec.rewards import MeanLogprob, SelfEvaluation
+from searchdec.rewards import Grounding, MeanLogprob, SelfEvaluation, Weighted
 from searchdec.search.beam import Beam
 from searchdec.search.best_first import BestFirstBeam
 from searchdec.search.best_of_n import BestOfN
 from searchdec.search.contrastive import Contrastive, EarlyExit, amateur_for
 from searchdec.search.diverse_beam import DiverseBeam
+from searchdec.search.lookahead import Lookahead
 from searchdec.search.mbr import MBR
 from searchdec.search.priority import PrioritySampling
 from searchdec.search.processors import Processors
 from searchdec.search.sampling import Greedy, Sample
+from searchdec.search.smc import PROPOSALS, RESAMPLING, SMC
+from searchdec.search.speculative import Speculative
+from searchdec.search.treebon import TreeBoN
 from searchdec.server.errors import bad_request
 
 MIN_TEMPERATURE = 1e-5  # below it, logits / temperature overflow to inf (found by the fuzzer at 1e-300)
@@ -277,7 +297,8 @@ def _best_first_beam(params: dict, context: SearchContext) -> BestFirstBeam:
     return BestFirstBeam(width=_width(params, "width", max(4, context.n), context), num_return=context.n)
 
 
-REWARDS = ("logprob", "self_eval", "none")
+REWARDS = ("logprob", "self_eval", "grounding", "none")
+GROUNDING_TIE_BREAK = 0.01  # below the smallest step of a grounding fraction with up to 99 values
 
 
 def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
@@ -287,15 +308,42 @@ def _best_of_n(params: dict, context: SearchContext) -> BestOfN:
     if reward not in REWARDS:
         raise ValueError(f"reward must be one of {', '.join(map(repr, REWARDS))}, got {reward!r}")
     if reward == "none" and aggregate != "majority":
-        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob" or "self_eval"')
+        raise ValueError(f'aggregate {aggregate!r} ranks by a reward; choose "logprob", "self_eval" or "grounding"')
     sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return BestOfN(n=samples, reward=_scorer(reward, context), aggregate=aggregate, sample=sample)
+
+
+def _scorer(reward: str, context: SearchContext):
+    """The built-in reward named `reward` (REWARDS; "none": None)."""
     if reward == "logprob":
-        scorer = MeanLogprob()
-    elif reward == "self_eval":
-        scorer = SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
-    else:
-        scorer = None
-    return BestOfN(n=samples, reward=scorer, aggregate=aggregate, sample=sample)
+        return MeanLogprob()
+    if reward == "grounding":
+        return Weighted([(1.0, Grounding()), (GROUNDING_TIE_BREAK, MeanLogprob())])
+    if reward == "self_eval":
+        return SelfEvaluation(context.model)  # asks about the last user turn of the prompt it is given
+    return None
+
+
+def _treebon(params: dict, context: SearchContext) -> TreeBoN:
+    samples = _width(params, "n", max(8, context.n), context)
+    reward = params.get("reward", "logprob")
+    if reward not in REWARDS or reward == "none":
+        raise ValueError(f'reward must be "logprob", "self_eval" or "grounding", got {reward!r}')
+    for key in ("branching", "segment", "rounds"):
+        _number(params, key, int)
+    step = params.get("step")
+    if step is not None and not isinstance(step, str):
+        raise TypeError(f"step must be a delimiter string, got {step!r}")
+    sample = _sample({k: v for k, v in params.items() if k in _SAMPLING}, context, samples, temperature=0.8)
+    return TreeBoN(
+        n=samples,
+        branching=params.get("branching", 2),
+        segment=params.get("segment", 16),
+        rounds=params.get("rounds", 3),
+        reward=_scorer(reward, context),
+        step=step,
+        sample=sample,
+    )
 
 
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", *PROCESSORS)
@@ -333,6 +381,65 @@ def _mbr(params: dict, context: SearchContext) -> MBR:
 def _priority(params: dict, context: SearchContext) -> PrioritySampling:
     branching = _number(params, "branching", int)
     return PrioritySampling(n=context.n, branching=branching)
+
+
+def _smc(params: dict, context: SearchContext) -> SMC:
+    """Each parameter checked alone, so that an error names its field."""
+    checked: dict[str, Any] = {}
+    for key, low, high in (("particles", 1, MAX_WIDTH), ("max_rejects", 1, None), ("seed", None, None)):
+        value = _checked(params, key, "search.", int)
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            bound = f"within [{low}, {high}]" if high is not None else f">= {low}"
+            raise bad_request(f"{key} must be {bound} on this server, got {value}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    for key, choices in (("proposal", PROPOSALS), ("resample", RESAMPLING)):
+        value = params.get(key)
+        if value is not None and value not in choices:
+            raise bad_request(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}", "search." + key)
+        if value is not None:
+            checked[key] = value
+    threshold = _checked(params, "ess_threshold", "search.")
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise bad_request(f"ess_threshold must be within [0, 1], got {threshold!r}", "search.ess_threshold")
+        checked["ess_threshold"] = float(threshold)
+    return SMC(draws=context.n, **checked)
+
+
+MAX_DRAFT = 64  # draft tokens per chain: one verifying forward holds the worker
+MAX_TREE = 16  # drafts verified at once, window columns, pool candidates, n-gram length
+
+
+def _small(params: dict, key: str, default: int, low: int, high: int) -> int:
+    value = _number(params, key, int)
+    value = default if value is None else value
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be within [{low}, {high}], got {value!r}")
+    return value
+
+
+def _one_choice(name: str, context: SearchContext) -> None:
+    if context.n != 1:
+        raise ValueError(f"{name} decoding returns the one greedy output; n must be 1, got {context.n}")
+
+
+def _speculative(params: dict, context: SearchContext) -> Speculative:
+    _one_choice("speculative", context)
+    draft = params.get("draft", "prompt_lookup")
+    if draft not in ("prompt_lookup", "suffix"):
+        raise ValueError(f'draft must be "prompt_lookup" or "suffix", got {draft!r}')
+    k = _small(params, "k", 4, 1, MAX_DRAFT)
+    return Speculative(draft=draft, k=k, drafts=_small(params, "drafts", 1, 1, MAX_TREE), max_k=max(16, k))
+
+
+def _lookahead(params: dict, context: SearchContext) -> Lookahead:
+    _one_choice("lookahead", context)
+    return Lookahead(
+        window=_small(params, "window", 5, 1, MAX_TREE),
+        ngram=_small(params, "ngram", 4, 2, MAX_TREE),
+        candidates=_small(params, "candidates", 5, 1, MAX_TREE),
+    )
 
 
 register(SearchEntry("greedy", PROCESSORS, _greedy, description="the most probable token at each step"))
@@ -377,7 +484,7 @@ register(
         ("n", "reward", "aggregate", *_SAMPLING),
         _best_of_n,
         stepwise=False,
-        description="n samples ranked by a built-in reward (logprob, self_eval) or by majority",
+        description="n samples ranked by a built-in reward (logprob, self_eval, grounding) or by majority",
     )
 )
 register(
@@ -405,5 +512,41 @@ register(
         _priority,
         stepwise=False,
         description="priority sampling: n unique outputs, most confident branch first, the first greedy",
+    )
+)
+register(
+    SearchEntry(
+        "smc",
+        ("particles", "proposal", "resample", "ess_threshold", "seed", "max_rejects"),
+        _smc,
+        stepwise=False,
+        description="sequential Monte Carlo: n draws from the model conditioned on the constraint (AWRS or masked)",
+    )
+)
+register(
+    SearchEntry(
+        "speculative",
+        ("draft", "k", "drafts"),
+        _speculative,
+        stepwise=False,
+        description="lossless speculative decoding (prompt-lookup or suffix drafts, several as a token tree)",
+    )
+)
+register(
+    SearchEntry(
+        "treebon",
+        ("n", "branching", "segment", "rounds", "reward", "step", *_SAMPLING),
+        _treebon,
+        stepwise=False,
+        description="TreeBoN: best-of-n grown in segments, low-reward branches rejected each round",
+    )
+)
+register(
+    SearchEntry(
+        "lookahead",
+        ("window", "ngram", "candidates"),
+        _lookahead,
+        stepwise=False,
+        description="lossless lookahead decoding (Jacobi iterations and an n-gram pool, no draft model)",
     )
 )
