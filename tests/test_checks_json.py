@@ -247,3 +247,43 @@ def test_a_required_key_no_schema_admits_stays_a_compile_error(tiny):
     }
     with pytest.raises(sd.ConstraintError):
         sd.json_schema(schema).compile(tiny)
+
+
+@pytest.mark.parametrize(
+    ("schema", "pointer"),
+    [
+        ({"type": "object", "properties": {"x": False, "a": {}}, "required": ["x"]}, "#/required"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {}},
+                "patternProperties": {"^y": {}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+            "#/required",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"o": {"type": "object", "properties": {"a": {}, "x": {"enum": []}}, "required": ["x"]}},
+                "required": ["o"],
+            },
+            "#/required",  # llguidance names the outer key: an object that needs "o" and can never hold it
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {}, "b": {}},
+                "required": ["x"],
+                "additionalProperties": False,
+                "patternProperties": {"^x$": False},
+            },
+            "#/required",
+        ),
+    ],
+)
+def test_a_required_key_no_schema_admits_is_refused_in_any_order_too(tiny, schema, pointer):
+    """As llguidance refuses it in schema order (an optional object holding one is dropped instead)."""
+    with pytest.raises(sd.EmptyLanguageError, match=f"required property '[xo]' is unsatisfiable .*at {pointer}"):
+        sd.json_schema(schema).compile(tiny)

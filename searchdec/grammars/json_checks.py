@@ -55,7 +55,7 @@ def _subschemas(node: dict) -> list[dict]:
     return [sub for sub in found if isinstance(sub, dict)]
 
 
-def reorders(node: dict) -> bool:
+def reorders(node: dict, applying: _Applying | None = None) -> bool:
     """Whether the grammar takes the object `node` describes in any key order: an object whose documents may
     hold two keys or more, with names that llguidance can keep apart from its own `patternProperties`
     (patterns must be disjoint there) and required names that some key schema admits. Its properties then
@@ -81,7 +81,11 @@ def reorders(node: dict) -> bool:
         return False
     if any(pattern.search(name) for pattern in compiled for name in properties):
         return False
-    return extra or bool(patterns) or set(required) <= set(properties)
+    if not (extra or patterns or set(required) <= set(properties)):
+        return False
+    # a required key no schema admits: schema order, where llguidance finds the schema unsatisfiable as it
+    # would without this module (or drops the object where it is optional)
+    return unwritable_required(node, applying) is None
 
 
 def _exact(name: str) -> str:
@@ -95,6 +99,85 @@ def _exact(name: str) -> str:
         else:
             out.append(char)
     return "^" + "".join(out) + "$"
+
+
+def _never(schema: Any, applying: _Applying | None, memo: dict[int, bool]) -> bool:
+    """Whether no value can satisfy `schema` by its face: `false`, an empty `enum`, `not: {}` / `not: true`, an
+    object with a required key no schema admits, or an `allOf` member or local `$ref` target that is one.
+    llguidance finds deeper contradictions itself, but only in the `required` it is given. `memo` holds the
+    answers so far by node (a node met again while its answer is pending counts as satisfiable)."""
+    if schema is False:
+        return True
+    if not isinstance(schema, dict):
+        return False
+    if id(schema) in memo:
+        return memo[id(schema)]
+    memo[id(schema)] = False
+    never = schema.get("enum") == [] or schema.get("not") in ({}, True)
+    if not never and schema.get("type") == "object":
+        never = unwritable_required(schema, applying, memo) is not None
+    if not never:
+        members = [sub for sub in schema.get("allOf") or () if isinstance(sub, (dict, bool))]
+        target = applying.resolve(schema.get("$ref")) if applying is not None else None
+        members += [target] if target is not None else []
+        never = any(_never(sub, applying, memo) for sub in members)
+    memo[id(schema)] = never
+    return never
+
+
+def unwritable_required(
+    node: dict, applying: _Applying | None = None, memo: dict[int, bool] | None = None
+) -> str | None:
+    """The first name in `node`'s `required` that no key schema of the object admits (its property schema, the
+    patterns that match it, else `additionalProperties`, is one no value satisfies); None when there is none."""
+    required = node.get("required")
+    if not isinstance(required, list):
+        return None
+    memo = {} if memo is None else memo
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    patterns = node.get("patternProperties") if isinstance(node.get("patternProperties"), dict) else {}
+    for name in required:
+        if not isinstance(name, str):
+            continue
+        schemas = [properties[name]] if name in properties else []
+        for pattern, sub in patterns.items():
+            try:
+                if re.search(pattern, name):
+                    schemas.append(sub)
+            except re.error:
+                continue
+        if not schemas:
+            schemas.append(node.get("additionalProperties", True))
+        if any(_never(sub, applying, memo) for sub in schemas):
+            return name
+    return None
+
+
+def required_pointer(root: Any, name: str) -> str | None:
+    """The JSON pointer of the first `required` list in `root` whose `name` no key schema of its object admits
+    (to point an "unsatisfiable required property" error at it); None when there is none."""
+    applying = _Applying(root)
+    for node in _every_schema(root):
+        if unwritable_required(node, applying) == name:
+            return f"#{_pointer(root, node)}/required"
+    return None
+
+
+def _pointer(root: Any, target: dict) -> str:
+    """The JSON pointer of the node `target` inside `root` ("" for the root; an error path, so a plain search)."""
+    pending: list[tuple[Any, str]] = [(root, "")]
+    seen: set[int] = set()
+    while pending:
+        node, pointer = pending.pop()
+        if node is target:
+            return pointer
+        if id(node) in seen or not isinstance(node, (dict, list)):
+            continue
+        seen.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            pending.append((value, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"))
+    return "?"
 
 
 def _in_any_order(node: dict) -> None:
@@ -279,8 +362,9 @@ def split(schema: Any, any_order: bool = True) -> tuple[Any, JsonCheck | None]:
             for key in CHECKED:
                 node.pop(key, None)
     pinned = _pinned(grammar) if any_order else set()
+    applying = _Applying(grammar)
     for node in _every_schema(grammar) if any_order else ():
-        if id(node) not in pinned and reorders(node):
+        if id(node) not in pinned and reorders(node, applying):
             found = True
             _in_any_order(node)
         if _one_of_in_grammar(node, pinned):
@@ -342,7 +426,7 @@ class JsonCheck(Check):
 
     def _reorders(self, node: dict) -> bool:
         """Whether `split` took `node` in any key order."""
-        return self.any_order and id(node) not in self._pinned and reorders(node)
+        return self.any_order and id(node) not in self._pinned and reorders(node, self.applying)
 
     def validator(self, node: dict):
         """The validator of the keywords taken from `node` (None: none), resolving `$ref` from the root."""

@@ -24,6 +24,7 @@ from searchdec.errors import (
     GrammarSyntaxError,
     UnsupportedKeywordError,
 )
+from searchdec.grammars import json_checks
 from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, allocate_bitmask, unpack_bitmask
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, schema_problem
 
@@ -257,6 +258,7 @@ class LLGuidanceBackend(Backend):
         return constraint
 
 
+_REQUIRED = re.compile(r"required property '(.*)' is unsatisfiable")
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
 _UNSUPPORTED_FEATURES = [
     (r"oneOf constraints are not supported", "oneOf"),
@@ -270,7 +272,11 @@ def _classify(spec: ConstraintSpec, message: str) -> ConstraintError:
         keywords = [k.strip().strip('"') for k in match.group(1).split(",") if k.strip()]
         return UnsupportedKeywordError(keywords, message)
     if "Unsatisfiable" in message or "unsatisfiable" in message:
-        return EmptyLanguageError(f"{spec.describe()} can never be satisfied: {message}")
+        where = ""
+        if isinstance(spec, JsonSchema) and (found := _REQUIRED.search(message)):
+            pointer = json_checks.required_pointer(spec.given_schema, found.group(1))
+            where = f" (the required list at {pointer})" if pointer else ""
+        return EmptyLanguageError(f"{spec.describe()} can never be satisfied: {message}{where}")
     if isinstance(spec, JsonSchema):
         problem = schema_problem(spec.given_schema)
         if problem is not None:
