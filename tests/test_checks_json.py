@@ -287,3 +287,15 @@ def test_a_required_key_no_schema_admits_is_refused_in_any_order_too(tiny, schem
     """As llguidance refuses it in schema order (an optional object holding one is dropped instead)."""
     with pytest.raises(sd.EmptyLanguageError, match=f"required property '[xo]' is unsatisfiable .*at {pointer}"):
         sd.json_schema(schema).compile(tiny)
+
+
+@pytest.mark.parametrize("search", [sd.Greedy(), sd.Sample(n=3, seed=0)], ids=["greedy", "sample"])
+def test_a_budgeted_output_in_any_order_holds_every_required_key(tiny, search):
+    """The closing walk writes a missing required key where the grammar alone would close the object."""
+    spec = sd.json_schema(ANY_ORDER)
+    floor = spec.compile(tiny).start().closing(10_000)[0]
+    for max_tokens in (floor, floor + 6):
+        out = sd.generate(tiny, "x", max_tokens=max_tokens, constraint=spec, search=search)
+        for hypothesis in out.hypotheses:
+            assert hypothesis.finish_reason == "stop", (max_tokens, hypothesis.text)
+            jsonschema.validate(json.loads(hypothesis.text), ANY_ORDER)

@@ -9,8 +9,10 @@ So a finished output satisfies every check. What a check only finds once the tok
 the search: the decoding step (search/rows.py) backtracks from a dead hypothesis to the next best
 alternative, and frontier searches (beams, best-first) drop it (`finish_reason` "unsatisfied").
 
-`closing` is the grammar's own walk (checks do not steer it): an upper bound when the walk satisfies the
-checks; a walk that violates one is found dead when taken, and the search backtracks.
+`closing` is the grammar's own walk where every check's `completion` says it is fine; elsewhere the walk goes
+token by token through this State (so a check's refusals hold), writing what a check asks for (a missing
+required key) before the grammar's next choice. An upper bound, consistent with itself: the walk from its
+first token is the rest of this one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class CheckedConstraint(Constraint):
         self.description = f"{inner.description} with checks ({', '.join(c.name for c in self.checks)})"
         self.eos = frozenset(tokenizer.eos_token_ids)
         self.pieces = tokenizer.prepare("check-pieces", lambda: _pieces(tokenizer))  # once per tokenizer
+        self.byte_tokens = tokenizer.prepare("check-byte-tokens", lambda: _byte_tokens(self.pieces))
         self._tokenizer = tokenizer
         self._refusals: dict[frozenset[int], torch.Tensor] = {}
 
@@ -73,6 +76,15 @@ def _pieces(tokenizer: TokenizerInfo) -> list[bytes]:
     """Each token's bytes as a check reads them (special tokens: none)."""
     special = tokenizer.special_token_ids | tokenizer.eos_token_ids
     return [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
+
+
+def _byte_tokens(pieces: list[bytes]) -> dict[int, int]:
+    """For each byte, a token that is exactly that byte (where the vocabulary has one)."""
+    found: dict[int, int] = {}
+    for token, piece in enumerate(pieces):
+        if len(piece) == 1:
+            found.setdefault(piece[0], token)
+    return found
 
 
 class CheckedState(State):
@@ -201,11 +213,37 @@ class CheckedState(State):
             bitmask[row] &= self._constraint.refusal(refused)
 
     def closing(self, limit: int) -> tuple[int, int | None] | None:
-        if self.dead:
-            return None
-        if self.finished:
-            return (0, None)
-        found = self._inner.closing(limit)
-        if found is None or found[1] is None or not self.allows(found[1]):
-            return None
-        return found
+        state, steps, first = self, 0, None
+        while steps <= limit:
+            if state.dead:
+                return None
+            if state.finished:
+                return (steps, first)
+            guidance = state._completion()
+            if guidance is None:  # the grammar's walk satisfies every check: it is the rest of this one
+                rest = state._inner.closing(limit - steps)
+                if rest is None or rest[1] is None or not state.allows(rest[1]):
+                    return None
+                return (steps + rest[0], rest[1] if first is None else first)
+            token = guidance[0] if guidance and state.allows(guidance[0]) else None
+            if token is None:  # the grammar's next token, checked against this State's refusals
+                rest = state._inner.closing(limit - steps)
+                if rest is None or rest[1] is None or not state.allows(rest[1]):
+                    return None
+                token = rest[1]
+            state = state.advance(token)
+            first = token if first is None else first
+            steps += 1
+        return None
+
+    def _completion(self) -> list[int] | None:
+        """What the checks ask a closing walk to do next (see `CheckState.completion`): None (follow the
+        grammar's walk to the end), [] (take the grammar's next token), or [the token to write next]."""
+        step = False
+        for check in self._checks:
+            data = check.completion()
+            if data:
+                token = self._constraint.byte_tokens.get(data[0])
+                return [token] if token is not None else []
+            step = step or data is not None
+        return [] if step else None

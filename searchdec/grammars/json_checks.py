@@ -441,6 +441,11 @@ class JsonCheck(Check):
             self._required[id(node)] = frozenset(self.taken(node).get("required", ()))
         return self._required[id(node)]
 
+    @cached_property
+    def requires_keys(self) -> bool:
+        """Whether some object must hold a key only this check enforces (the grammar takes it in any order)."""
+        return any(self.required(node) for node in self.applying.tracked())
+
     def start(self, tokenizer: TokenizerInfo | None = None) -> JsonCheckState:
         closers = frozenset() if tokenizer is None else tokenizer.prepare("json-closers", lambda: _closers(tokenizer))
         return JsonCheckState(self, b"", (), None, None, False, False, closers)
@@ -507,6 +512,39 @@ class JsonCheckState(CheckState):
         if kind == "{" and any(not self._check.required(node) <= keys for node in nodes):
             return self._closers
         return frozenset()
+
+    def completion(self) -> bytes | None:
+        """For a closing walk (see `CheckState.completion`): the rest of a required key still missing from the
+        innermost object, where a key may start (after its "{", a comma or a value; or inside a key whose start
+        matches the name), or after the value of a number or literal; b"" (follow the grammar's walk) elsewhere,
+        while the document is open; None when no object needs such a key."""
+        if self._violated or self._done or not self._check.requires_keys:
+            return None
+        name = self._missing(self._stack[-1]) if self._stack else None
+        if name is None:  # the grammar's walk may open or close an object that misses a key: step it
+            return b""
+        key = json.dumps(name, ensure_ascii=False).encode()
+        scalar = self._scalar
+        if scalar is not None and scalar[4]:  # in a key
+            written = self._text[scalar[0] :]
+            return key[len(written) :] + b":" if key.startswith(written) else b""
+        if scalar is not None and scalar[2]:  # in a string value: the grammar closes it
+            return b""
+        if scalar is None and self._stack[-1][5]:  # a key may start here
+            return key + b":"
+        # after a value, or in a number or literal (the comma ends it where the grammar allows one already)
+        return b"," + key + b":" if self._pending is None or scalar is not None else b""
+
+    def _missing(self, frame) -> str | None:
+        """The first key (in its `required` list) a "{" frame must still hold; None when it holds them all, or
+        is an array."""
+        if frame[0] != "{":
+            return None
+        for node in frame[2]:
+            required = self._check.required(node)
+            if required and not required <= frame[6]:
+                return next(name for name in node["required"] if name in required and name not in frame[6])
+        return None
 
     def _valid(self, nodes, value) -> bool:
         for node in nodes:
