@@ -13,6 +13,7 @@ DIR`), schema by schema in turn with this one (never at the same time), and the 
 the timings, this checkout over the other.
 
 Run:  python benchmarks/json_validity.py [--data ../shared/data/jsonschemabench] [--every 1] [--against DIR]
+      [--property-order any|schema]
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def plain(schema) -> bool:
 # --- the worker: one checkout, one schema at a time ------------------------------------------------------
 
 
-def measure(model, path: str, shuffles: int, timed: bool) -> dict:
+def measure(model, path: str, shuffles: int, timed: bool, options: dict) -> dict:
     import searchdec as sd
     from searchdec.grammars.base import allocate_bitmask
 
@@ -66,12 +67,12 @@ def measure(model, path: str, shuffles: int, timed: bool) -> dict:
     bitmask = allocate_bitmask(1, model.vocab_size)
     start = time.perf_counter()
     try:
-        state = sd.json_schema(case["schema"]).compile(model).start()
+        state = sd.json_schema(case["schema"], **options).compile(model).start()
         state.fill(bitmask)
     except sd.ConstraintError as error:
         return {"error": type(error).__name__}
     first_mask = time.perf_counter() - start
-    constraint = sd.json_schema(case["schema"]).compile(model)  # the cached one, reused for every instance
+    constraint = sd.json_schema(case["schema"], **options).compile(model)  # the cached one, for every instance
 
     def accepted(data) -> bool:
         tokens = model.encode(json.dumps(data, ensure_ascii=False), add_special_tokens=False)
@@ -104,7 +105,7 @@ def measure(model, path: str, shuffles: int, timed: bool) -> dict:
     return out
 
 
-def worker(shuffles: int) -> None:
+def worker(shuffles: int, options: dict) -> None:
     import searchdec as sd
 
     model = sd.load("smollm2-135m")
@@ -112,7 +113,7 @@ def worker(shuffles: int) -> None:
     for line in sys.stdin:
         path, timed = json.loads(line)
         try:
-            result = measure(model, path, shuffles, timed)
+            result = measure(model, path, shuffles, timed, options)
         except Exception as error:  # a crash is a finding, reported per schema
             result = {"error": f"crash {type(error).__name__}: {str(error)[:100]}"}
         print(json.dumps(result), flush=True)
@@ -124,12 +125,13 @@ def worker(shuffles: int) -> None:
 class Worker:
     """A worker process over the searchdec checkout in `root`, restarted after a schema that hangs."""
 
-    def __init__(self, root: Path, shuffles: int) -> None:
-        self.root, self.shuffles, self.process = root, shuffles, None
+    def __init__(self, root: Path, shuffles: int, options: dict) -> None:
+        self.root, self.shuffles, self.options, self.process = root, shuffles, options, None
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(self.root), "HF_HUB_OFFLINE": "1"}
         command = [sys.executable, __file__, "--worker", "--shuffles", str(self.shuffles)]
+        command += ["--options", json.dumps(self.options)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         ready = json.loads(self.process.stdout.readline())
         if not ready["ready"].startswith(str(self.root)):
@@ -182,15 +184,20 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another searchdec checkout, measured in the same run")
     parser.add_argument("--shuffles", type=int, default=1, help="shuffled copies walked per valid instance")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per schema before giving up")
+    parser.add_argument(
+        "--property-order", choices=["any", "schema"], help="sd.json_schema(property_order=...) for this checkout"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.shuffles)
+        return worker(args.shuffles, json.loads(args.options))
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data}; pass --data (tests/data/jsonschemabench is a small sample)")
     paths = [str(p) for p in sorted(args.data.glob("*.json"))[:: args.every]]
     roots = {"this checkout": HERE} | ({"against": args.against.resolve()} if args.against else {})
-    workers = {label: Worker(root, args.shuffles) for label, root in roots.items()}
+    ours = {"property_order": args.property_order} if args.property_order else {}
+    workers = {label: Worker(root, args.shuffles, ours if root == HERE else {}) for label, root in roots.items()}
     results: dict[str, dict] = {label: {} for label in roots}
     failures: dict[str, dict] = {label: {} for label in roots}
     for index, path in enumerate(paths):
