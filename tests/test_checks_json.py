@@ -299,3 +299,13 @@ def test_a_budgeted_output_in_any_order_holds_every_required_key(tiny, search):
         for hypothesis in out.hypotheses:
             assert hypothesis.finish_reason == "stop", (max_tokens, hypothesis.text)
             jsonschema.validate(json.loads(hypothesis.text), ANY_ORDER)
+
+
+def test_property_order_schema_keeps_the_grammar_alone(tiny):
+    document = {"c": True, "a": 1}
+    assert walked(tiny, sd.json_schema(ANY_ORDER).compile(tiny), document)
+    constraint = sd.json_schema(ANY_ORDER, property_order="schema").compile(tiny)
+    assert type(constraint).__name__ == "LLGuidanceConstraint"
+    assert not walked(tiny, constraint, document) and walked(tiny, constraint, {"a": 1, "c": True})
+    with pytest.raises(sd.ConstraintError, match="property_order"):
+        sd.json_schema(ANY_ORDER, property_order="sorted")
