@@ -309,3 +309,12 @@ def test_property_order_schema_keeps_the_grammar_alone(tiny):
     assert not walked(tiny, constraint, document) and walked(tiny, constraint, {"a": 1, "c": True})
     with pytest.raises(sd.ConstraintError, match="property_order"):
         sd.json_schema(ANY_ORDER, property_order="sorted")
+
+
+def test_a_required_beside_object_branches_takes_them_in_any_order(tiny):
+    """`required` next to `anyOf` object branches (JSONSchemaBench's Skaffold artifacts) goes into each branch."""
+    branch = {"type": "object", "properties": {"image": {"type": "string"}, "sync": {"type": "integer"}}}
+    schema = {"required": ["image"], "anyOf": [{**branch, "additionalProperties": False}, {"type": "string"}]}
+    constraint = sd.json_schema(schema).compile(tiny)
+    assert walked(tiny, constraint, {"sync": 1, "image": "x"}) and walked(tiny, constraint, "s")
+    assert not walked(tiny, constraint, {"sync": 1})
