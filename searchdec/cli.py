@@ -1,4 +1,5 @@
-"""Command line: `searchdec generate "prompt"` (also `python -m searchdec generate ...`).
+"""Command line: `searchdec generate "prompt"` (also `python -m searchdec generate ...`), `searchdec serve`
+and `searchdec bench NAME` (searchdec/bench).
 
 Text streams to stdout as it is generated; model conversion reports its progress on stderr.
 """
@@ -58,8 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         help="a SQLite database requests may constrain SQL to (structured_outputs.sql.database: NAME); repeatable",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    args = parser.parse_args(argv)
+    from searchdec.bench import BENCHES
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark's quick rows on this machine, ours beside the peer (--full: all rows)",
+        description="Benches: " + "; ".join(f"{name}: {what}" for name, what in BENCHES.items()),
+    )
+    bench.add_argument("name", choices=list(BENCHES))
+    bench.add_argument("--full", action="store_true", help="all rows, as benchmarks/NAME.py runs them")
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "bench":
+            from searchdec.bench import run
+
+            return run(args.name, rest, full=args.full)
         if args.command == "serve":
             return _serve(args)
         return _generate(args)

@@ -19,7 +19,7 @@ import torch
 
 import searchdec as sd
 from searchdec.grammars import Backend, Constraint, State, TokenizerInfo, register_backend
-from searchdec.grammars.base import pack_bitmask
+from searchdec.grammars.base import allocate_bitmask, fill_masks, pack_bitmask
 
 # --- the worked example: a third backend ----------------------------------------------------------
 
@@ -195,6 +195,21 @@ def test_fill_allows_and_advance_agree_on_every_token(model, backend, case):
             except ValueError:
                 advanced = False
             assert advanced == bool(mask[token]), (state, token)
+
+
+@pytest.mark.parametrize("backend, case", PARAMS)
+def test_a_batched_fill_equals_each_states_own_fill(model, backend, case):
+    """`fill_masks` (one `fill_rows` call per State class, llguidance's parallel fill, a repeated State
+    filled once) writes every row exactly as the State's own `fill` would, in any row order."""
+    _, states, _ = _walk(model, backend, case)
+    batch = [*reversed(states), states[0], states[-1]]  # rows out of order, two States repeated
+    bitmask = allocate_bitmask(len(batch) + 1, model.vocab_size)
+    fill_masks(batch, bitmask, [row + 1 for row in range(len(batch))])  # row 0 left alone
+    assert bool((bitmask[0] == -1).all())
+    for row, state in enumerate(batch, start=1):
+        own = allocate_bitmask(1, model.vocab_size)
+        state.fill(own)
+        assert torch.equal(bitmask[row], own[0]), (row, state)
 
 
 @pytest.mark.parametrize("backend, case", PARAMS)

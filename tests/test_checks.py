@@ -11,7 +11,15 @@ import torch
 
 import searchdec as sd
 from searchdec.distributed import InProcessExecutor
-from searchdec.grammars.base import Check, CheckState, Verdict, allocate_bitmask, tokenizer_info, unpack_bitmask
+from searchdec.grammars.base import (
+    Check,
+    CheckState,
+    Verdict,
+    allocate_bitmask,
+    fill_masks,
+    tokenizer_info,
+    unpack_bitmask,
+)
 from searchdec.grammars.checks import CheckedConstraint
 
 
@@ -179,3 +187,18 @@ def test_the_mask_matches_allows(tiny):
         allowed = unpack_bitmask(mask, constraint.vocab_size)[0]
         expected = torch.tensor([s.allows(t) for t in range(constraint.vocab_size)])
         assert torch.equal(allowed, expected), text
+
+
+def test_a_batched_fill_of_checked_states_equals_their_own_fills(tiny):
+    """`fill_masks` fills the grammar states in one batch, then each row's refusals; dead rows allow nothing."""
+    constraint = checked(tiny, sd.regex("[ab]{1,4}"), EvenCount("a"), Forbid("bb"))
+    start = constraint.start()
+    states = [start.advance_many([token(tiny, ch) for ch in text]) for text in ("", "a", "b", "ba", "bb", "aab")]
+    assert states[4].dead
+    batch = [*states, states[1]]
+    bitmask = allocate_bitmask(len(batch), constraint.vocab_size)
+    fill_masks(batch, bitmask)
+    for row, state in enumerate(batch):
+        own = allocate_bitmask(1, constraint.vocab_size)
+        state.fill(own)
+        assert torch.equal(bitmask[row], own[0]), row

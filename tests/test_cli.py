@@ -1,6 +1,7 @@
 """The command line without a model: `searchdec serve` with the `server` extra missing names the
 extra to install and the missing module, in one line, before any model is loaded."""
 
+import os
 import subprocess
 import sys
 
@@ -25,3 +26,32 @@ def test_serve_without_the_server_extra_names_the_extra_and_the_missing_module(m
     assert f"module {module!r} is not installed" in result.stderr
     assert "Traceback" not in result.stderr
     assert "unknown model" not in result.stderr  # it stopped before loading any model
+
+
+def test_bench_rejects_an_unknown_bench_by_name():
+    result = subprocess.run(
+        [sys.executable, "-m", "searchdec", "bench", "no-such-bench"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "invalid choice: 'no-such-bench'" in result.stderr
+
+
+def test_bench_grammars_prints_ours_beside_raw_llguidance_on_the_bundled_schemas():
+    """`searchdec bench grammars` on the schemas shipped in the package (what an installed searchdec has):
+    both engines compile and walk the same ones (7 of 8), neither accepts an invalid instance, and the ratio line is printed."""
+    from searchdec.bench.grammars import BUNDLED_DATA
+
+    assert len(list(BUNDLED_DATA.glob("*.json"))) == 8
+    result = subprocess.run(
+        [sys.executable, "-m", "searchdec", "bench", "grammars", "--engines", "searchdec,llguidance"]
+        + ["--data", str(BUNDLED_DATA), "--every", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if "/8 " in line}
+    ours, raw = rows["searchdec"], rows["llguidance"]
+    assert ours[1] == raw[1] and ours[2] == raw[2] and int(ours[2]) >= 7, result.stdout  # compiled "n/8", walked
+    assert ours[3] == raw[3] == "0", result.stdout  # invalid instances accepted
+    assert "searchdec / raw llguidance: TTFM p50" in result.stdout

@@ -18,7 +18,7 @@ LAYERS = [
     ("searchdec.distributed",),
     ("searchdec.requests", "searchdec.generate", "searchdec.hf"),
     ("searchdec.server",),
-    ("searchdec.cli", "searchdec.__main__", "searchdec"),
+    ("searchdec.cli", "searchdec.__main__", "searchdec", "searchdec.bench"),
 ]
 
 

@@ -13,7 +13,8 @@ end-of-sequence ids, each token's bytes), never a whole model: `spec.compile(x)`
 Hugging Face tokenizer or a TokenizerInfo, and caches per spec and tokenizer (grammars/compile.py).
 
 Masks use one layout whatever the backend (llguidance's): int32 words, token i is bit i % 32 of word
-i // 32; `allocate_bitmask`, `unpack_bitmask` and `apply_masks` work on it.
+i // 32; `allocate_bitmask`, `unpack_bitmask`, `fill_masks` and `apply_masks` work on it. A batch's masks are
+filled per State class in one call (`State.fill_rows`; llguidance fills its rows in parallel).
 
 Adding a backend: one module with a `State`, a `Constraint` and a `Backend` subclass, and one line
 `register_backend(MyBackend())` in `searchdec/grammars/__init__.py`; specs then name it with
@@ -123,6 +124,14 @@ class State(ABC):
     @abstractmethod
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
         """Write the allowed tokens into row `row` of an int32 bitmask (see `allocate_bitmask`)."""
+
+    @classmethod
+    def fill_rows(cls, states: list[State], rows: list[int], bitmask: torch.Tensor) -> None:
+        """`states[k].fill(bitmask, rows[k])` for states of this class, all at once: a backend whose engine
+        fills many rows in one call (llguidance, in parallel outside the GIL) overrides it. `fill_masks`
+        groups a batch's states by class and calls this once per class."""
+        for state, row in zip(states, rows):
+            state.fill(bitmask, row)
 
     @abstractmethod
     def closing(self, limit: int) -> tuple[int, int | None] | None:
@@ -369,12 +378,39 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
 
 
-def apply_masks(logits: torch.Tensor, states: list[State]) -> torch.Tensor:
-    """`logits` with every token a row's state forbids set to -inf (a new tensor; `logits` is kept).
+def fill_masks(states: list[State], bitmask: torch.Tensor, rows: list[int] | None = None) -> None:
+    """Fill row `rows[k]` (default: row k) of `bitmask` for `states[k]`: each distinct State once (a row
+    whose State is the same object as an earlier row's copies that row), and each class's states in one
+    `fill_rows` call."""
+    rows = list(range(len(states))) if rows is None else rows
+    first: dict[int, int] = {}  # id(state) -> the row it is filled in
+    groups: dict[type, tuple[list[State], list[int]]] = {}
+    copies: list[tuple[int, int]] = []
+    for state, row in zip(states, rows):
+        if id(state) in first:
+            copies.append((row, first[id(state)]))
+            continue
+        first[id(state)] = row
+        group = groups.setdefault(type(state), ([], []))
+        group[0].append(state)
+        group[1].append(row)
+    for kind, (members, at) in groups.items():
+        kind.fill_rows(members, at, bitmask)
+    for row, source in copies:
+        bitmask[row] = bitmask[source]
+
+
+def masked_logits(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """`logits` with every token `bitmask` forbids set to -inf (a new tensor; `logits` is kept).
 
     The bitmask is unpacked with plain tensor ops: llguidance's own helper is a torch.compile kernel
     that recompiles for every new batch shape and then fails on inference tensors."""
+    allowed = unpack_bitmask(bitmask, logits.shape[-1]).to(logits.device)
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def apply_masks(logits: torch.Tensor, states: list[State]) -> torch.Tensor:
+    """`logits` with every token a row's state forbids set to -inf (a new tensor; `logits` is kept)."""
     bitmask = allocate_bitmask(len(states), logits.shape[-1])
-    for row, state in enumerate(states):
-        state.fill(bitmask, row)
-    return logits.masked_fill(~unpack_bitmask(bitmask, logits.shape[-1]).to(logits.device), float("-inf"))
+    fill_masks(states, bitmask)
+    return masked_logits(logits, bitmask)

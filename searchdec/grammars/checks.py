@@ -27,6 +27,7 @@ from searchdec.grammars.base import (
     TokenizerInfo,
     Verdict,
     allocate_bitmask,
+    fill_masks,
     rollback_by_parent,
 )
 
@@ -198,16 +199,23 @@ class CheckedState(State):
         return rollback_by_parent(self, n)
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
-        # `dead` and `_all_ok` spelled out once: this runs on every token of every hypothesis
-        verdicts = [state.verdict for state in self._checks]
-        all_ok = all(verdict is Verdict.OK for verdict in verdicts)
-        inner = self._inner
-        if Verdict.VIOLATED in verdicts or inner.dead or (not all_ok and inner.finished):
-            bitmask[row] = 0
-            return
-        inner.fill(bitmask, row)
+        self.fill_rows([self], [row], bitmask)
+
+    @classmethod
+    def fill_rows(cls, states: list[State], rows: list[int], bitmask: torch.Tensor) -> None:
+        """The grammar states' masks in one batch (`fill_masks`), then each row's check refusals."""
+        live = [(state, row) for state, row in zip(states, rows) if not state.dead]
+        for state, row in zip(states, rows):
+            if state.dead:
+                bitmask[row] = 0
+        if live:
+            fill_masks([state._inner for state, _ in live], bitmask, [row for _, row in live])
+        for state, row in live:
+            state._refuse(bitmask, row)
+
+    def _refuse(self, bitmask: torch.Tensor, row: int) -> None:
         refused = self._refused()
-        if not all_ok and inner.accepting:  # the grammar allows end-of-sequence exactly then
+        if not self._all_ok and self._inner.accepting:  # the grammar allows end-of-sequence exactly then
             refused |= self._constraint.eos
         if refused:
             bitmask[row] &= self._constraint.refusal(refused)

@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, rollback_by_parent
+from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, fill_masks, rollback_by_parent
 from searchdec.grammars.compile import compile_spec
 from searchdec.grammars.specs import ConstraintSpec
 
@@ -289,15 +289,25 @@ class LexicalState(State):
         return rollback_by_parent(self, n)
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
+        self.fill_rows([self], [row], bitmask)
+
+    @classmethod
+    def fill_rows(cls, states: list[State], rows: list[int], bitmask: torch.Tensor) -> None:
+        """The wrapped grammar states' masks in one batch (`fill_masks`), then each row's own part."""
+        inner = [(state._inner, row) for state, row in zip(states, rows) if state._inner is not None]
+        if inner:
+            fill_masks([state for state, _ in inner], bitmask, [row for _, row in inner])
+        for state, row in zip(states, rows):
+            state._fill_own(bitmask, row)
+
+    def _fill_own(self, bitmask: torch.Tensor, row: int) -> None:
         eos = self._constraint.eos
-        if self._inner is not None:
-            self._inner.fill(bitmask, row)
-        elif self._ended:
+        if self._ended and self._inner is None:
             bitmask[row] = 0
             for token in eos:
                 bitmask[row, token // 32] |= _signed(1 << (token % 32))
             return
-        else:
+        if self._inner is None:
             bitmask[row] = -1
         if not self.all_met:
             for token in eos:

@@ -10,6 +10,7 @@ pointer, from the metaschema), a grammar that does not parse, a language with no
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -135,6 +136,20 @@ class LLGuidanceState(State):
 
     def fill(self, bitmask: torch.Tensor, row: int = 0) -> None:
         llg_torch.fill_next_token_bitmask(self._matcher, bitmask, row)
+
+    @classmethod
+    def fill_rows(cls, states: list[State], rows: list[int], bitmask: torch.Tensor) -> None:
+        """All rows in one call to llguidance's parallel fill (its thread pool, outside the GIL)."""
+        if len(states) == 1:
+            states[0].fill(bitmask, rows[0])
+            return
+        llg_torch.fill_next_token_bitmask_par(_executor(), [(s._matcher, r) for s, r in zip(states, rows)], bitmask)
+
+
+@functools.cache
+def _executor() -> llguidance.LLExecutor:
+    """llguidance's thread pool for batched masks (one per process, created on first use)."""
+    return llguidance.LLExecutor()
 
 
 class Closer:
@@ -293,12 +308,22 @@ def _check_nonempty(constraint: LLGuidanceConstraint, spec: ConstraintSpec) -> N
     state = constraint.start()
     bitmask = allocate_bitmask(1, constraint.vocab_size)
     state.fill(bitmask)
-    allowed = unpack_bitmask(bitmask, constraint.vocab_size)[0].nonzero().flatten()
-    if len(allowed):  # the mask can allow a token the parser then gives up on (its Earley row limit, 2,000 items)
+    first = _first_allowed(bitmask[0])
+    if first is not None:  # the mask can allow a token the parser then gives up on (its Earley row limit, 2,000 items)
         probe = state._matcher.deep_copy()
-        if not probe.consume_token(int(allowed[0])):
+        if not probe.consume_token(first):
             raise ConstraintError(
                 f"{spec.describe()} is too large for the grammar engine's parser: {probe.get_error().splitlines()[0]}"
             )
     if not state.accepting and not bool(bitmask.any()):
         raise EmptyLanguageError(f"{spec.describe()} matches no output at all")
+
+
+def _first_allowed(words: torch.Tensor) -> int | None:
+    """The lowest token a bitmask row allows, read from its words (no unpacking of the whole vocabulary)."""
+    nonzero = words.nonzero()
+    if not len(nonzero):
+        return None
+    word = int(nonzero[0])
+    value = int(words[word]) & 0xFFFFFFFF
+    return word * 32 + (value & -value).bit_length() - 1

@@ -35,15 +35,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from searchdec.grammars.base import apply_masks
+from searchdec.grammars.base import allocate_bitmask, fill_masks, masked_logits
 from searchdec.search import budget
 from searchdec.search.tree import Node
 
@@ -162,6 +164,10 @@ class Decoder:
                     if not known or id(row.node) not in known:
                         row.stats.tokens_forwarded += pending_tokens(model, row.node)
         fresh = [node for node in nodes if not known or id(node) not in known]
+        masking = [False] * len(nodes)  # a node whose rows are all a Proposal's needs no mask
+        for row in rows:
+            masking[index[id(row.node)]] |= not isinstance(row.policy, Proposal)
+        ahead = masks_ahead(nodes, masking, model.vocab_size) if fresh else None
         if fresh:
             logits = forward(model, fresh)
             self.forwarded += len(fresh)
@@ -182,10 +188,7 @@ class Decoder:
                 self._drop(node.parent)
         logprobs = logits.log_softmax(dim=-1)
         rows_of = [index[id(row.node)] for row in rows]
-        masking = [False] * len(nodes)  # a node whose rows are all a Proposal's needs no mask
-        for row, r in zip(rows, rows_of):
-            masking[r] = masking[r] or not isinstance(row.policy, Proposal)
-        masked = constrain(logits, nodes, None if all(masking) else masking)
+        masked = constrain(logits, nodes, None if all(masking) else masking, ahead)
         tokens, penalized = self._choose(rows, masked, rows_of, logits)
         for i, (row, r, token) in enumerate(zip(rows, rows_of, tokens)):
             scores = penalized[i] if i in penalized else masked[r]
@@ -462,16 +465,64 @@ def forward(model, nodes: Sequence[Node]) -> torch.Tensor:
     return logits[:, -1]
 
 
-def constrain(logits: torch.Tensor, nodes: Sequence[Node], only: Sequence[bool] | None = None) -> torch.Tensor:
+def _masked_nodes(nodes: Sequence[Node], only: Sequence[bool] | None) -> list[int]:
+    return [i for i, node in enumerate(nodes) if node.state is not None and (only is None or only[i])]
+
+
+class _MaskPool:
+    """One worker thread that fills a step's masks while the model forwards (the masks depend on the
+    grammar states alone, and llguidance fills them outside the GIL); a forked process makes its own."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool = None
+
+    def submit(self, job: Callable[[], torch.Tensor]) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchdec-masks")
+        return self._pool.submit(job)
+
+
+_MASK_POOL = _MaskPool()
+OVERLAP_MASKS = True  # fill a step's masks beside its forward (benchmarks/decode.py measures both)
+
+
+def masks_ahead(nodes: Sequence[Node], only: Sequence[bool] | None, vocab_size: int) -> Future | None:
+    """Start filling the masks `constrain` will apply to `nodes` (None when it masks none, or when
+    `OVERLAP_MASKS` is off): a bitmask of one row per masked node, in their order."""
+    picked = _masked_nodes(nodes, only)
+    if not picked or not OVERLAP_MASKS:
+        return None
+    states = [nodes[i].state for i in picked]
+
+    def fill() -> torch.Tensor:
+        bitmask = allocate_bitmask(len(states), vocab_size)
+        fill_masks(states, bitmask)
+        return bitmask
+
+    return _MASK_POOL.submit(fill)
+
+
+def constrain(
+    logits: torch.Tensor, nodes: Sequence[Node], only: Sequence[bool] | None = None, ahead: Future | None = None
+) -> torch.Tensor:
     """Logits with every token a node's constraint forbids set to -inf (a new tensor when any is
-    masked); with `only`, just the nodes it marks True are masked."""
-    picked = [i for i, node in enumerate(nodes) if node.state is not None and (only is None or only[i])]
+    masked); with `only`, just the nodes it marks True are masked; `ahead` holds their masks when
+    `masks_ahead` started them."""
+    picked = _masked_nodes(nodes, only)
     if not picked:
         return logits
+    bitmask = ahead.result() if ahead is not None else None
+    if bitmask is None or bitmask.shape != (len(picked), (logits.shape[-1] + 31) // 32):
+        bitmask = allocate_bitmask(len(picked), logits.shape[-1])
+        fill_masks([nodes[i].state for i in picked], bitmask)
     if len(picked) == len(nodes):
-        return apply_masks(logits, [node.state for node in nodes])
+        return masked_logits(logits, bitmask)
     out = logits.clone()
-    out[picked] = apply_masks(logits[picked], [nodes[i].state for i in picked])
+    out[picked] = masked_logits(logits[picked], bitmask)
     return out
 
 
