@@ -10,6 +10,7 @@ pointer, from the metaschema), a grammar that does not parse, a language with no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -270,7 +271,22 @@ class LLGuidanceBackend(Backend):
         except ValueError as error:  # llguidance's own message: the keyword, rule or position
             raise _classify(spec, str(error)) from None
         _check_nonempty(constraint, spec)
+        _check_required(spec)
         return constraint
+
+
+def _check_required(spec: ConstraintSpec) -> None:
+    """Raise EmptyLanguageError where the schema as given requires a property no value can fill, when the grammar
+    compiled is its any-order rewrite (grammars/json_checks.py): the rewrite moves `required` into the JSON
+    check, out of llguidance's sight, so llguidance validates the schema-order form too (no tokenizer: cheap)."""
+    if not isinstance(spec, JsonSchema) or spec.given_text is None or spec.property_order != "any":
+        return
+    ordered, _ = json_checks.split(spec.given_schema, any_order=False)
+    message = llguidance.LLMatcher.validate_grammar(
+        grammar_for(dataclasses.replace(spec, schema_text=json.dumps(ordered), given_text=None))
+    )
+    if _REQUIRED.search(message or ""):
+        raise _classify(spec, message)
 
 
 _REQUIRED = re.compile(r"required property '(.*)' is unsatisfiable")
