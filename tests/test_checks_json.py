@@ -100,6 +100,67 @@ CASES = {
 }
 
 
+def shuffled(value, rng):
+    """`value` with the properties of every object in a random order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {key: shuffled(item, rng) for key, item in items}
+    if isinstance(value, list):
+        return [shuffled(item, rng) for item in value]
+    return value
+
+
+def in_any_order(documents):
+    return st.tuples(documents, st.randoms(use_true_random=False)).map(lambda pair: shuffled(*pair))
+
+
+ANY_ORDER = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"type": "string", "maxLength": 2}, "c": {"type": "boolean"}},
+    "required": ["a", "c"],
+}
+POINT = {
+    "type": "object",
+    "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+    "required": ["x", "y"],
+    "additionalProperties": False,
+}
+CASES["any-order"] = (
+    ANY_ORDER,
+    in_any_order(
+        st.fixed_dictionaries({}, optional={"a": SMALL, "b": st.sampled_from(["", "x", "xyz"]), "c": st.booleans()})
+    ),
+)
+CASES["any-order-extra-keys"] = (
+    ANY_ORDER,
+    in_any_order(st.fixed_dictionaries({"a": SMALL, "c": st.booleans()}, optional={"d": SMALL, "e": st.just("")})),
+)
+CASES["any-order-ref"] = (
+    {"$defs": {"point": POINT}, "type": "array", "items": {"$ref": "#/$defs/point"}, "maxItems": 3},
+    in_any_order(st.lists(st.fixed_dictionaries({}, optional={"x": SMALL, "y": SMALL, "z": SMALL}), max_size=3)),
+)
+CASES["any-order-anyOf"] = (
+    {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"kind": {"const": "a"}, "n": {"type": "integer"}},
+                "required": ["kind", "n"],
+            },
+            {
+                "type": "object",
+                "properties": {"kind": {"const": "b"}, "s": {"type": "string"}},
+                "required": ["kind", "s"],
+            },
+        ]
+    },
+    in_any_order(
+        st.fixed_dictionaries({}, optional={"kind": st.sampled_from(["a", "b"]), "n": SMALL, "s": st.just("s")})
+    ),
+)
+
+
 def walked(model, constraint, document) -> bool:
     tokens = model.encode(json.dumps(document, separators=(",", ":")), add_special_tokens=False)
     try:
@@ -152,3 +213,108 @@ def test_the_real_model_writes_valid_documents(smollm, name):
             jsonschema.validate(json.loads(hypothesis.text), schema, format_checker=jsonschema.FormatChecker())
         else:
             assert hypothesis.finish_reason in ("length", "unsatisfied")
+
+
+def test_a_key_twice_is_refused_as_soon_as_it_is_complete(tiny):
+    constraint = sd.json_schema(ANY_ORDER).compile(tiny)
+    state = constraint.start().advance_many(tiny.encode('{"a":1,"c":true,"a', add_special_tokens=False))
+    assert not state.dead  # "a" may go on as "ab"
+    assert state.advance_many(tiny.encode('"', add_special_tokens=False)).dead
+
+
+def test_an_object_cannot_close_while_a_required_key_is_missing(tiny):
+    constraint = sd.json_schema(ANY_ORDER).compile(tiny)
+    brace = tiny.encode("}", add_special_tokens=False)[0]
+    state = constraint.start().advance_many(tiny.encode('{"c":false,"b":"x"', add_special_tokens=False))
+    assert not state.allows(brace) and not state.allowed_tokens(constraint.vocab_size)[brace]
+    state = state.advance_many(tiny.encode(',"a":7', add_special_tokens=False))
+    assert state.allows(brace) and state.allowed_tokens(constraint.vocab_size)[brace]
+    assert state.advance(brace).accepting
+
+
+def test_strict_mode_still_refuses_extra_keys_in_any_order(tiny):
+    constraint = sd.json_schema(ANY_ORDER, strict=True).compile(tiny)
+    assert walked(tiny, constraint, {"c": True, "a": 1})
+    assert not walked(tiny, constraint, {"c": True, "d": 0, "a": 1})
+
+
+def test_a_required_key_no_schema_admits_stays_a_compile_error(tiny):
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["b"],
+        "additionalProperties": False,
+    }
+    with pytest.raises(sd.ConstraintError):
+        sd.json_schema(schema).compile(tiny)
+
+
+@pytest.mark.parametrize(
+    ("schema", "pointer"),
+    [
+        ({"type": "object", "properties": {"x": False, "a": {}}, "required": ["x"]}, "#/required"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {}},
+                "patternProperties": {"^y": {}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+            "#/required",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"o": {"type": "object", "properties": {"a": {}, "x": {"enum": []}}, "required": ["x"]}},
+                "required": ["o"],
+            },
+            "#/required",  # llguidance names the outer key: an object that needs "o" and can never hold it
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {}, "b": {}},
+                "required": ["x"],
+                "additionalProperties": False,
+                "patternProperties": {"^x$": False},
+            },
+            "#/required",
+        ),
+    ],
+)
+def test_a_required_key_no_schema_admits_is_refused_in_any_order_too(tiny, schema, pointer):
+    """As llguidance refuses it in schema order (an optional object holding one is dropped instead)."""
+    with pytest.raises(sd.EmptyLanguageError, match=f"required property '[xo]' is unsatisfiable .*at {pointer}"):
+        sd.json_schema(schema).compile(tiny)
+
+
+@pytest.mark.parametrize("search", [sd.Greedy(), sd.Sample(n=3, seed=0)], ids=["greedy", "sample"])
+def test_a_budgeted_output_in_any_order_holds_every_required_key(tiny, search):
+    """The closing walk writes a missing required key where the grammar alone would close the object."""
+    spec = sd.json_schema(ANY_ORDER)
+    floor = spec.compile(tiny).start().closing(10_000)[0]
+    for max_tokens in (floor, floor + 6):
+        out = sd.generate(tiny, "x", max_tokens=max_tokens, constraint=spec, search=search)
+        for hypothesis in out.hypotheses:
+            assert hypothesis.finish_reason == "stop", (max_tokens, hypothesis.text)
+            jsonschema.validate(json.loads(hypothesis.text), ANY_ORDER)
+
+
+def test_property_order_schema_keeps_the_grammar_alone(tiny):
+    document = {"c": True, "a": 1}
+    assert walked(tiny, sd.json_schema(ANY_ORDER).compile(tiny), document)
+    constraint = sd.json_schema(ANY_ORDER, property_order="schema").compile(tiny)
+    assert type(constraint).__name__ == "LLGuidanceConstraint"
+    assert not walked(tiny, constraint, document) and walked(tiny, constraint, {"a": 1, "c": True})
+    with pytest.raises(sd.ConstraintError, match="property_order"):
+        sd.json_schema(ANY_ORDER, property_order="sorted")
+
+
+def test_a_required_beside_object_branches_takes_them_in_any_order(tiny):
+    """`required` next to `anyOf` object branches (JSONSchemaBench's Skaffold artifacts) goes into each branch."""
+    branch = {"type": "object", "properties": {"image": {"type": "string"}, "sync": {"type": "integer"}}}
+    schema = {"required": ["image"], "anyOf": [{**branch, "additionalProperties": False}, {"type": "string"}]}
+    constraint = sd.json_schema(schema).compile(tiny)
+    assert walked(tiny, constraint, {"sync": 1, "image": "x"}) and walked(tiny, constraint, "s")
+    assert not walked(tiny, constraint, {"sync": 1})

@@ -230,6 +230,13 @@ class CheckState(ABC):
         by default none: a violation is found once the token is taken, and the search backtracks."""
         return frozenset()
 
+    def completion(self) -> bytes | None:
+        """Guidance for a closing walk (`State.closing`), which the grammar makes without knowing the check:
+        None when the grammar's own walk from here satisfies the check as far as it can tell (the default);
+        bytes to write next where the grammar's walk would be refused (a required key still missing before a
+        closing brace: its name); b"" to follow the grammar's walk token by token, asking again each time."""
+        return None
+
 
 class Check(ABC):
     """A rule over the output text that a grammar cannot express, compiled once per tokenizer (the

@@ -9,8 +9,10 @@ So a finished output satisfies every check. What a check only finds once the tok
 the search: the decoding step (search/rows.py) backtracks from a dead hypothesis to the next best
 alternative, and frontier searches (beams, best-first) drop it (`finish_reason` "unsatisfied").
 
-`closing` is the grammar's own walk (checks do not steer it): an upper bound when the walk satisfies the
-checks; a walk that violates one is found dead when taken, and the search backtracks.
+`closing` is the grammar's own walk where every check's `completion` says it is fine; elsewhere the walk goes
+token by token through this State (so a check's refusals hold), writing what a check asks for (a missing
+required key) before the grammar's next choice. An upper bound, consistent with itself: the walk from its
+first token is the rest of this one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from searchdec.grammars.base import (
     State,
     TokenizerInfo,
     Verdict,
+    allocate_bitmask,
     fill_masks,
     rollback_by_parent,
 )
@@ -45,9 +48,21 @@ class CheckedConstraint(Constraint):
         self.vocab_size = inner.vocab_size
         self.description = f"{inner.description} with checks ({', '.join(c.name for c in self.checks)})"
         self.eos = frozenset(tokenizer.eos_token_ids)
-        special = tokenizer.special_token_ids | tokenizer.eos_token_ids
-        self.pieces = [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
+        self.pieces = tokenizer.prepare("check-pieces", lambda: _pieces(tokenizer))  # once per tokenizer
+        self.byte_tokens = tokenizer.prepare("check-byte-tokens", lambda: _byte_tokens(self.pieces))
         self._tokenizer = tokenizer
+        self._refusals: dict[frozenset[int], torch.Tensor] = {}
+
+    def refusal(self, tokens: frozenset[int]) -> torch.Tensor:
+        """The int32 words of a bitmask row with every token but `tokens` allowed (built once per set)."""
+        words = self._refusals.get(tokens)
+        if words is None:
+            words = allocate_bitmask(1, self.vocab_size)[0]
+            for token in tokens:
+                words[token // 32] &= _signed(~(1 << (token % 32)) & 0xFFFFFFFF)
+            if len(self._refusals) < 64:  # a check refuses a few distinct sets
+                self._refusals[tokens] = words
+        return words
 
     def start(self) -> CheckedState:
         inner = self.inner.start()
@@ -56,6 +71,21 @@ class CheckedConstraint(Constraint):
 
     def check_budget(self, max_tokens: int) -> None:
         self.inner.check_budget(max_tokens)
+
+
+def _pieces(tokenizer: TokenizerInfo) -> list[bytes]:
+    """Each token's bytes as a check reads them (special tokens: none)."""
+    special = tokenizer.special_token_ids | tokenizer.eos_token_ids
+    return [b"" if token in special else piece for token, piece in enumerate(tokenizer.vocab_bytes)]
+
+
+def _byte_tokens(pieces: list[bytes]) -> dict[int, int]:
+    """For each byte, a token that is exactly that byte (where the vocabulary has one)."""
+    found: dict[int, int] = {}
+    for token, piece in enumerate(pieces):
+        if len(piece) == 1:
+            found.setdefault(piece[0], token)
+    return found
 
 
 class CheckedState(State):
@@ -131,6 +161,8 @@ class CheckedState(State):
         return forced
 
     def _refused(self) -> frozenset[int]:
+        if len(self._checks) == 1:  # the set itself: its hash is kept, and `refusal` finds its words at once
+            return self._checks[0].refused()
         refused = frozenset()
         for state in self._checks:
             refused |= state.refused()
@@ -144,9 +176,12 @@ class CheckedState(State):
         return token_id not in self._refused()
 
     def advance(self, token_id: int) -> CheckedState:
-        if not self.allows(token_id):
+        if self.dead or (token_id in self._constraint.eos and not self._all_ok) or token_id in self._refused():
             raise ValueError(f"token {token_id} is not allowed here ({self._why_not(token_id)})")
-        inner = self._inner.advance(token_id)
+        try:
+            inner = self._inner.advance(token_id)  # checks the grammar once: no `allows` before it
+        except ValueError:
+            raise ValueError(f"token {token_id} is not allowed here ({self._why_not(token_id)})") from None
         data = b"" if token_id in self._constraint.eos else self._constraint.pieces[token_id]
         checks = tuple(state.feed(data, inner) for state in self._checks)
         return CheckedState(self._constraint, inner, checks, self)
@@ -179,18 +214,44 @@ class CheckedState(State):
             state._refuse(bitmask, row)
 
     def _refuse(self, bitmask: torch.Tensor, row: int) -> None:
-        refused = set(self._refused())
-        if not self._all_ok:
+        refused = self._refused()
+        if not self._all_ok and self._inner.accepting:  # the grammar allows end-of-sequence exactly then
             refused |= self._constraint.eos
-        for token in refused:
-            bitmask[row, token // 32] &= _signed(~(1 << (token % 32)) & 0xFFFFFFFF)
+        if refused:
+            bitmask[row] &= self._constraint.refusal(refused)
 
     def closing(self, limit: int) -> tuple[int, int | None] | None:
-        if self.dead:
-            return None
-        if self.finished:
-            return (0, None)
-        found = self._inner.closing(limit)
-        if found is None or found[1] is None or not self.allows(found[1]):
-            return None
-        return found
+        state, steps, first = self, 0, None
+        while steps <= limit:
+            if state.dead:
+                return None
+            if state.finished:
+                return (steps, first)
+            guidance = state._completion()
+            if guidance is None:  # the grammar's walk satisfies every check: it is the rest of this one
+                rest = state._inner.closing(limit - steps)
+                if rest is None or rest[1] is None or not state.allows(rest[1]):
+                    return None
+                return (steps + rest[0], rest[1] if first is None else first)
+            token = guidance[0] if guidance and state.allows(guidance[0]) else None
+            if token is None:  # the grammar's next token, checked against this State's refusals
+                rest = state._inner.closing(limit - steps)
+                if rest is None or rest[1] is None or not state.allows(rest[1]):
+                    return None
+                token = rest[1]
+            state = state.advance(token)
+            first = token if first is None else first
+            steps += 1
+        return None
+
+    def _completion(self) -> list[int] | None:
+        """What the checks ask a closing walk to do next (see `CheckState.completion`): None (follow the
+        grammar's walk to the end), [] (take the grammar's next token), or [the token to write next]."""
+        step = False
+        for check in self._checks:
+            data = check.completion()
+            if data:
+                token = self._constraint.byte_tokens.get(data[0])
+                return [token] if token is not None else []
+            step = step or data is not None
+        return [] if step else None

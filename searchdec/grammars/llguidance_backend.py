@@ -10,6 +10,7 @@ pointer, from the metaschema), a grammar that does not parse, a language with no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -25,6 +26,7 @@ from searchdec.errors import (
     GrammarSyntaxError,
     UnsupportedKeywordError,
 )
+from searchdec.grammars import json_checks
 from searchdec.grammars.base import Backend, Constraint, State, TokenizerInfo, allocate_bitmask, unpack_bitmask
 from searchdec.grammars.specs import Choice, ConstraintSpec, JsonSchema, Regex, schema_problem
 
@@ -269,9 +271,25 @@ class LLGuidanceBackend(Backend):
         except ValueError as error:  # llguidance's own message: the keyword, rule or position
             raise _classify(spec, str(error)) from None
         _check_nonempty(constraint, spec)
+        _check_required(spec)
         return constraint
 
 
+def _check_required(spec: ConstraintSpec) -> None:
+    """Raise EmptyLanguageError where the schema as given requires a property no value can fill, when the grammar
+    compiled is its any-order rewrite (grammars/json_checks.py): the rewrite moves `required` into the JSON
+    check, out of llguidance's sight, so llguidance validates the schema-order form too (no tokenizer: cheap)."""
+    if not isinstance(spec, JsonSchema) or spec.given_text is None or spec.property_order != "any":
+        return
+    ordered, _ = json_checks.split(spec.given_schema, any_order=False)
+    message = llguidance.LLMatcher.validate_grammar(
+        grammar_for(dataclasses.replace(spec, schema_text=json.dumps(ordered), given_text=None))
+    )
+    if _REQUIRED.search(message or ""):
+        raise _classify(spec, message)
+
+
+_REQUIRED = re.compile(r"required property '(.*)' is unsatisfiable")
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
 _UNSUPPORTED_FEATURES = [
     (r"oneOf constraints are not supported", "oneOf"),
@@ -285,9 +303,13 @@ def _classify(spec: ConstraintSpec, message: str) -> ConstraintError:
         keywords = [k.strip().strip('"') for k in match.group(1).split(",") if k.strip()]
         return UnsupportedKeywordError(keywords, message)
     if "Unsatisfiable" in message or "unsatisfiable" in message:
-        return EmptyLanguageError(f"{spec.describe()} can never be satisfied: {message}")
+        where = ""
+        if isinstance(spec, JsonSchema) and (found := _REQUIRED.search(message)):
+            pointer = json_checks.required_pointer(spec.given_schema, found.group(1))
+            where = f" (the required list at {pointer})" if pointer else ""
+        return EmptyLanguageError(f"{spec.describe()} can never be satisfied: {message}{where}")
     if isinstance(spec, JsonSchema):
-        problem = schema_problem(spec.schema)
+        problem = schema_problem(spec.given_schema)
         if problem is not None:
             return problem
         # A valid schema the engine cannot enforce: name the feature.

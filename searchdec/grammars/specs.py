@@ -116,23 +116,36 @@ class JsonSchema(ConstraintSpec):
     strict: bool = False
     max_whitespace: int = 16
     backend: str = DEFAULT_BACKEND
+    property_order: str = "any"  # "any": objects take their keys in any order; "schema": in the schema's order
+    given_text: str | None = None  # the schema the user gave, when `schema_text` is the grammar's copy of it
 
     @property
     def schema(self) -> dict:
         return json.loads(self.schema_text)
+
+    @property
+    def given_schema(self) -> dict:
+        """The schema as the user gave it (what errors point into)."""
+        return json.loads(self.given_text or self.schema_text)
 
     def describe(self) -> str:
         return "JSON Schema"
 
     def split_checks(self) -> tuple[ConstraintSpec, tuple]:
         """Keywords no grammar holds (`uniqueItems`, `not`, `if`/`then`/`else`, ...: grammars/json_checks.py)
-        come out of the grammar's schema and into a check."""
+        come out of the grammar's schema and into a check, and objects take their keys in any order (required
+        and duplicate keys checked there)."""
         from searchdec.grammars import json_checks  # the checks build on this module's specs
 
-        grammar, check = json_checks.split(self.schema)
+        schema = self.schema
+        if self.strict and isinstance(schema, dict):  # an object strict mode closes may need no reordering
+            schema = _forbid_extra_properties(schema)
+        # llguidance takes the any-order form (exact-name patternProperties); other backends keep schema order
+        any_order = self.property_order == "any" and self.backend == DEFAULT_BACKEND
+        grammar, check = json_checks.split(schema, any_order=any_order)
         if check is None:
             return self, ()
-        return dataclasses.replace(self, schema_text=json.dumps(grammar)), (check,)
+        return dataclasses.replace(self, schema_text=json.dumps(grammar), given_text=self.schema_text), (check,)
 
     def engine_schema(self) -> dict | bool:
         """The schema with the engine's options in `x-guidance` (strict mode, whitespace bounds), as
@@ -181,10 +194,18 @@ def lark(grammar: str) -> Lark:
 
 
 def json_schema(
-    schema, *, lenient: bool = False, strict: bool = False, max_whitespace: int = 16, backend: str = "llguidance"
+    schema,
+    *,
+    lenient: bool = False,
+    strict: bool = False,
+    max_whitespace: int = 16,
+    backend: str = "llguidance",
+    property_order: str = "any",
 ) -> JsonSchema:
     """JSON documents valid under `schema`: a dict, JSON text, or a Pydantic model class.
-    `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead."""
+    `backend="outlines-core"` compiles it with outlines-core's schema-to-regex instead.
+    `property_order="any"` (llguidance) takes an object's keys in any order, required and duplicate keys
+    enforced by a check; `"schema"` takes them in the schema's order only (the grammar alone: cheaper masks)."""
     schema = _schema_dict(schema)
     check_depth(schema)
     check_subschemas(schema)
@@ -195,8 +216,11 @@ def json_schema(
         )
     if max_whitespace < 0:
         raise ConstraintError(f"max_whitespace must be >= 0, got {max_whitespace}")
+    if property_order not in ("any", "schema"):
+        raise ConstraintError(f"property_order must be 'any' or 'schema', got {property_order!r}")
     # Key order is kept: llguidance emits properties in the order the schema declares them.
-    return _checked(JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend))
+    spec = JsonSchema(json.dumps(schema), lenient, strict, max_whitespace, backend, property_order)
+    return _checked(spec)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
