@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--skip-beam", action="store_true")
     parser.add_argument("--skip-others", action="store_true")
     args = parser.parse_args()
-    model = sd.load(args.model)
+    model = sd.load(args.model, shared_prefix=True)
     print(f"{model}, shared prefix: {model.shared_prefix}; {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     prompt = long_prompt(model, args.prompt_tokens)

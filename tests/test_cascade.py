@@ -12,6 +12,12 @@ from searchdec.search import Node
 PROMPT = tuple(range(40, 100))
 
 
+@pytest.fixture
+def tiny():
+    """The tiny model with shared-prefix attention on (it is off by default)."""
+    return tiny_model(shared_prefix=True)
+
+
 def full_logits(model, tokens):
     """Logits after `tokens` from one plain transformers forward (sdpa attention, no cache)."""
     with torch.inference_mode():
@@ -63,7 +69,7 @@ def test_the_merge_equals_softmax_attention_over_the_concatenated_keys():
 
 
 def test_beam_reorders_copy_only_suffixes_and_results_equal_the_plain_path():
-    with_prefix, without = tiny_model(), tiny_model()
+    with_prefix, without = tiny_model(shared_prefix=True), tiny_model()
     without.shared_prefix = False
     prompt = "The shared prompt of every beam " * 3
     search = sd.Beam(width=4, num_return=4)
@@ -86,7 +92,7 @@ def test_beam_reorders_copy_only_suffixes_and_results_equal_the_plain_path():
     ids=["best-of-n", "mcts"],
 )
 def test_best_of_n_and_mcts_forward_and_store_the_prompt_once(search):
-    model, plain = tiny_model(), tiny_model()
+    model, plain = tiny_model(shared_prefix=True), tiny_model()
     plain.shared_prefix = False
     prompt = "A long prompt that every hypothesis grows from. " * 4
     n_prompt = len(model.encode(prompt))

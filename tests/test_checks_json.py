@@ -13,6 +13,12 @@ from hypothesis import strategies as st
 
 import searchdec as sd
 
+
+def any_order(schema, **options):
+    """`sd.json_schema` with objects taking their keys in any order (property_order="any")."""
+    return sd.json_schema(schema, property_order="any", **options)
+
+
 SMALL = st.integers(min_value=0, max_value=9)
 
 
@@ -172,7 +178,7 @@ def walked(model, constraint, document) -> bool:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_check_agrees_with_jsonschema_on_every_document(tiny, name):
     schema, documents = CASES[name]
-    constraint = sd.json_schema(schema).compile(tiny)
+    constraint = any_order(schema).compile(tiny)
     validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -184,7 +190,7 @@ def test_the_check_agrees_with_jsonschema_on_every_document(tiny, name):
 
 
 def test_a_duplicate_item_is_found_as_soon_as_it_is_complete(tiny):
-    constraint = sd.json_schema(CASES["uniqueItems"][0]).compile(tiny)
+    constraint = any_order(CASES["uniqueItems"][0]).compile(tiny)
     state = constraint.start().advance_many(tiny.encode("[3,4,3", add_special_tokens=False))
     assert not state.dead  # 3 may go on as 31
     assert state.advance_many(tiny.encode(",", add_special_tokens=False)).dead
@@ -193,11 +199,11 @@ def test_a_duplicate_item_is_found_as_soon_as_it_is_complete(tiny):
 def test_keywords_under_anyof_are_still_refused_by_name(tiny):
     schema = {"anyOf": [{"type": "array", "uniqueItems": True}, {"type": "string"}]}
     with pytest.raises(sd.UnsupportedKeywordError, match="uniqueItems"):
-        sd.json_schema(schema).compile(tiny)
+        any_order(schema).compile(tiny)
 
 
 def test_schemas_without_these_keywords_compile_to_the_plain_grammar(tiny):
-    constraint = sd.json_schema({"type": "array", "items": {"type": "integer"}}).compile(tiny)
+    constraint = any_order({"type": "array", "items": {"type": "integer"}}).compile(tiny)
     assert type(constraint).__name__ == "LLGuidanceConstraint"
 
 
@@ -206,8 +212,8 @@ def test_schemas_without_these_keywords_compile_to_the_plain_grammar(tiny):
 def test_the_real_model_writes_valid_documents(smollm, name):
     schema = CASES[name][0]
     prompt = [{"role": "user", "content": f"Write one JSON value valid under this schema: {json.dumps(schema)}"}]
-    out = sd.generate(smollm, prompt, constraint=sd.json_schema(schema), search=sd.Sample(n=2, seed=1), max_tokens=40)
-    greedy = sd.generate(smollm, prompt, constraint=sd.json_schema(schema), max_tokens=40)
+    out = sd.generate(smollm, prompt, constraint=any_order(schema), search=sd.Sample(n=2, seed=1), max_tokens=40)
+    greedy = sd.generate(smollm, prompt, constraint=any_order(schema), max_tokens=40)
     for hypothesis in [*out.hypotheses, greedy]:
         if hypothesis.finish_reason == "stop":
             jsonschema.validate(json.loads(hypothesis.text), schema, format_checker=jsonschema.FormatChecker())
@@ -216,14 +222,14 @@ def test_the_real_model_writes_valid_documents(smollm, name):
 
 
 def test_a_key_twice_is_refused_as_soon_as_it_is_complete(tiny):
-    constraint = sd.json_schema(ANY_ORDER).compile(tiny)
+    constraint = any_order(ANY_ORDER).compile(tiny)
     state = constraint.start().advance_many(tiny.encode('{"a":1,"c":true,"a', add_special_tokens=False))
     assert not state.dead  # "a" may go on as "ab"
     assert state.advance_many(tiny.encode('"', add_special_tokens=False)).dead
 
 
 def test_an_object_cannot_close_while_a_required_key_is_missing(tiny):
-    constraint = sd.json_schema(ANY_ORDER).compile(tiny)
+    constraint = any_order(ANY_ORDER).compile(tiny)
     brace = tiny.encode("}", add_special_tokens=False)[0]
     state = constraint.start().advance_many(tiny.encode('{"c":false,"b":"x"', add_special_tokens=False))
     assert not state.allows(brace) and not state.allowed_tokens(constraint.vocab_size)[brace]
@@ -233,7 +239,7 @@ def test_an_object_cannot_close_while_a_required_key_is_missing(tiny):
 
 
 def test_strict_mode_still_refuses_extra_keys_in_any_order(tiny):
-    constraint = sd.json_schema(ANY_ORDER, strict=True).compile(tiny)
+    constraint = any_order(ANY_ORDER, strict=True).compile(tiny)
     assert walked(tiny, constraint, {"c": True, "a": 1})
     assert not walked(tiny, constraint, {"c": True, "d": 0, "a": 1})
 
@@ -246,7 +252,7 @@ def test_a_required_key_no_schema_admits_stays_a_compile_error(tiny):
         "additionalProperties": False,
     }
     with pytest.raises(sd.ConstraintError):
-        sd.json_schema(schema).compile(tiny)
+        any_order(schema).compile(tiny)
 
 
 @pytest.mark.parametrize(
@@ -286,13 +292,13 @@ def test_a_required_key_no_schema_admits_stays_a_compile_error(tiny):
 def test_a_required_key_no_schema_admits_is_refused_in_any_order_too(tiny, schema, pointer):
     """As llguidance refuses it in schema order (an optional object holding one is dropped instead)."""
     with pytest.raises(sd.EmptyLanguageError, match=f"required property '[xo]' is unsatisfiable .*at {pointer}"):
-        sd.json_schema(schema).compile(tiny)
+        any_order(schema).compile(tiny)
 
 
 @pytest.mark.parametrize("search", [sd.Greedy(), sd.Sample(n=3, seed=0)], ids=["greedy", "sample"])
 def test_a_budgeted_output_in_any_order_holds_every_required_key(tiny, search):
     """The closing walk writes a missing required key where the grammar alone would close the object."""
-    spec = sd.json_schema(ANY_ORDER)
+    spec = any_order(ANY_ORDER)
     floor = spec.compile(tiny).start().closing(10_000)[0]
     for max_tokens in (floor, floor + 6):
         out = sd.generate(tiny, "x", max_tokens=max_tokens, constraint=spec, search=search)
@@ -303,7 +309,7 @@ def test_a_budgeted_output_in_any_order_holds_every_required_key(tiny, search):
 
 def test_property_order_schema_keeps_the_grammar_alone(tiny):
     document = {"c": True, "a": 1}
-    assert walked(tiny, sd.json_schema(ANY_ORDER).compile(tiny), document)
+    assert walked(tiny, any_order(ANY_ORDER).compile(tiny), document)
     constraint = sd.json_schema(ANY_ORDER, property_order="schema").compile(tiny)
     assert type(constraint).__name__ == "LLGuidanceConstraint"
     assert not walked(tiny, constraint, document) and walked(tiny, constraint, {"a": 1, "c": True})
@@ -315,6 +321,6 @@ def test_a_required_beside_object_branches_takes_them_in_any_order(tiny):
     """`required` next to `anyOf` object branches (JSONSchemaBench's Skaffold artifacts) goes into each branch."""
     branch = {"type": "object", "properties": {"image": {"type": "string"}, "sync": {"type": "integer"}}}
     schema = {"required": ["image"], "anyOf": [{**branch, "additionalProperties": False}, {"type": "string"}]}
-    constraint = sd.json_schema(schema).compile(tiny)
+    constraint = any_order(schema).compile(tiny)
     assert walked(tiny, constraint, {"sync": 1, "image": "x"}) and walked(tiny, constraint, "s")
     assert not walked(tiny, constraint, {"sync": 1})

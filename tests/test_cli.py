@@ -37,7 +37,8 @@ def test_bench_rejects_an_unknown_bench_by_name():
 
 def test_bench_grammars_prints_ours_beside_raw_llguidance_on_the_bundled_schemas():
     """`searchdec bench grammars` on the schemas shipped in the package (what an installed searchdec has):
-    both engines compile and walk the same ones (7 of 8), neither accepts an invalid instance, and the ratio line is printed."""
+    both engines compile and walk the same ones (7 of 8), neither accepts an invalid instance, and the ratio
+    line is printed."""
     from searchdec.bench.grammars import BUNDLED_DATA
 
     assert len(list(BUNDLED_DATA.glob("*.json"))) == 8

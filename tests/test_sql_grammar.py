@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from searchdec.errors import ConstraintError
-from searchdec.grammars.sql import DatabaseNotFoundError, Sql, sql
+from searchdec.grammars.sql import DatabaseNotFoundError, sql
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,9 @@ def reward_model_config(tokenizer, **extra) -> LlamaConfig:
     )
 
 
-def tiny_model(seed: int = 0, max_positions: int = 256, cache_bytes: int = 1 << 30) -> Model:
+def tiny_model(
+    seed: int = 0, max_positions: int = 256, cache_bytes: int = 1 << 30, shared_prefix: bool = False
+) -> Model:
     tokenizer = byte_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -57,7 +59,7 @@ def tiny_model(seed: int = 0, max_positions: int = 256, cache_bytes: int = 1 << 
     # Larger output weights give a peaked, varied next-token distribution, as a trained model has.
     with torch.no_grad():
         hf.lm_head.weight.mul_(8.0)
-    return Model(hf, tokenizer, name="tiny-llama", cache_bytes=cache_bytes)
+    return Model(hf, tokenizer, name="tiny-llama", cache_bytes=cache_bytes, shared_prefix=shared_prefix)
 
 
 def bias_token(model: Model, token_id: int, bias: float) -> None:

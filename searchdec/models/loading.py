@@ -79,14 +79,18 @@ def load(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    shared_prefix: bool = False,
 ) -> Model:
     """Load a model: an alias (`smollm2-135m`, `gemma3-270m`), a local directory, a `.gguf` file, or a
-    Hugging Face id (`org/name`, from the local HF cache; the hub only when not offline)."""
+    Hugging Face id (`org/name`, from the local HF cache; the hub only when not offline).
+    `shared_prefix=True`: search hypotheses read one stored copy of their prompt (see `Model`)."""
     torch_dtype = _resolve_dtype(dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     directory = _resolve(str(name_or_path))
     hf_model, tokenizer = _from_pretrained(directory, torch_dtype)
-    return Model(hf_model.to(device), tokenizer, name=str(name_or_path), cache_bytes=cache_bytes)
+    return Model(
+        hf_model.to(device), tokenizer, name=str(name_or_path), cache_bytes=cache_bytes, shared_prefix=shared_prefix
+    )
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -68,9 +68,12 @@ class Model(Runtime):
     """A Hugging Face causal LM with its tokenizer, a prefix KV cache and batched forwards."""
 
     def __init__(
-        self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES, shared_prefix: bool = True
+        self, hf_model, tokenizer, name: str = "", cache_bytes: int = DEFAULT_CACHE_BYTES, shared_prefix: bool = False
     ):
-        """`shared_prefix=False` keeps every row's whole past in its own copy (no cascade attention)."""
+        """`shared_prefix=True` lets rows that share a stored prefix read it once (cascade attention, models/
+        cascade.py): a fraction of the KV memory in search, but logits equal the copy path's only to float
+        rounding, so a seeded search could then depend on what the cache held (off by default: results are
+        bit-identical whatever the batching, history or executor)."""
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(hf_model.config, "name_or_path", "")
