@@ -155,7 +155,7 @@ def constrained_section(model, args, prompts) -> None:
     for label, (kwargs, overlap) in {
         "batch, unconstrained": ({}, True),
         "batch, constrained": ({"constraint": constraint, "jump_forward": False}, True),
-        "  masks after the forward": ({"constraint": constraint, "jump_forward": False}, False),
+        "  batch, masks after the forward": ({"constraint": constraint, "jump_forward": False}, False),
     }.items():
         rows.OVERLAP_MASKS = overlap
         best = None
