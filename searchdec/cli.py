@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "llama.cpp"],
+        help="llama.cpp runs the GGUF itself (extra llamacpp)",
+    )
+    gen.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     serve = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("--model", default="smollm2-135m", help="alias, local path, .gguf file or HF id")
@@ -41,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "llama.cpp"],
+        help="llama.cpp runs the GGUF itself (extra llamacpp)",
+    )
+    serve.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     serve.add_argument(
         "--tool-format",
         default="auto",
@@ -97,7 +111,7 @@ def _generate(args) -> int:
         if args.temperature == 0
         else sd.Sample(args.temperature, args.top_k, args.top_p, args.min_p, seed=args.seed)
     )
-    model = sd.load(args.model, dtype=args.dtype)
+    model = sd.load(args.model, **_loading(args))
     if isinstance(prompt, str) and not args.raw and getattr(model.tokenizer, "chat_template", None):
         prompt = [{"role": "user", "content": prompt}]
     if args.json:
@@ -124,6 +138,15 @@ def _generate(args) -> int:
     return 0
 
 
+def _loading(args) -> dict:
+    """`sd.load` options from the flags: llama.cpp takes threads, the torch runtime a dtype."""
+    if args.runtime == "llama.cpp":
+        return {"runtime": "llama.cpp", "threads": args.threads}
+    if args.threads is not None:
+        raise ValueError("--threads is an option of --runtime llama.cpp")
+    return {"dtype": args.dtype}
+
+
 def _serve(args) -> int:
     missing = _missing_server_module()
     if missing:
@@ -140,6 +163,8 @@ def _serve(args) -> int:
         host=args.host,
         port=args.port,
         dtype=args.dtype,
+        runtime=args.runtime,
+        threads=args.threads,
         served_name=args.served_model_name,
         tool_format=args.tool_format,
         max_rows=args.max_batch_rows,

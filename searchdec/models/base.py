@@ -84,3 +84,34 @@ class Runtime(ABC):
     @abstractmethod
     def vocab_bytes(self) -> list[bytes]:
         """Each token id's bytes, as grammar engines read them."""
+
+
+def last_token(node: TokenNode) -> int:
+    """The last token of `node`'s sequence (its own, or its nearest ancestor's with tokens)."""
+    current = node
+    while current is not None and not current.new_tokens:
+        current = current.parent
+    if current is None:
+        raise ValueError("a hypothesis must hold at least one token")
+    return current.new_tokens[-1]
+
+
+def cached_past(cache, node: TokenNode):
+    """`node`'s nearest cached ancestor's entry in `cache` (None when nothing is cached) and the tokens
+    still to forward after it. A node that is cached itself has its logits wanted again: its entry is
+    cut before its last token (`entry.truncated`), which is forwarded once more."""
+    pending: list[int] = []
+    current = node
+    entry = None
+    while current is not None:
+        entry = cache.get(current)
+        if entry is not None:
+            break
+        pending[:0] = current.new_tokens
+        current = current.parent
+    if entry is not None and not pending:
+        pending = [last_token(node)]
+        entry = entry.truncated(entry.length - 1) if entry.length > 1 else None
+    if not pending:
+        raise ValueError("a hypothesis must hold at least one token")
+    return entry, pending

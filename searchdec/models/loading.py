@@ -26,10 +26,12 @@ from pathlib import Path
 import torch
 
 from searchdec.errors import ModelLoadError, ModelNotFoundError
+from searchdec.models.base import Runtime
 from searchdec.models.model import DEFAULT_CACHE_BYTES, Model
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_MAGIC = b"GGUF"
+RUNTIMES = ("torch", "llama.cpp")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,10 +82,28 @@ def load(
     device: str | torch.device | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     shared_prefix: bool = False,
-) -> Model:
+    runtime: str = "torch",
+    threads: int | None = None,
+    context: int | None = None,
+    flash_attention: bool | None = None,
+) -> Runtime:
     """Load a model: an alias (`smollm2-135m`, `gemma3-270m`), a local directory, a `.gguf` file, or a
     Hugging Face id (`org/name`, from the local HF cache; the hub only when not offline).
-    `shared_prefix=True`: search hypotheses read one stored copy of their prompt (see `Model`)."""
+    `shared_prefix=True`: search hypotheses read one stored copy of their prompt (see `Model`).
+
+    `runtime="llama.cpp"` runs the GGUF file itself through llama.cpp (`models/llamacpp.py`, extra
+    `searchdec[llamacpp]`): an alias, a `.gguf` file or a directory holding one; `threads` and
+    `context` (KV cells) and `flash_attention` are its options. `runtime="torch"` (the default) runs transformers."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "llama.cpp":
+        if shared_prefix or device not in (None, "cpu") or dtype != "float32":
+            raise ValueError(
+                "runtime 'llama.cpp' runs on the CPU at the GGUF's own precision: drop device=, dtype=, shared_prefix="
+            )
+        return _load_llamacpp(str(name_or_path), threads=threads, context=context, flash_attention=flash_attention)
+    if threads is not None or context is not None or flash_attention is not None:
+        raise ValueError("threads=, context= and flash_attention= are options of runtime='llama.cpp'")
     torch_dtype = _resolve_dtype(dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     directory = _resolve(str(name_or_path))
@@ -91,6 +111,46 @@ def load(
     return Model(
         hf_model.to(device), tokenizer, name=str(name_or_path), cache_bytes=cache_bytes, shared_prefix=shared_prefix
     )
+
+
+def _load_llamacpp(name: str, threads: int | None, context: int | None, flash_attention: bool | None) -> Runtime:
+    from searchdec.models.llamacpp import LlamaCppModel
+
+    gguf = _gguf_file(name)
+    converted = _converted_dir(gguf)
+    if (converted / "searchdec.json").exists():  # the torch runtime's copy holds the same tokenizer
+        tokenizer = _tokenizer(str(converted))
+    else:
+        tokenizer = _tokenizer(str(gguf.parent), gguf_file=gguf.name)
+    return LlamaCppModel(gguf, tokenizer, name=name, context=context, threads=threads, flash_attention=flash_attention)
+
+
+def _gguf_file(name: str) -> Path:
+    """The GGUF file an alias, a `.gguf` path or a directory holding one names (llama.cpp's input)."""
+    if name in ALIASES:
+        return _packaged_gguf(name, ALIASES[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) != 1:
+            raise ModelNotFoundError(f"runtime 'llama.cpp' needs a GGUF file; directory {path} holds {len(ggufs)}")
+        path = ggufs[0]
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"runtime 'llama.cpp' loads GGUF files: {name!r} is not an alias ({', '.join(sorted(ALIASES))}), "
+            "a .gguf file or a directory holding one"
+        )
+    _check_gguf(path)
+    return path
+
+
+def _tokenizer(directory: str, **options):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True, **options)
+    except Exception as error:
+        raise ModelLoadError(f"no tokenizer could be read for {directory} ({error})") from error
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -244,12 +304,17 @@ def _check_gguf(path: Path) -> None:
 
 def _converted(gguf_path: Path) -> Path:
     """A safetensors copy of `gguf_path` in the cache, made on first use."""
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    target = _converted_dir(gguf_path)
     if not (target / "searchdec.json").exists():
         _convert(gguf_path, target)
     return target
+
+
+def _converted_dir(gguf_path: Path) -> Path:
+    """Where the safetensors copy of `gguf_path` is (or will be) kept, keyed by the file's identity."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
 
 
 def _convert(gguf_path: Path, target: Path) -> None:

@@ -37,7 +37,7 @@ from transformers.cache_utils import DynamicLayer
 
 from searchdec.errors import ModelLoadError, PromptTooLongError
 from searchdec.models import cascade
-from searchdec.models.base import Runtime, TokenNode
+from searchdec.models.base import Runtime, TokenNode, cached_past
 from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
 from searchdec.models.vocab import token_bytes
 
@@ -328,22 +328,7 @@ class Model(Runtime):
         return out.logits.float()
 
     def _row(self, node: TokenNode) -> _Row:
-        """The node's nearest cached ancestor (or itself) and the tokens still to forward."""
-        pending: list[int] = []
-        current = node
-        entry = None
-        while current is not None:
-            entry = self.cache.get(current)
-            if entry is not None:
-                break
-            pending[:0] = current.new_tokens
-            current = current.parent
-        if entry is not None and not pending:
-            # The node itself is cached but its logits are wanted again: recompute its last token.
-            pending = [_last_token(node)]
-            entry = entry.truncated(entry.length - 1) if entry.length > 1 else None
-        if not pending:
-            raise ValueError("a hypothesis must hold at least one token")
+        entry, pending = cached_past(self.cache, node)
         return _Row(node, entry, pending)
 
     def _past_buffers(self, rows: list[_Row], width_new: int) -> tuple[KVBuffers, int]:
@@ -514,12 +499,3 @@ def _after(entry: KVEntry | None, shared: int) -> KVEntry | None:
     if entry.length == shared:
         return None
     return KVEntry(entry.block, entry.row, entry.start + shared, entry.length - shared)
-
-
-def _last_token(node: TokenNode) -> int:
-    current = node
-    while current is not None and not current.new_tokens:
-        current = current.parent
-    if current is None:
-        raise ValueError("a hypothesis must hold at least one token")
-    return current.new_tokens[-1]

@@ -398,7 +398,12 @@ class SelfSpeculative:
 
 def early_exit_model(target, layers: int) -> Model:
     """An sd.Model running only the first `layers` layers of `target` (weights shared, not copied)."""
-    hf = target.hf
+    hf = getattr(target, "hf", None)
+    if hf is None:
+        raise ValueError(
+            f"early layers of {target!r} cannot be taken: that needs the torch runtime (a Hugging Face model); "
+            "give a separate draft/amateur model instead"
+        )
     inner = getattr(hf, "model", None)
     if inner is None or not hasattr(inner, "layers"):
         raise ValueError(f"cannot take early layers of {type(hf).__name__}: no .model.layers")

@@ -262,12 +262,13 @@ class Speculative(Search):
         if verify is None:
             return node.child(tuple(new), logprobs), rows
         entry = model.cache.get(verify)
-        model.cache.discard(verify)
         if entry is None:
             return node.child(tuple(new), logprobs), rows
-        # The verifying forward computed node + the tree: keep node + the accepted path of its entry.
+        # The verifying forward computed node + the tree: keep node + the accepted path of its entry
+        # (before dropping the verify entry: a runtime may free its storage then).
         kept = node.child(tuple(accepted), logprobs[: len(accepted)]) if accepted else node
         model.cache.put_branch(kept, entry, entry.length - len(tree), path)
+        model.cache.discard(verify)
         return (kept if extra is None else kept.child((extra,), logprobs[len(accepted) :])), rows
 
     def _distribution(self, logits: torch.Tensor, state) -> torch.Tensor:

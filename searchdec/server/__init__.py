@@ -23,10 +23,13 @@ def serve(
     dtype: str = "float32",
     served_name: str | None = None,
     log_level: str = "info",
+    runtime: str = "torch",
+    threads: int | None = None,
     **options,
 ) -> None:
     """Load `model_name` and serve it until SIGINT or SIGTERM; in-flight and queued requests finish
-    first, and then this returns (the process exits 0: the shutdown was asked for and clean)."""
+    first, and then this returns (the process exits 0: the shutdown was asked for and clean).
+    `runtime="llama.cpp"` serves the GGUF through llama.cpp (`sd.load(..., runtime=...)`)."""
     import uvicorn
 
     from searchdec.models.loading import load
@@ -38,7 +41,8 @@ def serve(
             # by that signal (exit -15) after a clean shutdown; a second SIGINT still forces exit.
             getattr(self, "_captured_signals", []).clear()
 
-    model = load(model_name, dtype=dtype)
+    loading = {"runtime": runtime, "threads": threads} if runtime != "torch" else {"dtype": dtype}
+    model = load(model_name, **loading)
     app = create_app(model, served_name or model_name, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
     server = Server(config)
