@@ -389,14 +389,15 @@ class LlamaCppModel(Runtime):
 
     def _run(self, items: list, shape: tuple[int, int], pinned: list[SeqEntry]) -> torch.Tensor:
         """Decode `items` in batches of at most `batch_tokens`, gathering the wanted logits."""
-        out = torch.zeros((*shape, self._n_vocab), dtype=torch.float32)
+        # numpy's zeros (calloc) and copies: torch's fill of a small tensor wakes its thread pool (ms here)
+        out = np.zeros((*shape, self._n_vocab), dtype=np.float32)
         for chunk in range(0, len(items), self._batch_tokens):
             self._decode(items[chunk : chunk + self._batch_tokens], out, pinned)
         self.stats.calls += 1
         self.stats.tokens += len(items)
-        return out
+        return torch.from_numpy(out)
 
-    def _decode(self, items: list, out: torch.Tensor, pinned: list[SeqEntry]) -> None:
+    def _decode(self, items: list, out: np.ndarray, pinned: list[SeqEntry]) -> None:
         llama, batch = self._llama, self._batch
         targets = []
         for k, (token, position, seqs, target) in enumerate(items):
@@ -419,7 +420,7 @@ class LlamaCppModel(Runtime):
             raise RuntimeError(f"llama_decode failed with code {code}")
         if targets:
             pointer = llama.llama_get_logits(self._ctx)
-            logits = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(len(targets), self._n_vocab)))
+            logits = np.ctypeslib.as_array(pointer, shape=(len(targets), self._n_vocab))
             for k, (i, at) in enumerate(targets):
                 out[i, at] = logits[k]
 
