@@ -168,3 +168,30 @@ def test_mcts_forwards_the_prompt_once_and_one_token_per_expansion(model):
     )
     assert model.stats.tokens - before == len(model.encode(prompt)) + out.stats.expansions - 1
     assert len(model.cache) == 0
+
+
+def test_the_server_on_llama_cpp_enforces_response_format_through_the_openai_client(model):
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from live_server import LiveServer
+
+    from searchdec.server import create_app
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    with LiveServer(create_app(model, "smollm2-135m")) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=CHAT,
+            max_tokens=24,
+            temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+        )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), schema)
