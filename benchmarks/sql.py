@@ -13,6 +13,7 @@ row retries the questions whose greedy query fails EXPLAIN with --samples constr
 keeps the most probable that compiles (execution-guided decoding: grammar and reward together).
 
 Run:  python benchmarks/sql.py [--limit 100] [--max-tokens 96] [--data ../shared/data/spider]
+      [--modes constrained,grammar-only,unconstrained] [--runtime llama.cpp --threads 1]
 """
 
 from __future__ import annotations
@@ -77,7 +78,14 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--show", type=int, default=5, help="print this many examples")
     parser.add_argument("--samples", type=int, default=8, help="execution-guided retry: samples per failed question")
+    parser.add_argument("--modes", default="constrained,grammar-only,unconstrained", help="comma-separated rows to run")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "llama.cpp"])
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     args = parser.parse_args()
+    modes = [mode.replace("-", " ") for mode in args.modes.split(",")]
+    unknown = set(modes) - {"constrained", "grammar only", "unconstrained"}
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
     if not (args.data / "dev_subset.json").is_file():
         print(f"no Spider data at {args.data} (pass --data)", file=sys.stderr)
         return 2
@@ -85,7 +93,8 @@ def main() -> int:
     entries = {e["db_id"]: e for e in json.loads((args.data / "tables.json").read_text())}
     step = max(1, len(gold) // args.limit)
     items = gold[::step][: args.limit]
-    model = sd.load("smollm2-135m")
+    loading = {"runtime": "llama.cpp", "threads": args.threads} if args.runtime == "llama.cpp" else {}
+    model = sd.load("smollm2-135m", **loading)
     dbs = {db_id: spider_database(entries[db_id]) for db_id in {item["db_id"] for item in items}}
     specs = {db_id: sd.sql(tables=entries[db_id]) for db_id in dbs}
     grammar_only = {db_id: sd.sql(tables=entries[db_id], checks=False) for db_id in dbs}
@@ -93,9 +102,11 @@ def main() -> int:
     gold_parse = sum(_parses(model, specs[item["db_id"]], item["query"]) for item in items)
     rows = {"constrained": [], "grammar only": [], "unconstrained": [], "constrained + EXPLAIN": []}
     cost = {}
-    for mode in ("constrained", "grammar only", "unconstrained"):
+    for mode in modes:
         tokens, forwarded, backtracks, start = 0, 0, 0, time.perf_counter()
-        for item in items:
+        for done, item in enumerate(items):
+            if done and done % 50 == 0:
+                print(f"{mode}: {done}/{len(items)} questions, {time.perf_counter() - start:.0f} s", file=sys.stderr)
             entry = entries[item["db_id"]]
             constraint = {"constrained": specs, "grammar only": grammar_only}.get(mode, {}).get(item["db_id"])
             prompt = messages(entry, item["question"])
@@ -117,7 +128,7 @@ def main() -> int:
     # Execution-Guided Decoding", arXiv 1807.03100).
     tokens, start = 0, time.perf_counter()
     for item, query, ok, reason in rows["constrained"]:
-        if not ok and args.samples:
+        if not ok and args.samples and "constrained" in modes:
             entry = entries[item["db_id"]]
             search = sd.Sample(temperature=0.7, n=args.samples, seed=0)
             out = sd.generate(
@@ -137,16 +148,18 @@ def main() -> int:
 
     n = len(items)
     print(
-        f"Spider dev subset: {n} questions ({len(dbs)} databases), SmolLM2-135M-Instruct, greedy, "
-        f"max_tokens={args.max_tokens}"
+        f"Spider dev subset: {n} questions ({len(dbs)} databases), SmolLM2-135M-Instruct on {args.runtime}, "
+        f"greedy, max_tokens={args.max_tokens}"
     )
     print(f"gold queries parsing under their grammar: {gold_parse}/{n}")
     print(
         f"{'':22} {'compiles (EXPLAIN)':>19} {'finished':>9} {'exact match':>12} {'tok/s':>7}"
         f" {'fwd/query':>9} {'s/query':>8} {'backtracks':>10}"
     )
-    for mode in ("constrained", "grammar only", "unconstrained", "constrained + EXPLAIN"):
+    for mode in [*modes, "constrained + EXPLAIN"]:
         result = rows[mode]
+        if not result:
+            continue
         ok = sum(r[2] for r in result)
         done = sum(r[3] == "stop" for r in result)
         exact = sum(normal(r[1]) == normal(r[0]["query"]) for r in result)
