@@ -1,9 +1,9 @@
 """Objects spread over several schemas (grammars/json_flatten.py) taken in any key order: `allOf` members, `$ref`'d
-members, object keywords beside `anyOf`/`oneOf` branches, a recursive `$ref: "#"` branch and an object-valued
-`enum`/`const` (the shapes of the JSONSchemaBench schemas whose shuffled valid instances were refused). Each walks
-documents token by token through the compiled constraint, as written and with their keys shuffled, and agrees with
-`jsonschema` on every one: the valid ones accepted, and a missing required key, a key twice, a wrong type in a
-moved member refused."""
+members, object keywords beside `anyOf`/`oneOf` branches, a recursive `$ref: "#"` branch, an object-valued
+`enum`/`const` and a property a pattern already covers (the shapes of the JSONSchemaBench schemas whose shuffled
+valid instances were refused). Each walks documents token by token through the compiled constraint, as written and
+with their keys shuffled, and agrees with `jsonschema` on every one: the valid ones accepted, and a missing required
+key, a key twice, a wrong type in a moved member refused."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ OBJECT_ENUM = {
         {"not": {"type": "object", "required": ["zzz"]}},
     ]
 }
+DICTIONARY = {
+    "$defs": {
+        "dictionary": {
+            "patternProperties": {".*": {"type": "string"}},
+            "properties": {"basic": {"type": "string"}},
+            "required": ["basic"],
+        }
+    },
+    "$ref": "#/$defs/dictionary",
+}
 
 # name: (schema, valid documents, invalid documents)
 CASES = {
@@ -132,6 +142,11 @@ CASES = {
         OBJECT_ENUM,
         [{"quux": True, "foo": 1, "bar": 2}, {"foo": {"y": 2, "x": 1}, "bar": 3}, "plain"],
         [{"quux": True, "foo": 1}, {"quux": True, "foo": 1, "bar": 2, "zzz": 0}, {"foo": {"x": 1}, "bar": 3}, "other"],
+    ),
+    "pattern-covers-property": (
+        DICTIONARY,
+        [{"basic": "b", "more": "m"}, {"x": "", "basic": "b", "y": "y"}],
+        [{"more": "m"}, {"basic": 1, "more": "m"}, {"more": "m", "basic": "b", "z": 3}],
     ),
 }
 

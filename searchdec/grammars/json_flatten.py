@@ -10,14 +10,17 @@ rewrites the schema, before json_checks does, into one with the same documents w
 - the object keywords beside an `anyOf`/`oneOf` (`properties`, `patternProperties`, `additionalProperties`,
   `required`) merge into each branch (`A and oneOf(B1, B2)` is `oneOf(A and B1, A and B2)`);
 - an `enum`/`const` whose value is an object of two keys or more (whose JSON text fixes the key order) becomes
-  the object schema of exactly that value (`{"enum": [v]}` per leaf: `const` is not draft 4).
+  the object schema of exactly that value (`{"enum": [v]}` per leaf: `const` is not draft 4);
+- a property whose name a `patternProperties` pattern matches, with that pattern's schema (or none), goes: the
+  pattern gives it the same schema, and the any-order form needs property names no pattern matches.
 
 A merge happens only where it is exact (`merge`): keywords that read their siblings (`items` and
 `additionalItems`, `minimum` and draft 4's `exclusiveMinimum`, `if`/`then`/`else`, ...) merge only when just one
 side holds them or both hold the same; two `patternProperties` maps, `unevaluatedProperties`, `$id` and the like
 are never merged. A node that a `$ref` points inside (other than into its `$defs`) is left as it is (the rewrite
-would move the target), and so is a `$ref` already inlined on the path (a recursive schema). What is not
-merged stays as before: the object keeps schema order.
+would move the target), and so is a `$ref` already inlined on the path (a recursive schema), and a node whose
+rewrite would leave object keywords beside branches it did not have (llguidance would merge them itself, and may
+refuse the merge). What is not merged stays as before: the object keeps schema order.
 """
 
 from __future__ import annotations
@@ -204,8 +207,12 @@ class _Flatten:
         pending: list[tuple[dict, str, frozenset[str]]] = [(self.root, "", frozenset())]
         while pending:
             node, pointer, chain = pending.pop()
-            if not self._pointed_into(pointer):
+            if _spread(node) and not self._pointed_into(pointer):
+                given = copy.deepcopy(node)
                 chain = self._rewrite(node, chain)
+                if _beside_branches(node) and not _beside_branches(given):  # llguidance merges it again: undo
+                    node.clear()
+                    node.update(given)
             for key, child in _children(node):
                 pending.append((child, f"{pointer}/{key}", chain))
 
@@ -221,7 +228,7 @@ class _Flatten:
         """Merge `node`'s `allOf` members and push its object keywords into its branches, until neither changes
         it; the `$ref`s inlined on the way join `chain`."""
         for _ in range(64):  # each round merges one nesting level of allOf; schemas nest far less
-            changed = _enum_as_object(node)
+            changed = _enum_as_object(node) | _patterns_cover_properties(node)
             if isinstance(node.get("allOf"), list):
                 changed, chain = self._merge_all_of(node, chain)
             if self._into_branches(node, chain):
@@ -294,6 +301,39 @@ class _Flatten:
             del node[name]
         node[key] = branches
         return True
+
+
+def _patterns_cover_properties(node: dict) -> bool:
+    """Drop each property whose name a `patternProperties` pattern matches and whose schema that pattern's schema
+    already is (or `{}`): the pattern gives the key the same schema, and the any-order form needs names its patterns
+    do not match (JSONSchemaBench's `"patternProperties": {".*": S}, "properties": {"basic": S}`). Whether it did."""
+    properties, patterns = node.get("properties"), node.get("patternProperties")
+    if not isinstance(properties, dict) or not isinstance(patterns, dict) or not patterns:
+        return False
+    covered = []
+    for name, sub in properties.items():
+        try:
+            matching = [schema for pattern, schema in patterns.items() if re.search(pattern, name)]
+        except re.error:
+            return False
+        if matching and (_trivial(sub) or any(sub == schema for schema in matching)):
+            covered.append(name)
+    for name in covered:
+        del properties[name]
+    return bool(covered)
+
+
+def _spread(node: dict) -> bool:
+    """Whether a rewrite may apply to `node`: an `allOf`, object keywords beside branches, an object `enum`/`const`."""
+    values = [node["const"]] if "const" in node else node.get("enum")
+    ordered = isinstance(values, list) and any(_ordered_object(value) for value in values)
+    covers = isinstance(node.get("patternProperties"), dict) and isinstance(node.get("properties"), dict)
+    return isinstance(node.get("allOf"), list) or _beside_branches(node) or ordered or covers
+
+
+def _beside_branches(node: dict) -> bool:
+    """Whether `node` holds object keywords beside `anyOf`/`oneOf` branches (which llguidance merges itself)."""
+    return any(key in node for key in OBJECT) and ("anyOf" in node or "oneOf" in node)
 
 
 def _enum_as_object(node: dict) -> bool:
