@@ -88,7 +88,10 @@ def merge(a: dict, b: dict) -> dict:
         elif key == "type" and key in a and key in b:
             out["type"] = _both_types(a["type"], b["type"])
         elif key == "allOf":
-            out["allOf"] = [*(a.get("allOf") or []), *(b.get("allOf") or [])]
+            members = [side.get("allOf", []) for side in (a, b)]
+            if not all(isinstance(side, list) for side in members):
+                raise Inexact("an allOf that is not a list")
+            out["allOf"] = members[0] + members[1]
         elif key in a and key in b and a[key] != b[key]:
             raise Inexact(f"both sides hold {key}")
         else:
