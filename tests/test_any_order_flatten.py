@@ -12,6 +12,8 @@ import random
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import searchdec as sd
 from searchdec.bench.documents import shuffled
@@ -265,3 +267,44 @@ def test_a_recursive_all_of_ref_ends():
     }
     flat = json_flatten.flatten(schema)
     assert flat["required"] == ["v"] and flat["properties"]["next"] == {"allOf": [{"$ref": "#/$defs/node"}]}
+
+
+POOL = [0, 3, -1, "s", "op", "text", True, None, {}, []]
+
+
+def mutated(document, rng: random.Random):
+    """`document` with one object (at any depth) changed: a key dropped, a key set to a value from `POOL` (a new
+    key or a moved member with a wrong type), then every object's keys shuffled."""
+    document = json.loads(json.dumps(document))
+    objects, pending = [], [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            objects.append(value)
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+    if objects:
+        target = rng.choice(objects)
+        names = list(target) + ["zzz", "n", "kind", "type", "id"]
+        name = rng.choice(names)
+        if rng.random() < 0.3 and name in target:
+            del target[name]
+        else:
+            target[name] = rng.choice(POOL)
+    return shuffled(document, rng)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mutated_documents_walk_as_jsonschema_says(tiny, name):
+    schema, valid, invalid = CASES[name]
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    constraint = sd.json_schema(schema, property_order="any").compile(tiny)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(valid + invalid), st.randoms(use_true_random=False))
+    def agree(document, rng):
+        document = mutated(document, rng)
+        assert walked(tiny, constraint, document) == validator.is_valid(document), document
+
+    agree()
