@@ -13,12 +13,13 @@ DIR`), schema by schema in turn with this one (never at the same time), and the 
 the timings, this checkout over the other.
 
 Run:  python benchmarks/json_validity.py [--data ../shared/data/jsonschemabench] [--every 1] [--against DIR]
-      [--property-order any|schema]
+      [--property-order any|schema] [--only NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -31,18 +32,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = HERE.parent / "shared" / "data" / "jsonschemabench"
+# `shuffled` from this checkout's searchdec/bench/documents.py, loaded by path: a worker over another checkout
+# (--against) imports that checkout's searchdec, which may not hold the module
+_DOCUMENTS = importlib.util.spec_from_file_location("_documents", HERE / "searchdec" / "bench" / "documents.py")
+_documents = importlib.util.module_from_spec(_DOCUMENTS)
+_DOCUMENTS.loader.exec_module(_documents)
+shuffled = _documents.shuffled
 NEW_KEYWORDS = {"uniqueItems", "not", "contains", "if", "then", "else", "dependentRequired", "dependentSchemas"}
-
-
-def shuffled(value, rng: random.Random):
-    """`value` with the properties of every object in a random order."""
-    if isinstance(value, dict):
-        items = list(value.items())
-        rng.shuffle(items)
-        return {key: shuffled(item, rng) for key, item in items}
-    if isinstance(value, list):
-        return [shuffled(item, rng) for item in value]
-    return value
 
 
 def plain(schema) -> bool:
@@ -181,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--every", type=int, default=1, help="take every Nth schema (1: all)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only the schemas whose file name holds one of these")
     parser.add_argument("--against", type=Path, help="another searchdec checkout, measured in the same run")
     parser.add_argument("--shuffles", type=int, default=1, help="shuffled copies walked per valid instance")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per schema before giving up")
@@ -195,6 +192,8 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data}; pass --data (tests/data/jsonschemabench is a small sample)")
     paths = [str(p) for p in sorted(args.data.glob("*.json"))[:: args.every]]
+    if args.only:
+        paths = [path for path in paths if any(part in Path(path).name for part in args.only)]
     roots = {"this checkout": HERE} | ({"against": args.against.resolve()} if args.against else {})
     ours = {"property_order": args.property_order} if args.property_order else {}
     workers = {label: Worker(root, args.shuffles, ours if root == HERE else {}) for label, root in roots.items()}

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import searchdec as sd
+from searchdec.bench.documents import shuffled
 
 
 def any_order(schema, **options):
@@ -104,17 +105,6 @@ CASES = {
         st.fixed_dictionaries({"rows": st.lists(st.lists(SMALL, max_size=3), max_size=3)}),
     ),
 }
-
-
-def shuffled(value, rng):
-    """`value` with the properties of every object in a random order."""
-    if isinstance(value, dict):
-        items = list(value.items())
-        rng.shuffle(items)
-        return {key: shuffled(item, rng) for key, item in items}
-    if isinstance(value, list):
-        return [shuffled(item, rng) for item in value]
-    return value
 
 
 def in_any_order(documents):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import searchdec as sd
+from searchdec.bench.documents import shuffled
 
 
 def any_order(schema, **options):
@@ -69,16 +70,6 @@ def test_valid_instances_are_accepted(smollm, compiled):
         if case["valid"] and not accepted(smollm, constraint, case["data"])
     }
     assert rejected == KNOWN_VALID_REJECTED
-
-
-def shuffled(value, rng: random.Random):
-    if isinstance(value, dict):
-        items = list(value.items())
-        rng.shuffle(items)
-        return {key: shuffled(item, rng) for key, item in items}
-    if isinstance(value, list):
-        return [shuffled(item, rng) for item in value]
-    return value
 
 
 def test_valid_instances_are_accepted_with_their_properties_shuffled(smollm, compiled):

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from jsonschema import validators
 
+from searchdec.grammars import json_flatten
 from searchdec.grammars.base import Check, CheckState, State, TokenizerInfo, Verdict
 
 CHECKED = ("uniqueItems", "not", "contains", "minContains", "maxContains", "if", "then", "else")
@@ -348,39 +349,6 @@ def _one_of_in_grammar(node: dict, pinned: set[int]) -> bool:
     return any(id(sub) not in pinned and reorders(sub) for sub in _every_schema({"allOf": node["oneOf"]}))
 
 
-def _required_into_branches(schema: Any) -> Any:
-    """`schema` with the `required` of every node that holds only it beside plain `anyOf`/`oneOf` object branches
-    moved into each branch (the same documents: `required` applies to the value whichever branch it takes), so
-    that llguidance does not merge it into the branches, which would keep them in schema order (a copy where
-    it applies; `schema` itself elsewhere)."""
-
-    def applies(node: dict) -> bool:
-        if not isinstance(node.get("required"), list) or any(key in node for key in _OBJECT_KEYWORDS[:3]):
-            return False
-        if "allOf" in node or "$ref" in node or ("anyOf" in node) == ("oneOf" in node):
-            return False
-        branches = node.get("anyOf", node.get("oneOf"))
-        return (
-            isinstance(branches, list)
-            and bool(branches)
-            and all(
-                isinstance(sub, dict) and not any(key in sub for key in ("$ref", "allOf", "anyOf", "oneOf"))
-                for sub in branches
-            )
-        )
-
-    if not isinstance(schema, dict) or not any(applies(node) for node in _every_schema(schema)):
-        return schema
-    schema = copy.deepcopy(schema)
-    for node in _every_schema(schema):
-        if applies(node):
-            required = node.pop("required")
-            for sub in node.get("anyOf", node.get("oneOf")):
-                own = sub.get("required") if isinstance(sub.get("required"), list) else []
-                sub["required"] = list(dict.fromkeys([*own, *required]))
-    return schema
-
-
 def split(schema: Any, any_order: bool = True) -> tuple[Any, JsonCheck | None]:
     """`schema` without the keywords a check enforces, with every object in any key order and `oneOf` as `anyOf`
     (a copy), and the check (None when none of these applies: the schema itself then). `any_order=False` keeps
@@ -388,8 +356,8 @@ def split(schema: Any, any_order: bool = True) -> tuple[Any, JsonCheck | None]:
     if not isinstance(schema, dict):
         return schema, None
     given = schema
-    if any_order:
-        schema = _required_into_branches(schema)
+    if any_order:  # one object schema where the schema spreads an object over several (grammars/json_flatten.py)
+        schema = json_flatten.flatten(schema)
     grammar = copy.deepcopy(schema)
     found = False
     for node in _Applying(grammar).tracked():
