@@ -110,3 +110,27 @@ def test_bench_search_quick_row_on_the_default_model():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 prompts, batch 1, 4 new tokens" in result.stdout
     assert set(beam_rows(result.stdout)) == {"searchdec", "transformers"}, result.stdout
+
+
+def test_bench_peer_times_transformers_on_the_token_ids_searchdec_decodes(tiny):
+    """The one transformers timing loop of the benches (searchdec/bench/peers.py): a left-padded batch of text
+    and chat prompts gives each row's greedy tokens as searchdec returns them (cut after the first EOS), and
+    beam search reports the keys and values its cache holds for every beam."""
+    import searchdec as sd
+    from searchdec.bench.peers import alternate, pct, transformers_generate
+
+    prompts = ["a much longer prompt than the other one", [{"role": "user", "content": "hi"}]]
+    run = transformers_generate(tiny, prompts, 6)
+    assert run.seconds > 0
+    assert run.tokens == [out.tokens for out in sd.generate(tiny, prompts, max_tokens=6)]
+    beams = transformers_generate(tiny, [tiny.encode("abc")], 4, num_beams=3)
+    config = tiny.config
+    per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # float32
+    assert beams.kv_bytes % (3 * per_position) == 0 and beams.kv_bytes >= 3 * per_position * 3
+    assert beams.tokens == [sd.generate(tiny, "abc", max_tokens=4, search=sd.Beam(3)).tokens]
+    with pytest.raises(ValueError, match="at least one prompt"):
+        transformers_generate(tiny, [], 4)
+    runs = iter([(0.1, [1]), (0.2, [1]), (0.3, [1]), (0.4, [2])])
+    with pytest.raises(SystemExit, match="outputs differ on prompt 7"):
+        alternate(lambda: next(runs), lambda: next(runs), 2, same="on prompt 7")
+    assert pct([], 50) != pct([], 50) and pct([1.0, 3.0], 50) == 2.0  # nan for none

@@ -72,7 +72,7 @@ def transformers_generate(model, prompts: Sequence[Prompt], max_tokens: int, num
     for row in out.sequences[:, width:].tolist():
         end = next((i for i, token in enumerate(row) if token in eos), None)
         tokens.append(row if end is None else row[: end + 1])
-    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # the older name warns
     layers = getattr(cache, "layers", None)
     kv_bytes = None
     if layers is not None:
