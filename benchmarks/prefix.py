@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import searchdec as sd
+from searchdec.bench.peers import transformers_generate
 
 
 def long_prompt(model, n_tokens: int) -> str:
@@ -55,24 +56,10 @@ def ours(model, prompt: str, max_tokens: int, search, shared: bool):
 
 
 def theirs(model, ids: list[int], max_tokens: int, width: int):
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.hf.generate(
-            torch.tensor([ids], device=model.device),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-            max_new_tokens=max_tokens,
-            num_beams=width,
-            do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id,
-            eos_token_id=sorted(model.eos_token_ids),
-            return_dict_in_generate=True,
-        )
-    elapsed = time.perf_counter() - start
-    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
-    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    tokens = out.sequences[0, len(ids) :].tolist()
-    end = next((i for i, t in enumerate(tokens) if t in model.eos_token_ids), None)
-    return elapsed, tokens if end is None else tokens[: end + 1], held
+    run = transformers_generate(model, [ids], max_tokens, num_beams=width)
+    if run.kv_bytes is None:
+        raise SystemExit("transformers returned a cache without `layers`: its keys and values cannot be counted")
+    return run.seconds, run.tokens[0], run.kv_bytes
 
 
 def beam(model, prompt: str, args) -> None:

@@ -5,10 +5,13 @@
   constrained decoding beside unconstrained (searchdec/bench/decode.py);
 - `grammars`: searchdec's masks vs raw llguidance, outlines-core and XGrammar (those installed) on
   JSONSchemaBench schemas (searchdec/bench/grammars.py);
+- `search`: `sd.Beam(4)` vs transformers `generate(num_beams=4)`, one prompt at a time; in full also tokens
+  forwarded per returned token for every search, and Countdown puzzles solved (searchdec/bench/search.py);
 - `speculative`: the lossless speculative methods vs target-only greedy (searchdec/bench/speculative.py).
 
 By default a bench runs its quick rows (a minute or a few); `--full` runs what benchmarks/NAME.py runs.
 Every other option goes to the bench (`searchdec bench decode --device cuda --repeats 5`).
+The transformers side of every bench is timed by one helper, searchdec/bench/peers.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib
 BENCHES = {
     "decode": "greedy decoding vs transformers.generate, and constrained decoding's cost",
     "grammars": "mask time, time to first mask and coverage vs raw llguidance, outlines-core, XGrammar",
+    "search": "Beam(4) vs transformers generate(num_beams=4); in full, prefix reuse and puzzles per search",
     "speculative": "lossless speculative decoding vs target-only greedy",
 }
 

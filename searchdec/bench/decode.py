@@ -18,11 +18,12 @@ import argparse
 import platform
 import statistics
 import time
+from functools import partial
 
-import numpy as np
 import torch
 
 import searchdec as sd
+from searchdec.bench.peers import alternate, pct, prompt_ids, transformers_generate
 from searchdec.search import rows
 
 PROMPTS = [
@@ -39,10 +40,6 @@ PROMPTS = [
 ]
 
 
-def ids_of(model, prompt):
-    return model.encode(prompt) if isinstance(prompt, str) else model.apply_chat_template(prompt)
-
-
 def run_ours(model, prompt, max_tokens):
     start = time.perf_counter()
     out = sd.generate(model, prompt, max_tokens=max_tokens)
@@ -50,17 +47,8 @@ def run_ours(model, prompt, max_tokens):
 
 
 def run_theirs(model, prompt, max_tokens):
-    ids = ids_of(model, prompt)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.hf.generate(
-            torch.tensor([ids], device=model.device),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id,
-        )
-    return time.perf_counter() - start, out[0, len(ids) :].tolist()
+    run = transformers_generate(model, [prompt], max_tokens)
+    return run.seconds, run.tokens[0]
 
 
 def run_batch_ours(model, prompts, max_tokens):
@@ -70,24 +58,8 @@ def run_batch_ours(model, prompts, max_tokens):
 
 
 def run_batch_theirs(model, prompts, max_tokens):
-    tok = model.tokenizer
-    tok.padding_side = "left"
-    texts = [
-        p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.hf.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    elapsed = time.perf_counter() - start
-    new = out[:, enc["input_ids"].shape[1] :]
-    eos = tuple(model.eos_token_ids)
-    produced = 0
-    for row in new.tolist():  # count up to and including the first EOS, as ours reports
-        n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        produced += n
-    return elapsed, produced
+    run = transformers_generate(model, prompts, max_tokens)  # tokens counted up to the first EOS, as ours
+    return run.seconds, sum(len(tokens) for tokens in run.tokens)
 
 
 PERSON_SCHEMA = {
@@ -178,10 +150,6 @@ def constrained_section(model, args, prompts) -> None:
         print(f"{label:<30} {tps:>7.1f} {tokens:>7} {calls:>9} {tps / base:>17.3f}")
 
 
-def pct(values, q):
-    return float(np.percentile(values, q))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="searchdec bench decode", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -206,20 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for i, prompt in enumerate(prompts):
-        ours_t, theirs_t = [], []
-        for r in range(args.repeats):
-            order = [(run_ours, ours_t), (run_theirs, theirs_t)]
-            if (i + r) % 2:
-                order.reverse()
-            tokens = []
-            for fn, times in order:
-                elapsed, toks = fn(model, prompt, args.max_tokens)
-                times.append(elapsed)
-                tokens.append(toks)
-            if tokens[0] != tokens[1]:
-                raise SystemExit(f"outputs differ on prompt {i}: the comparison would not be fair")
-        n = len(tokens[0])
-        rows.append((i, n, min(ours_t), min(theirs_t)))
+        ours_runs, theirs_runs = alternate(
+            partial(run_ours, model, prompt, args.max_tokens),
+            partial(run_theirs, model, prompt, args.max_tokens),
+            args.repeats,
+            first=i,
+            same=f"on prompt {i}",
+        )
+        n = len(ours_runs[-1][1])
+        rows.append((i, n, min(t for t, _ in ours_runs), min(t for t, _ in theirs_runs)))
 
     print(f"\nsingle prompt, greedy, up to {args.max_tokens} new tokens, best of {args.repeats}")
     print(f"{'prompt':>6} {'tokens':>6} {'ours tok/s':>11} {'hf tok/s':>10} {'ratio':>6}")
@@ -242,16 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     long_prompt = " ".join(f"Item {i} costs {i * 3} dollars." for i in range(90)) + " The most expensive item is"
-    ours_l, theirs_l = [], []
-    for r in range(args.repeats):
-        order = [(run_ours, ours_l), (run_theirs, theirs_l)]
-        for fn, times in order if r % 2 == 0 else order[::-1]:
-            elapsed, toks = fn(model, long_prompt, args.max_tokens)
-            times.append((elapsed, len(toks)))
+    ours_l, theirs_l = (
+        [(elapsed, len(toks)) for elapsed, toks in runs]
+        for runs in alternate(
+            partial(run_ours, model, long_prompt, args.max_tokens),
+            partial(run_theirs, model, long_prompt, args.max_tokens),
+            args.repeats,
+        )
+    )
     (ours_lt, n_long), (theirs_lt, _) = min(ours_l), min(theirs_l)
     print(
-        f"\nlong prompt ({len(ids_of(model, long_prompt))} tokens), {n_long} new tokens: ours {n_long / ours_lt:.1f} "
-        f"tok/s, transformers {n_long / theirs_lt:.1f} tok/s, ratio {theirs_lt / ours_lt:.3f}"
+        f"\nlong prompt ({len(prompt_ids(model, long_prompt))} tokens), {n_long} new tokens: "
+        f"ours {n_long / ours_lt:.1f} tok/s, transformers {n_long / theirs_lt:.1f} tok/s, "
+        f"ratio {theirs_lt / ours_lt:.3f}"
     )
 
     constrained_section(model, args, JSON_PROMPTS[:2] if args.quick else JSON_PROMPTS)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from searchdec.bench.peers import pct
 
 ENGINES = ["searchdec", "llguidance", "outlines-core", "xgrammar"]
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsonschemabench"  # beside a checkout
@@ -247,10 +247,6 @@ def run_engine(engine_name: str, paths: list[str], timeout: float) -> dict:
         if process.is_alive():
             process.kill()
     return results
-
-
-def pct(values, q) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
