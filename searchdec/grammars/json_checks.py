@@ -22,12 +22,12 @@ import json
 import re
 from functools import cached_property
 from typing import Any
-from urllib.parse import unquote
 
 from jsonschema import validators
 
 from searchdec.grammars import json_flatten
 from searchdec.grammars.base import Check, CheckState, State, TokenizerInfo, Verdict
+from searchdec.grammars.json_pointer import local_target
 
 CHECKED = ("uniqueItems", "not", "contains", "minContains", "maxContains", "if", "then", "else")
 CHECKED += ("dependentRequired", "dependentSchemas")
@@ -202,17 +202,7 @@ class _Applying:
 
     def resolve(self, ref: Any) -> dict | None:
         """The node a local `$ref` ("#" or "#/a/b") names; None for any other reference."""
-        if not isinstance(ref, str) or not ref.startswith("#") or (len(ref) > 1 and ref[1] != "/"):
-            return None
-        node: Any = self.root
-        for part in ref[2:].split("/") if len(ref) > 1 else ():
-            part = unquote(part).replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return None
+        node = local_target(self.root, ref)
         return node if isinstance(node, dict) else None
 
     def __call__(self, nodes: list[dict]) -> list[dict]:

@@ -31,6 +31,8 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
+from searchdec.grammars.json_pointer import local_target
+
 OBJECT = ("properties", "patternProperties", "additionalProperties", "required")
 ANNOTATIONS = frozenset(
     ("title", "description", "$comment", "examples", "default", "$schema", "readOnly", "writeOnly", "deprecated")
@@ -403,16 +405,5 @@ def _pointer_of(ref: str) -> str | None:
 
 def _resolve(root: Any, ref: str) -> Any:
     """The schema a local `$ref` ("#" or "#/a/b") names; None for any other reference or a missing one."""
-    pointer = _pointer_of(ref)
-    if pointer is None:
-        return None
-    node: Any = root
-    for part in pointer.split("/")[1:] if pointer else ():
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
+    node = local_target(root, ref)
     return node if isinstance(node, (dict, bool)) else None

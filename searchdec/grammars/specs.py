@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import re
-import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,6 +23,7 @@ from typing import ClassVar
 from searchdec.errors import ConstraintError, EmptyLanguageError, GrammarSyntaxError, SchemaError
 from searchdec.grammars.base import Constraint, backend_named
 from searchdec.grammars.compile import compile_spec
+from searchdec.grammars.json_pointer import local_target
 
 DEFAULT_BACKEND = "llguidance"
 # JSON nesting a schema may have: both engines read a grammar with serde_json, whose recursion limit is
@@ -379,17 +379,7 @@ def _escape(key: str) -> str:
 
 def _local_target(root, ref) -> dict | None:
     """The schema a local `$ref` ("#", "#/a/b") points to in `root`, or None (remote, anchors, missing)."""
-    if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
-        return None
-    node = root
-    for part in ref[2:].split("/") if ref != "#" else ():
-        part = urllib.parse.unquote(part).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
+    node = local_target(root, ref)
     return node if isinstance(node, dict) else None
 
 

@@ -5,8 +5,8 @@ A runtime computes next-token logits for a batch of hypotheses through a prefix 
 nearest cached ancestor are fed), lets a search drop entries it will not expand again (`cache`),
 counts what it computed (`stats`: forward calls and tokens), and exposes its tokenizer (encode,
 decode, chat template, end-of-sequence ids, vocabulary as bytes for grammar engines). The
-transformers/torch runtime (`models/model.py`) implements it; another runtime (a GGUF-native one is
-planned) is one more module implementing the same members.
+transformers/torch runtime (`models/model.py`) and the llama.cpp runtime (`models/llamacpp.py`)
+implement it; another runtime is one more module implementing the same members.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
+
+from searchdec.errors import PromptTooLongError
 
 
 class TokenNode(Protocol):
@@ -48,20 +50,33 @@ class Runtime(ABC):
         token j's path. Optional: a runtime without tree attention raises NotImplementedError."""
         raise NotImplementedError(f"runtime {type(self).__name__} cannot forward a token tree (no tree attention)")
 
-    @abstractmethod
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    # Tokenizer members: both runtimes hold a Hugging Face tokenizer (`self.tokenizer`); a runtime
+    # with another kind of tokenizer overrides these.
 
-    @abstractmethod
-    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    @abstractmethod
+    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+
     def apply_chat_template(
         self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
-    ) -> list[int]: ...
+    ) -> list[int]:
+        """Token ids of `messages` rendered by the model's chat template (`tools` go to it too)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"model {self.name!r} has no chat template; pass a plain string prompt")
+        text = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        return self.encode(text, add_special_tokens=False)
 
-    @abstractmethod
     def check_prompt_length(self, n_tokens: int) -> None:
         """Raise `PromptTooLongError` when a prompt of `n_tokens` leaves no room in the context window."""
+        if n_tokens >= self.context_window:
+            raise PromptTooLongError(
+                f"prompt has {n_tokens} tokens but model {self.name!r} has a context window of "
+                f"{self.context_window} tokens (at least one must be left to generate)"
+            )
 
     @property
     @abstractmethod

@@ -276,31 +276,6 @@ class LlamaCppModel(Runtime):
     def vocab_bytes(self) -> list[bytes]:
         return token_bytes(self.tokenizer, self.vocab_size)
 
-    # --- text <-> tokens (the Hugging Face tokenizer, as the torch runtime) -------------------
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
-
-    def apply_chat_template(
-        self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
-    ) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"model {self.name!r} has no chat template; pass a plain string prompt")
-        text = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-        return self.encode(text, add_special_tokens=False)
-
-    def check_prompt_length(self, n_tokens: int) -> None:
-        if n_tokens >= self.context_window:
-            raise PromptTooLongError(
-                f"prompt has {n_tokens} tokens but model {self.name!r} has a context window of "
-                f"{self.context_window} tokens on llama.cpp (at least one must be left to generate)"
-            )
-
     # --- the hot path ----------------------------------------------------------------------
 
     def logits(self, nodes: Sequence[TokenNode]) -> torch.Tensor:

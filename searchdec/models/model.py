@@ -35,7 +35,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from searchdec.errors import ModelLoadError, PromptTooLongError
+from searchdec.errors import ModelLoadError
 from searchdec.models import cascade
 from searchdec.models.base import Runtime, TokenNode, cached_past
 from searchdec.models.cache import KVBlock, KVBuffers, KVEntry, PrefixCache
@@ -131,32 +131,6 @@ class Model(Runtime):
     def vocab_bytes(self) -> list[bytes]:
         """Each token id's bytes, as grammar engines need them (special tokens: their text)."""
         return token_bytes(self.tokenizer, self.vocab_size)
-
-    # --- text <-> tokens -------------------------------------------------------------------
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def decode(self, tokens: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
-
-    def apply_chat_template(
-        self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True
-    ) -> list[int]:
-        """Token ids of `messages` rendered by the model's chat template (`tools` go to it too)."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"model {self.name!r} has no chat template; pass a plain string prompt")
-        text = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-        return self.encode(text, add_special_tokens=False)
-
-    def check_prompt_length(self, n_tokens: int) -> None:
-        if n_tokens >= self.context_window:
-            raise PromptTooLongError(
-                f"prompt has {n_tokens} tokens but model {self.name!r} has a context window of "
-                f"{self.context_window} tokens (at least one must be left to generate)"
-            )
 
     # --- the hot path ----------------------------------------------------------------------
 
