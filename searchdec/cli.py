@@ -33,28 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--min-p", type=float, default=0.0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    gen.add_argument(
-        "--runtime",
-        default="torch",
-        choices=["torch", "llama.cpp"],
-        help="llama.cpp runs the GGUF itself (extra llamacpp)",
-    )
-    gen.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    _loading_flags(gen)
     gen.add_argument("--json", action="store_true", help="print the result as JSON instead of streaming text")
     serve = commands.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("--model", default="smollm2-135m", help="alias, local path, .gguf file or HF id")
     serve.add_argument("--served-model-name", default=None, help="the name clients pass as `model` (default: --model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    serve.add_argument(
-        "--runtime",
-        default="torch",
-        choices=["torch", "llama.cpp"],
-        help="llama.cpp runs the GGUF itself (extra llamacpp)",
-    )
-    serve.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    _loading_flags(serve)
     serve.add_argument(
         "--tool-format",
         default="auto",
@@ -111,7 +97,7 @@ def _generate(args) -> int:
         if args.temperature == 0
         else sd.Sample(args.temperature, args.top_k, args.top_p, args.min_p, seed=args.seed)
     )
-    model = sd.load(args.model, **_loading(args))
+    model = sd.load(args.model, dtype=args.dtype, runtime=args.runtime, threads=args.threads)
     if isinstance(prompt, str) and not args.raw and getattr(model.tokenizer, "chat_template", None):
         prompt = [{"role": "user", "content": prompt}]
     if args.json:
@@ -138,13 +124,13 @@ def _generate(args) -> int:
     return 0
 
 
-def _loading(args) -> dict:
-    """`sd.load` options from the flags: llama.cpp takes threads, the torch runtime a dtype."""
-    if args.runtime == "llama.cpp":
-        return {"runtime": "llama.cpp", "threads": args.threads}
-    if args.threads is not None:
-        raise ValueError("--threads is an option of --runtime llama.cpp")
-    return {"dtype": args.dtype}
+def _loading_flags(parser) -> None:
+    """How a command loads its model: the torch runtime's dtype, or llama.cpp and its threads."""
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--runtime", default="torch", choices=["torch", "llama.cpp"], help="llama.cpp runs the GGUF itself"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
 
 
 def _serve(args) -> int:

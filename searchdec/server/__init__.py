@@ -41,8 +41,7 @@ def serve(
             # by that signal (exit -15) after a clean shutdown; a second SIGINT still forces exit.
             getattr(self, "_captured_signals", []).clear()
 
-    loading = {"runtime": runtime, "threads": threads} if runtime != "torch" else {"dtype": dtype}
-    model = load(model_name, **loading)
+    model = load(model_name, dtype=dtype, runtime=runtime, threads=threads)
     app = create_app(model, served_name or model_name, **options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
     server = Server(config)
