@@ -73,6 +73,35 @@ class EvenCount(Check):
         return _EvenCount(self.letter, 0)
 
 
+class _Unclosable(CheckState):
+    """Once `text` appears the output can never be OK again, but the check cannot say so (it stays
+    UNDECIDED, never VIOLATED): only a closing walk, which finds no end it accepts, tells."""
+
+    __slots__ = ("text", "seen")
+
+    def __init__(self, text: bytes, seen: bytes) -> None:
+        self.text, self.seen = text, seen
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.UNDECIDED if self.text in self.seen else Verdict.OK
+
+    def feed(self, data, grammar):
+        return _Unclosable(self.text, self.seen + data)
+
+    def completion(self):
+        return None if self.verdict is Verdict.OK else b""  # follow the grammar's walk, asking again
+
+
+class Unclosable(Check):
+    def __init__(self, text: str) -> None:
+        self.text = text.encode()
+        self.name = f"no {text!r}, found only at the end"
+
+    def start(self, tokenizer):
+        return _Unclosable(self.text, b"")
+
+
 def checked(model, spec, *checks) -> CheckedConstraint:
     return CheckedConstraint(spec.compile(model), checks, tokenizer_info(model))
 
@@ -154,6 +183,16 @@ def test_a_check_that_cannot_be_satisfied_ends_with_unsatisfied(tiny):
     constraint = checked(tiny, sd.regex("[ab]{3}"), Forbid("a"), Forbid("b"))
     out = sd.generate(tiny, "xyz", constraint=constraint, max_tokens=8)
     assert out.finish_reason == "unsatisfied"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_hypothesis_that_can_no_longer_close_is_backtracked_from(tiny, seed):
+    """The budget's closing walk finds that no end is accepted after "aa" (search/budget.py's STRANDED):
+    the row backtracks to before it instead of running on to "length"."""
+    constraint = checked(tiny, sd.regex("[ab]{8,80}"), Unclosable("aa"))  # the tiny model writes "aa" often
+    out = sd.generate(tiny, "xyz", constraint=constraint, max_tokens=64, search=sd.Sample(seed=seed))
+    assert out.finish_reason == "stop", out  # before STRANDED: 3 of these 4 ran on to "length"
+    assert "aa" not in out.text
 
 
 def test_the_backtracking_budget_bounds_the_search(tiny):

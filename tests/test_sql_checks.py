@@ -157,3 +157,55 @@ def test_a_range_name_defined_twice_in_from_is_final_at_the_next_comma_or_join()
         "SELECT Name, Age FROM singer GROUP BY Name, Age",  # commas after FROM's list is closed
     ]:
         assert check_state(spec, text).verdict is not Verdict.VIOLATED, text
+
+
+def test_two_minus_signs_that_sqlite_reads_as_a_comment_are_violated():
+    spec = sql(tables=CONCERT)
+    assert check_state(spec, "SELECT Age - -1 FROM singer").verdict is not Verdict.VIOLATED
+    assert check_state(spec, "SELECT Age --1 FROM singer").verdict is Verdict.VIOLATED
+    assert check_state(spec, "SELECT Age /*").verdict is Verdict.VIOLATED
+
+
+@pytest.mark.parametrize(
+    ("text", "plan"),
+    [
+        ("SELECT Name, Song_Name", " FROM singer"),  # the table holding both names
+        ("SELECT Song_Name FROM stadium", ", singer"),  # a name no table on the list holds
+        ("SELECT Song_Name, Name FROM stadium", ""),  # joining singer would make Name ambiguous: no plan
+        ("SELECT Theme, Capacity FROM concert", ", stadium"),  # the FROM list is still open: join the holder
+        ("SELECT T1.Name, T2.Theme FROM singer AS T1 JOIN", " concert AS T2"),  # an alias the select list uses
+        ("SELECT singer.Name, concert.Theme FROM singer", ", concert"),  # a table named as a qualifier
+        ("SELECT * FROM (SELECT Name, Song_Name", " FROM singer)"),  # a subquery: its FROM, then its ")"
+        ("SELECT * FROM (SELECT Song_Name FROM (SELECT * FROM concert WHERE Year = 1", "), singer)"),
+        ("SELECT count(*) FROM stadium WHERE ", ""),  # an expression in progress: the grammar goes first
+        ("SELECT Name FROM stadium WHERE Song_Name", ""),  # WHERE closed the FROM list: no plan
+        ("SELECT count(*) FROM stadium", None),  # it compiles: nothing to plan
+    ],
+)
+def test_the_closing_plan_writes_the_tables_the_names_need(text, plan):
+    """A closing walk asks the check what to write where the grammar's shortest completion would not
+    compile (`completion`): the FROM items each open SELECT's names need, then its ")"."""
+    state = check_state(sql(tables=CONCERT), text)
+    if plan is None and state.verdict is Verdict.OK:
+        assert state.completion() is None
+        return
+    expected = plan if plan is not None else ""
+    assert state.completion() == expected.encode()
+    if expected:
+        assert compiles(CONCERT, text + expected)
+        assert check_state(sql(tables=CONCERT), text + expected).verdict is Verdict.OK
+        # the plan is followed byte by byte: each step keeps the rest of it
+        assert state.feed(expected[:3].encode(), None).completion() == expected[3:].encode()
+
+
+@pytest.mark.integration
+def test_queries_steered_to_close_in_a_tight_budget_finish_and_compile(smollm):
+    """Real model, 32 tokens: where the grammar's shortest closing would not compile, the budget follows
+    the check's plan, and a hypothesis that can close no more is backtracked from, not cut at
+    `max_tokens` (before: 2 of these 5 finished)."""
+    for item in GOLD[::5][:5]:
+        entry = TABLES[item["db_id"]]
+        prompt = [{"role": "user", "content": f"Write one SQLite query that answers: {item['question']}"}]
+        out = sd.generate(smollm, prompt, max_tokens=32, constraint=sql(tables=entry))
+        assert out.finish_reason == "stop", (out.finish_reason, out.text)
+        assert compiles(entry, out.text.strip()), out.text

@@ -8,6 +8,8 @@ in one `SqlState` (grammars/base.py's check contract):
   the grammar means: a keyword, a function of the SQLite in use, a table or column name of the schema,
   an alias T1..T9, a number, or the free name that follows AS or COLLATE. A word that is not even the
   beginning of such a word is VIOLATED at the byte that makes it so, so the search backtracks at once.
+  Likewise "--" and "/*", which the grammar reads as two operators ("a - -1") but SQLite as a comment
+  (which would hide the rest of the line from it).
 - **scope** (names in scope of FROM/JOIN, aliases, GROUP BY and aggregate rules, everything SQLite
   checks when it compiles a statement): when a clause that follows FROM begins at the top level
   (WHERE, GROUP, HAVING, ORDER, LIMIT, a compound operator, or AND/OR after WHERE), nothing written later
@@ -20,6 +22,13 @@ in one `SqlState` (grammars/base.py's check contract):
   name is defined twice (`FROM Documents, Documents`, `singer AS T1 JOIN concert AS T1`) or an ON
   condition is ambiguous, which no later text can undo: VIOLATED at once (a degenerate repetition of
   the same table ends there instead of running to `max_tokens`).
+
+- **closing** (`completion`, for the budget's closing walk): where the grammar's shortest completion would
+  not compile — a select list whose names no table written so far holds, a subquery without its FROM —
+  the check plans the rest instead: each open SELECT (innermost first) gets the tables its names need
+  (`FROM t`, or `, t` on a FROM list still open), each open parenthesis its `)`, chosen by asking SQLite
+  which name is missing until the text compiles (`_repair`); the walk writes that plan byte by byte, so a
+  hypothesis steered to close within `max_tokens` closes into a query that compiles.
 
 So every finished output compiles under `EXPLAIN` on its schema.
 """
@@ -97,6 +106,17 @@ class SqlCheck(Check):
     def start(self, tokenizer: TokenizerInfo | None = None) -> SqlState:
         return SqlState(self, b"", Verdict.UNDECIDED, 0, None, b"", "", False, False, False, None)
 
+    @functools.cached_property
+    def table_columns(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """Each table's lower-case name: its name as written in the schema, and its columns (lower case)."""
+        db = explain_database(self.schema)
+        tables = {}
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY rowid"):
+            if _BARE_NAME.fullmatch(name):
+                columns = db.execute("SELECT name FROM pragma_table_info(?)", (name,)).fetchall()
+                tables[name.lower()] = (name, frozenset(column.lower() for (column,) in columns))
+        return tables
+
 
 class SqlState(CheckState):
     """The lexer's position in the output and the verdict so far. Immutable."""
@@ -113,10 +133,23 @@ class SqlState(CheckState):
         "_quote_closing",
         "_word_checked",
         "_from_at",
+        "_plan",
     )
 
     def __init__(
-        self, check, text, verdict, depth, quote, word, previous, after_where, quote_closing, word_checked, from_at
+        self,
+        check,
+        text,
+        verdict,
+        depth,
+        quote,
+        word,
+        previous,
+        after_where,
+        quote_closing,
+        word_checked,
+        from_at,
+        plan=None,
     ):
         self._check = check
         self.text = text  # the output so far
@@ -129,6 +162,7 @@ class SqlState(CheckState):
         self._quote_closing = quote_closing  # the quote's closing byte was just read (it may be doubled)
         self._word_checked = word_checked  # the word in progress is a clause keyword already checked
         self._from_at = from_at  # where the top-level FROM list being written begins in `text`, or None
+        self._plan = plan  # the rest of the closing plan being written (`completion`); None: not planned yet
 
     @property
     def verdict(self) -> Verdict:
@@ -158,6 +192,8 @@ class SqlState(CheckState):
                     continue
                 else:
                     continue
+            if (byte == ord("-") and text.endswith(b"-")) or (byte == ord("*") and text.endswith(b"/")):
+                return self._violated(text + bytes([byte]))  # SQLite reads a comment where the grammar meant operators
             if byte in _WORD_BYTES:
                 word += bytes([byte])
                 text += bytes([byte])
@@ -195,8 +231,20 @@ class SqlState(CheckState):
                 previous = ""
             text += bytes([byte])
         verdict = self._verdict_of(text, word, previous, quote, closing, grammar)
-        moved = (depth, quote, word, previous, after_where, closing, checked, from_at)
+        plan = self._plan[len(data) :] if data and self._plan and self._plan.startswith(data) else None
+        moved = (depth, quote, word, previous, after_where, closing, checked, from_at, plan or None)
         return SqlState(self._check, text, verdict, *moved)
+
+    def completion(self) -> bytes | None:
+        """For a closing walk (see `CheckState.completion` and the module docstring): None once the text
+        compiles, else the rest of a plan that makes it compile, else b"" (the grammar's next token, then
+        ask again: an expression in progress must end before tables can follow)."""
+        if self._verdict is not Verdict.UNDECIDED:
+            return None
+        if self._plan is None:
+            found = _repair(self._check, self.text.decode("utf-8", "replace"))
+            self._plan = found.encode() if found else b""
+        return self._plan
 
     @staticmethod
     def _clause_closes(word: str, after_where: bool) -> bool:
@@ -245,3 +293,167 @@ class SqlState(CheckState):
 
     def _violated(self, text: bytes) -> SqlState:
         return SqlState(self._check, text, Verdict.VIOLATED, self._depth, None, b"", "", False, False, False, None)
+
+
+# --- closing: a plan that makes the text compile ---------------------------------------------------
+
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MISSING = re.compile(r"no such column: (?:(\w+)\.)?(\w+)$")
+_REPAIR_TRIES = 24  # compiles one plan may spend
+
+
+@dataclass
+class _Level:
+    """One SELECT (the text's top level, or a parenthesis) as far as the closing plan needs it."""
+
+    closes: str  # what ends it: ")" for a parenthesis, "" for the top level
+    select: bool  # a SELECT is being written at this level (not an expression in parentheses)
+    from_state: str = "none"  # "none": no FROM yet; "open": on its FROM list; "closed": a later clause began
+    needs_table: bool = False  # the FROM list ends where a table must come (after FROM, JOIN or ",")
+    names: set[str] = field(default_factory=set)  # words written at this level (lower case), "q.name" qualified
+    tables: set[str] = field(default_factory=set)  # range names of its FROM list (lower case)
+
+
+def _levels(text: str) -> list[_Level] | None:
+    """The SELECTs open at the end of `text`, outermost first; None inside a quote or a comment (the
+    grammar's walk must end it first)."""
+    levels = [_Level("", select=False)]
+    i, n, last = 0, len(text), ""
+    while i < n:
+        char, level = text[i], levels[-1]
+        if char in "'\"`[":
+            end = text.find("]" if char == "[" else char, i + 1)
+            while end != -1 and char != "[" and text[end + 1 : end + 2] == char:
+                end = text.find(char, end + 2)  # a doubled quote stays inside
+            if end == -1:
+                return None
+            if char != "'" and level.from_state == "open" and level.needs_table:
+                level.tables.add(text[i + 1 : end].lower())
+                level.needs_table = False
+            i, last = end + 1, ""
+            continue
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            if end == -1:
+                return None
+            i = end + 1
+            continue
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end == -1:
+                return None
+            i = end + 2
+            continue
+        if char.isalnum() or char in "_$" or ord(char) >= 0x80:
+            j = i
+            while j < n and (text[j].isalnum() or text[j] in "_$" or ord(text[j]) >= 0x80):
+                j += 1
+            word = text[i:j].lower()
+            qualified = last + word if last.endswith(".") else word
+            level.names.add(qualified)
+            if word == "select":
+                level.select, level.from_state, level.tables = True, "none", set()
+            elif word == "from" and level.select:
+                level.from_state, level.needs_table = "open", True
+            elif word == "join" and level.from_state == "open":
+                level.needs_table = True
+            elif word in _CLOSED_BEFORE and level.from_state == "open":
+                level.from_state = "closed"
+            elif level.from_state == "open" and level.needs_table:
+                level.tables.add(word)
+                level.needs_table = False
+            elif level.from_state == "open" and last in ("as", ""):
+                level.tables.add(word)  # an alias
+            last, i = word, j
+            continue
+        if char == "(":
+            if level.from_state == "open":
+                level.needs_table = False  # the parenthesis is the FROM item (a subquery or a join)
+            levels.append(_Level(")", select=False))
+        elif char == ")":
+            if len(levels) > 1:
+                levels.pop()
+                if levels[-1].from_state == "open" and levels[-1].needs_table:
+                    levels[-1].needs_table = False  # a subquery was the table
+        elif char == "," and level.from_state == "open":
+            level.needs_table = True
+        if char == ".":
+            last = last + "." if last and not last.endswith(".") else ""
+        elif not char.isspace():
+            last = ""
+        elif last.endswith("."):
+            last = ""
+        i += 1
+    return levels
+
+
+def _repair(check: SqlCheck, text: str) -> str | None:
+    """The text that, written after `text`, makes it a query that compiles, by the plan of the module
+    docstring's closing paragraph; None when none is found (the grammar must go on first, or no FROM
+    list still open can take the table a name needs)."""
+    levels = _levels(text)
+    if levels is None or not any(level.select for level in levels):
+        return None
+    tables = check.table_columns
+    chosen: dict[int, list[str]] = {}  # per level, the FROM items the plan adds ("table" or "table AS alias")
+    guessed: set[int] = set()  # levels whose first item is a guess, replaced by the first name SQLite misses
+    for k, level in enumerate(levels):
+        if level.select and (level.from_state == "none" or (level.from_state == "open" and level.needs_table)):
+            chosen[k] = [_likeliest_table(tables, level.names)]
+            guessed.add(k)
+    tried: set[tuple[int, str]] = set()
+    for _ in range(_REPAIR_TRIES):
+        plan = _plan_text(levels, chosen, tables)
+        if text[-1:].isspace():
+            plan = plan.lstrip(" ")
+        error = compile_error(check.schema, text + plan)
+        if error is None:
+            return plan
+        missing = _MISSING.search(error)
+        if missing is None:
+            return None
+        written, column = missing.group(1) or "", missing.group(2).lower()
+        qualifier = written.lower()
+        wanted = f"{qualifier}.{column}" if qualifier else column
+        for k in range(len(levels) - 1, -1, -1):
+            level = levels[k]
+            if wanted in level.names and level.select and level.from_state != "closed":
+                break
+        else:
+            return None
+        if qualifier in tables and qualifier not in level.tables and qualifier not in chosen.get(k, []):
+            item = qualifier  # "TV_Series.id" with TV_Series not joined yet: join it
+        else:
+            holders = {t: tables[t] for t, (_, columns) in tables.items() if column in columns and (k, t) not in tried}
+            if not holders:
+                return None
+            holder = _likeliest_table(holders, level.names)
+            item = holder + (f" AS {written}" if qualifier and qualifier not in tables else "")
+            tried.add((k, holder))
+        items = chosen.setdefault(k, [])
+        if k in guessed:
+            guessed.discard(k)
+            items[0] = item
+        else:
+            items.append(item)
+    return None
+
+
+def _likeliest_table(tables: dict[str, tuple[str, frozenset[str]]], names: set[str]) -> str:
+    """The table holding the most of `names` (the first table on a tie): a first guess, corrected by SQLite."""
+    return max(tables, key=lambda t: (len(tables[t][1] & names) + 2 * (t in names), -list(tables).index(t)))
+
+
+def _plan_text(levels: list[_Level], chosen: dict[int, list[str]], tables) -> str:
+    parts = []
+    for k in range(len(levels) - 1, -1, -1):
+        level, items = levels[k], chosen.get(k, [])
+        written = [tables[item.split(" ")[0]][0] + item[len(item.split(" ")[0]) :] for item in items]
+        if written and level.from_state == "none":
+            parts.append(" FROM " + ", ".join(written))
+        elif written and level.needs_table:
+            parts.append(" " + ", ".join(written))
+        elif written:
+            parts.append("".join(", " + item for item in written))
+        parts.append(level.closes)
+    return "".join(parts)

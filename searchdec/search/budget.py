@@ -7,7 +7,10 @@ token is masked and the choice is made again from the same row (the next-best to
 fresh draw from the renormalised distribution for sampling), up to `RETRIES` times; then the closing
 walk's own first token is taken, which keeps the output closable by construction. When even the
 prompt's start state cannot be closed within `max_tokens`, nothing is steered and the hypothesis ends
-with "length", as it would without a budget.
+with "length", as it would without a budget. A child whose parent can no longer close at all (no walk
+within the tokens left: a check refuses every closing the grammar offers) is marked `STRANDED`; the
+decoding step backtracks from it where its State may die (search/rows.py), and otherwise it runs on to
+"length".
 
 The walk costs ~50 µs a token, so it runs only where the budget is tight: on every step once the
 tokens left are within `2 * cost + SLACK` of the last measured cost, and otherwise every `PERIOD`
@@ -27,6 +30,7 @@ from searchdec.search.tree import Node
 RETRIES = 8
 SLACK = 16
 PERIOD = 8
+STRANDED = -2  # `Node.closing` of a child whose parent found no closing walk in the tokens left
 
 
 def tokens_left(node: Node, max_tokens: int, room: int | None) -> int:
@@ -72,7 +76,8 @@ def keep_closable(
         left = tokens_left(child, max_tokens, room)
     found = closing_walk(node, max_tokens, room)
     if found is None:
-        return child  # cannot close any more: the hypothesis will end with "length"
+        child.closing = STRANDED  # cannot close any more: backtracked from, or it ends with "length"
+        return child
     child = extend(found[1])
     child.closing = found[0] - 1
     return child
@@ -82,7 +87,7 @@ def closable(node: Node, child: Node, max_tokens: int, room: int | None, eos_tok
     """Whether `child` (a new child of `node`) can still close in the tokens left, as far as the
     budget checks (where it is tight, and every `PERIOD` tokens; else it is assumed). Sets
     `child.closing`. The beam family drops a candidate that cannot; `keep_closable` draws again."""
-    child.closing = node.closing
+    child.closing = max(node.closing, -1)
     if node.closing < 0 or child.state is None:
         return True
     left = tokens_left(child, max_tokens, room)

@@ -20,7 +20,9 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
 4. appends it, plus the tokens the grammar then forces (jump-forward), steering a constrained row to
    close within the tokens left (search/budget.py);
 5. backtracks when the new node's State is `dead` (a check beyond the grammar — grammars/checks.py —
-   found the token violates it): the token is masked and the row chooses again at the same step (the
+   found the token violates it), or when its State may die and its parent can no longer close within
+   the tokens left (search/budget.py's `STRANDED`: the checks refuse every closing the grammar offers,
+   so going on could only end in "length"): the token is masked and the row chooses again at the same step (the
    next best token; a fresh draw from the rest of its distribution for a sampled row), and when nothing
    is left there it resumes from the best alternative kept on its path (best-first by the model's
    cumulative log-probability: a row whose State says `may_die` keeps its `ALTERNATIVES` best other
@@ -213,7 +215,7 @@ class Decoder:
             if row.node.state is not None and row.node.state.may_die:
                 self._keep_alternatives(row, token, logprobs[r], scores)
             child = self._extend(row, token, logprobs[r], scores)
-            if child.state is not None and child.state.dead:
+            if _lost(child):
                 child = self._backtrack(row, child, logprobs[r], scores, rows)
             child.backtracks = row.backtracks
             self._created[id(child)] = child
@@ -330,8 +332,9 @@ class Decoder:
         """A live replacement for the dead `child` (see step 5 of the module docstring), or the dead
         child itself once the row's backtracking budget or its alternatives run out."""
         node = row.node
-        scores = scores.clone()  # the caller's row stays as chosen from
-        while child.state is not None and child.state.dead:
+        # the caller's row stays as chosen from; no token of a step whose node cannot close can close
+        scores = None if child.closing == budget.STRANDED else scores.clone()
+        while _lost(child):
             if row.backtracks >= row.rule.backtracks:
                 return child
             row.backtracks += 1
@@ -350,7 +353,9 @@ class Decoder:
             _, _, parent, token, value = heapq.heappop(row.alternatives)
             stopping = row.rule.stopping
             child = _child(parent, token, value, stopping, row.prompt_length, row.rule.jump_forward)
-            child.closing = parent.closing
+            room = None if stopping.context_window is None else stopping.context_window - row.prompt_length
+            if not budget.closable(parent, child, stopping.max_tokens, room, stopping.eos_token_ids):
+                child.closing = budget.STRANDED
         if child.parent is not node and not any(other.node is node for other in rows if other is not row):
             self._drop(node)  # the abandoned path's newest entry; its ancestors' went as it grew
         return child
@@ -363,6 +368,13 @@ class Decoder:
         if rule.max_step_tokens is not None and len(tokens) >= rule.max_step_tokens:
             return True
         return rule.step.search(self.model.decode(tokens)) is not None
+
+
+def _lost(child: Node) -> bool:
+    """Whether the decoding step backtracks from `child`: a check killed it, or its parent can no longer
+    close within the budget (search/budget.py's `STRANDED`) under a constraint whose State may die."""
+    state = child.state
+    return state is not None and (state.dead or (child.closing == budget.STRANDED and state.may_die))
 
 
 def _uncertain(rows: Sequence[Row], rows_of: list[int], masked: torch.Tensor) -> set[int]:
