@@ -187,11 +187,11 @@ def test_a_check_that_cannot_be_satisfied_ends_with_unsatisfied(tiny):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_hypothesis_that_can_no_longer_close_is_backtracked_from(tiny, seed):
-    """The budget's closing walk finds that no end is accepted after "aa" (search/budget.py's STRANDED):
+    """The budget's closing walk finds that no end is accepted after "aa" (search/budget.py's `stranded`):
     the row backtracks to before it instead of running on to "length"."""
     constraint = checked(tiny, sd.regex("[ab]{8,80}"), Unclosable("aa"))  # the tiny model writes "aa" often
     out = sd.generate(tiny, "xyz", constraint=constraint, max_tokens=64, search=sd.Sample(seed=seed))
-    assert out.finish_reason == "stop", out  # before STRANDED: 3 of these 4 ran on to "length"
+    assert out.finish_reason == "stop", out  # before `stranded`: 3 of these 4 ran on to "length"
     assert "aa" not in out.text
 
 

@@ -8,7 +8,7 @@ fresh draw from the renormalised distribution for sampling), up to `RETRIES` tim
 walk's own first token is taken, which keeps the output closable by construction. When even the
 prompt's start state cannot be closed within `max_tokens`, nothing is steered and the hypothesis ends
 with "length", as it would without a budget. A child whose parent can no longer close at all (no walk
-within the tokens left: a check refuses every closing the grammar offers) is marked `STRANDED`; the
+within the tokens left: a check refuses every closing the grammar offers) is marked `stranded`; the
 decoding step backtracks from it where its State may die (search/rows.py), and otherwise it runs on to
 "length".
 
@@ -30,7 +30,6 @@ from searchdec.search.tree import Node
 RETRIES = 8
 SLACK = 16
 PERIOD = 8
-STRANDED = -2  # `Node.closing` of a child whose parent found no closing walk in the tokens left
 
 
 def tokens_left(node: Node, max_tokens: int, room: int | None) -> int:
@@ -76,7 +75,7 @@ def keep_closable(
         left = tokens_left(child, max_tokens, room)
     found = closing_walk(node, max_tokens, room)
     if found is None:
-        child.closing = STRANDED  # cannot close any more: backtracked from, or it ends with "length"
+        child.stranded = True  # cannot close any more: backtracked from, or it ends with "length"
         return child
     child = extend(found[1])
     child.closing = found[0] - 1
@@ -87,7 +86,7 @@ def closable(node: Node, child: Node, max_tokens: int, room: int | None, eos_tok
     """Whether `child` (a new child of `node`) can still close in the tokens left, as far as the
     budget checks (where it is tight, and every `PERIOD` tokens; else it is assumed). Sets
     `child.closing`. The beam family drops a candidate that cannot; `keep_closable` draws again."""
-    child.closing = max(node.closing, -1)
+    child.closing = node.closing
     if node.closing < 0 or child.state is None:
         return True
     left = tokens_left(child, max_tokens, room)

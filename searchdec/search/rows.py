@@ -21,7 +21,7 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
    close within the tokens left (search/budget.py);
 5. backtracks when the new node's State is `dead` (a check beyond the grammar — grammars/checks.py —
    found the token violates it), or when its State may die and its parent can no longer close within
-   the tokens left (search/budget.py's `STRANDED`: the checks refuse every closing the grammar offers,
+   the tokens left (search/budget.py's `stranded`: the checks refuse every closing the grammar offers,
    so going on could only end in "length"): the token is masked and the row chooses again at the same step (the
    next best token; a fresh draw from the rest of its distribution for a sampled row), and when nothing
    is left there it resumes from the best alternative kept on its path (best-first by the model's
@@ -333,7 +333,7 @@ class Decoder:
         child itself once the row's backtracking budget or its alternatives run out."""
         node = row.node
         # the caller's row stays as chosen from; no token of a step whose node cannot close can close
-        scores = None if child.closing == budget.STRANDED else scores.clone()
+        scores = None if child.stranded else scores.clone()
         while _lost(child):
             if row.backtracks >= row.rule.backtracks:
                 return child
@@ -354,8 +354,7 @@ class Decoder:
             stopping = row.rule.stopping
             child = _child(parent, token, value, stopping, row.prompt_length, row.rule.jump_forward)
             room = None if stopping.context_window is None else stopping.context_window - row.prompt_length
-            if not budget.closable(parent, child, stopping.max_tokens, room, stopping.eos_token_ids):
-                child.closing = budget.STRANDED
+            child.stranded = not budget.closable(parent, child, stopping.max_tokens, room, stopping.eos_token_ids)
         if child.parent is not node and not any(other.node is node for other in rows if other is not row):
             self._drop(node)  # the abandoned path's newest entry; its ancestors' went as it grew
         return child
@@ -372,9 +371,9 @@ class Decoder:
 
 def _lost(child: Node) -> bool:
     """Whether the decoding step backtracks from `child`: a check killed it, or its parent can no longer
-    close within the budget (search/budget.py's `STRANDED`) under a constraint whose State may die."""
+    close within the budget (search/budget.py's `stranded`) under a constraint whose State may die."""
     state = child.state
-    return state is not None and (state.dead or (child.closing == budget.STRANDED and state.may_die))
+    return state is not None and (state.dead or (child.stranded and state.may_die))
 
 
 def _uncertain(rows: Sequence[Row], rows_of: list[int], masked: torch.Tensor) -> set[int]:

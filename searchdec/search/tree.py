@@ -21,6 +21,7 @@ class Node:
     score: float | None = None  # a search's own score for this node (beam: float32 cumulative log-probability)
     prompt: Any = None  # a root's prompt as the user gave it (text or chat messages), for searches that re-read it
     backtracks: int = 0  # choices made again on the way here after a check killed a hypothesis (search/rows.py)
+    stranded: bool = False  # its parent found no closing walk within the tokens left (search/budget.py)
     logprob: float = field(init=False)
     depth: int = field(init=False)  # generated tokens from the root to here
 
