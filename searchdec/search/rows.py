@@ -22,11 +22,12 @@ chooses (the arg-max, or a `Sample` policy with the row's own generator) and the
 5. backtracks when the new node's State is `dead` (a check beyond the grammar — grammars/checks.py —
    found the token violates it), or when its State may die and its parent can no longer close within
    the tokens left (search/budget.py's `stranded`: the checks refuse every closing the grammar offers,
-   so going on could only end in "length"): the token is masked and the row chooses again at the same step (the
-   next best token; a fresh draw from the rest of its distribution for a sampled row), and when nothing
-   is left there it resumes from the best alternative kept on its path (best-first by the model's
-   cumulative log-probability: a row whose State says `may_die` keeps its `ALTERNATIVES` best other
-   tokens of every step). A row spends at most `Rule.backtracks` such choices; past them, or with no
+   so going on could only end in "length"): the token is masked and the row chooses again at the same
+   step (the next best token; a fresh draw from the rest of its distribution for a sampled row; none
+   for a stranded child, whose siblings cannot close either), and when nothing is left there it
+   resumes from the best alternative kept on its path (best-first by the model's cumulative
+   log-probability: a row whose State says `may_die` keeps its `ALTERNATIVES` best other tokens of
+   every step). A row spends at most `Rule.backtracks` such choices; past them, or with no
    alternative left, it finishes with "unsatisfied", never as a valid-looking output;
 6. finishes the row with "stop" (end-of-sequence, a stop string, a grammar that admits nothing more)
    or "length" (`max_tokens`, the context window), or ends its step (delimiter or `max_step_tokens`);
