@@ -288,12 +288,13 @@ def check_subschemas(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
     """Raise SchemaError, with its JSON pointer, where a keyword that holds schemas holds something else, where
     a `$ref` inside a keyword enforced by a check does not resolve within the schema, and where a chain of
     subschemas, nested or joined by local `$ref`s, is longer than `limit` (a reference back into the chain is
-    a recursive schema, which the engine resolves once: not followed)."""
+    a recursive schema, which the engine resolves once: not followed). Callers check the nesting first
+    (`check_depth`, whose limit is below this one), so a schema without `$ref` needs no chain measured."""
     if not isinstance(schema, dict):
         return
     children: dict[int, list[dict]] = {}
     unresolved: list[tuple[str, str]] = []
-    nested_ids = False
+    nested_ids = refers = False
     pending = [(schema, "", False)]
     while pending:
         node, pointer, checked = pending.pop()
@@ -304,6 +305,7 @@ def check_subschemas(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
         found = _subschemas(node, pointer)
         children[id(node)] = [sub for _, sub, _ in found]
         ref = node.get("$ref")
+        refers = refers or ref is not None
         if checked and ref is not None and _local_target(schema, ref) is None:
             unresolved.append((ref, pointer))
         pending += [(sub, where, checked or key in _CHECKED) for key, sub, where in found]
@@ -317,7 +319,7 @@ def check_subschemas(schema, limit: int = MAX_REFERENCE_DEPTH) -> None:
         target = _local_target(schema, node.get("$ref"))
         return children.get(id(node), []) if target is None else [*children.get(id(node), []), target]
 
-    if longest_chain([schema], successors, limit) > limit:
+    if refers and longest_chain([schema], successors, limit) > limit:
         raise SchemaError(
             f"subschemas nest or refer to each other (by $ref) in a chain longer than {limit}, the most the grammar "
             "engine compiles safely"
