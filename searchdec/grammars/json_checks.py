@@ -346,6 +346,8 @@ def split(schema: Any, any_order: bool = True) -> tuple[Any, JsonCheck | None]:
     if not isinstance(schema, dict):
         return schema, None
     given = schema
+    if not any_order and not any(_taken(node) for node in _Applying(schema).tracked()):
+        return given, None  # nothing to take out: no copy (most schemas; the time to first mask)
     if any_order:  # one object schema where the schema spreads an object over several (grammars/json_flatten.py)
         schema = json_flatten.flatten(schema)
     grammar = copy.deepcopy(schema)
