@@ -36,7 +36,7 @@ class _Forbid(CheckState):
         return Verdict.VIOLATED if self.text in self.seen else Verdict.OK
 
     def feed(self, data, grammar):
-        return _Forbid(self.text, self.seen + data)
+        return type(self)(self.text, self.seen + data)
 
 
 class Forbid(Check):
@@ -73,31 +73,21 @@ class EvenCount(Check):
         return _EvenCount(self.letter, 0)
 
 
-class _Unclosable(CheckState):
+class _Unclosable(_Forbid):
     """Once `text` appears the output can never be OK again, but the check cannot say so (it stays
     UNDECIDED, never VIOLATED): only a closing walk, which finds no end it accepts, tells."""
 
-    __slots__ = ("text", "seen")
-
-    def __init__(self, text: bytes, seen: bytes) -> None:
-        self.text, self.seen = text, seen
+    __slots__ = ()
 
     @property
     def verdict(self) -> Verdict:
         return Verdict.UNDECIDED if self.text in self.seen else Verdict.OK
 
-    def feed(self, data, grammar):
-        return _Unclosable(self.text, self.seen + data)
-
     def completion(self):
         return None if self.verdict is Verdict.OK else b""  # follow the grammar's walk, asking again
 
 
-class Unclosable(Check):
-    def __init__(self, text: str) -> None:
-        self.text = text.encode()
-        self.name = f"no {text!r}, found only at the end"
-
+class Unclosable(Forbid):
     def start(self, tokenizer):
         return _Unclosable(self.text, b"")
 

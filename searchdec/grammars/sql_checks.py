@@ -445,10 +445,14 @@ def _likeliest_table(tables: dict[str, tuple[str, frozenset[str]]], names: set[s
 
 
 def _plan_text(levels: list[_Level], chosen: dict[int, list[str]], tables) -> str:
+    """The text of a plan: innermost level first, its chosen FROM items (the tables spelled as the schema
+    spells them), then what closes it."""
     parts = []
     for k in range(len(levels) - 1, -1, -1):
-        level, items = levels[k], chosen.get(k, [])
-        written = [tables[item.split(" ")[0]][0] + item[len(item.split(" ")[0]) :] for item in items]
+        level, written = levels[k], []
+        for item in chosen.get(k, []):
+            table, _, alias = item.partition(" ")
+            written.append(tables[table][0] + (" " + alias if alias else ""))
         if written and level.from_state == "none":
             parts.append(" FROM " + ", ".join(written))
         elif written and level.needs_table:
